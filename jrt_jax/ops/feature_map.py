@@ -1,0 +1,73 @@
+"""The second-order Taylor feature map of Based / JRT-RNN.
+
+    φ(x) = [1, x / d^¼, vec(x xᵀ) / (√2·√d)]          (1 + F + F² features)
+
+so that φ(q)·φ(k) = 1 + s + s²/2 with s = q·k/√d, the second-order Taylor expansion of exp(s).
+With F = 16 this is the 273-dimensional map of the released checkpoints.
+
+`vec(x xᵀ)` repeats every off-diagonal product twice. The compact map keeps each unordered pair once,
+with weight √2 on the off-diagonal terms, which has the same inner product and 1 + F + F(F+1)/2 features
+(153 for F = 16). The chunked paths and the recurrent state use the compact map.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
+from jrt_jax.ops._checks import check_float_array
+
+
+def _scale(x, scale_dim):
+    d = x.shape[-1] if scale_dim is None else scale_dim
+    if isinstance(d, bool) or not isinstance(d, (int, float)) or d <= 0:
+        raise ValueError(f"scale_dim must be a positive number; got {scale_dim!r}")
+    return float(d)
+
+
+def taylor_feature_dim(feature_dim: int, *, compact: bool = False) -> int:
+    """Number of features of the Taylor map for raw feature size `feature_dim` (273 / 153 for 16)."""
+    f = int(feature_dim)
+    return 1 + f + (f * (f + 1) // 2 if compact else f * f)
+
+
+def taylor_feature_map(x, *, scale_dim: float | None = None):
+    """φ(x) = [1, x/d^¼, vec(x xᵀ)/(√2·√d)] on the last axis; d = scale_dim or x.shape[-1].
+
+    Args:
+      x: [..., F] floating array.
+      scale_dim: the d of the formula; defaults to F.
+    Returns:
+      [..., 1 + F + F²] array of x's dtype.
+    """
+    check_float_array("x", x)
+    d = _scale(x, scale_dim)
+    f = x.shape[-1]
+    outer = (x[..., :, None] * x[..., None, :]).reshape(x.shape[:-1] + (f * f,))
+    return jnp.concatenate(
+        [jnp.ones_like(x[..., :1]), x / d**0.25, outer / (math.sqrt(2.0) * math.sqrt(d))], axis=-1
+    )
+
+
+def taylor_feature_map_compact(x, *, scale_dim: float | None = None):
+    """The compact Taylor map: same inner product as `taylor_feature_map`, 1 + F + F(F+1)/2 features.
+
+    The quadratic block lists x_a·x_b for a ≤ b (row by row), weighted 1/√(2d) on the diagonal and 1/√d
+    off it, so Σ_{a≤b} w_ab² q_a q_b k_a k_b = (q·k)²/(2d).
+    """
+    check_float_array("x", x)
+    d = _scale(x, scale_dim)
+    f = x.shape[-1]
+    parts = [jnp.ones_like(x[..., :1]), x / d**0.25]
+    for a in range(f):
+        w = np.full((f - a,), 1.0 / math.sqrt(d), dtype=np.float32)
+        w[0] = 1.0 / math.sqrt(2.0 * d)
+        parts.append(x[..., a : a + 1] * x[..., a:] * jnp.asarray(w, dtype=x.dtype))
+    return jnp.concatenate(parts, axis=-1)
+
+
+def taylor_kernel(s):
+    """The scalar kernel φ(q)·φ(k) as a function of s = q·k/√d: 1 + s + s²/2 (always ≥ 1/2)."""
+    return 1.0 + s + 0.5 * s * s

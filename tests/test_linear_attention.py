@@ -1,0 +1,316 @@
+"""Causal Based linear attention and PLA: every implementation against the quadratic reference."""
+
+from __future__ import annotations
+
+import functools
+
+import hypothesis
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jrt_jax import ops
+from tests.helpers import assert_rel, random_qkv, rel_err
+
+FAST_IMPLS = ["xla"]
+
+
+# ---------------------------------------------------------------------------------------------- feature map
+
+
+def test_feature_map_size_and_kernel_identity():
+    x = jax.random.normal(jax.random.PRNGKey(0), (5, 16))
+    y = jax.random.normal(jax.random.PRNGKey(1), (5, 16))
+    full = ops.taylor_feature_map(x)
+    compact = ops.taylor_feature_map_compact(x)
+    assert full.shape == (5, 273) and ops.taylor_feature_dim(16) == 273
+    assert compact.shape == (5, 153) and ops.taylor_feature_dim(16, compact=True) == 153
+    s = jnp.sum(x * y, -1) / 4.0  # q·k/√16
+    want = 1 + s + s * s / 2
+    np.testing.assert_allclose(jnp.sum(full * ops.taylor_feature_map(y), -1), want, rtol=1e-5)
+    np.testing.assert_allclose(jnp.sum(compact * ops.taylor_feature_map_compact(y), -1), want, rtol=1e-5)
+
+
+def test_feature_map_matches_released_layout():
+    # [1, x/d^¼, vec(x xᵀ)/(√2·√d)] in row-major outer-product order.
+    x = jnp.arange(1.0, 4.0)
+    d = 3.0
+    want = np.concatenate([[1.0], np.arange(1.0, 4.0) / d**0.25, np.outer(np.arange(1, 4), np.arange(1, 4)).ravel() / (np.sqrt(2) * np.sqrt(d))])
+    np.testing.assert_allclose(ops.taylor_feature_map(x), want, rtol=1e-6)
+
+
+def test_feature_map_scale_dim():
+    x = jax.random.normal(jax.random.PRNGKey(2), (4, 8))
+    y = jax.random.normal(jax.random.PRNGKey(3), (4, 8))
+    s = jnp.sum(x * y, -1) / jnp.sqrt(32.0)
+    got = jnp.sum(ops.taylor_feature_map(x, scale_dim=32) * ops.taylor_feature_map(y, scale_dim=32), -1)
+    np.testing.assert_allclose(got, 1 + s + s * s / 2, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------- outputs vs reference
+
+SHAPES = [  # (b, t, h, f, d, m)
+    (1, 1, 1, 16, 16, 1),
+    (2, 67, 3, 16, 8, 1),  # T not a multiple of the chunk, M = 1
+    (2, 67, 3, 16, 8, 67),  # M = T
+    (3, 130, 2, 8, 24, 40),
+    (1, 256, 4, 16, 64, 128),
+]
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "b{}t{}h{}f{}d{}m{}".format(*s))
+@pytest.mark.parametrize("chunk", [16, 64])
+def test_pla_matches_reference_fp32(impl, shape, chunk):
+    b, t, h, f, d, m = shape
+    q, k, v, ke, ve = random_qkv(0, b, t, h, f, d, m)
+    yr, sr = ops.prefix_linear_attention(q, k, v, ke, ve, implementation="reference", return_state=True)
+    y, s = ops.prefix_linear_attention(q, k, v, ke, ve, implementation=impl, chunk_size=chunk, return_state=True)
+    assert y.shape == (b, t, h, d) and y.dtype == jnp.float32
+    assert_rel(y, yr, 1e-5, "y")
+    assert_rel(s.kv, sr.kv, 1e-5, "kv")
+    assert_rel(s.z, sr.z, 1e-5, "z")
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "b{}t{}h{}f{}d{}m{}".format(*s))
+def test_causal_matches_reference_fp32(impl, shape):
+    b, t, h, f, d, _ = shape
+    q, k, v = random_qkv(1, b, t, h, f, d)
+    yr, sr = ops.linear_attention(q, k, v, implementation="reference", return_state=True)
+    y, s = ops.linear_attention(q, k, v, implementation=impl, chunk_size=32, return_state=True)
+    assert_rel(y, yr, 1e-5, "y")
+    assert_rel(s.kv, sr.kv, 1e-5, "kv")
+
+
+def test_reference_is_the_formula():
+    """The reference itself against a float64 loop over the DESIGN §3 formula."""
+    b, t, h, f, d, m = 2, 9, 2, 4, 3, 4
+    q, k, v, ke, ve = (np.asarray(a, np.float64) for a in random_qkv(3, b, t, h, f, d, m))
+    phi = lambda x: np.concatenate([[1.0], x / f**0.25, np.outer(x, x).ravel() / np.sqrt(2 * f)])
+    want = np.zeros((b, t, h, d))
+    for bi in range(b):
+        for hi in range(h):
+            for i in range(t):
+                pq = phi(q[bi, i, hi])
+                keys = [(k[bi, j, hi], v[bi, j, hi]) for j in range(i + 1)]
+                keys += [(ke[bi, j, hi], ve[bi, j, hi]) for j in range(m)]
+                w = np.array([pq @ phi(kk) for kk, _ in keys])
+                want[bi, i, hi] = (w[:, None] * np.array([vv for _, vv in keys])).sum(0) / (w.sum() + 1e-12)
+    got = ops.prefix_linear_attention(*(jnp.asarray(a, jnp.float32) for a in (q, k, v, ke, ve)), implementation="reference")
+    assert_rel(got, want, 1e-6)
+
+
+@pytest.mark.parametrize("impl", ["reference"] + FAST_IMPLS)
+def test_bf16_inputs(impl):
+    q, k, v, ke, ve = random_qkv(4, 2, 100, 2, 16, 32, 30, dtype=jnp.bfloat16)
+    y = ops.prefix_linear_attention(q, k, v, ke, ve, implementation=impl, chunk_size=32)
+    assert y.dtype == jnp.bfloat16
+    f32 = [a.astype(jnp.float32) for a in (q, k, v, ke, ve)]
+    assert_rel(y, ops.prefix_linear_attention(*f32, implementation="reference"), 2e-2)
+
+
+def test_jit_and_default_auto():
+    q, k, v, ke, ve = random_qkv(5, 1, 50, 2, 16, 8, 10)
+    f = jax.jit(ops.prefix_linear_attention)
+    assert_rel(f(q, k, v, ke, ve), ops.prefix_linear_attention(q, k, v, ke, ve, implementation="reference"), 1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ gradients
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_gradients_match_reference(impl, with_mask):
+    b, t, h, f, d, m = 2, 45, 2, 16, 8, 13
+    q, k, v, ke, ve = random_qkv(6, b, t, h, f, d, m)
+    mask = (jnp.arange(t)[None] >= jnp.array([[0], [7]])) if with_mask else None
+    cot = jax.random.normal(jax.random.PRNGKey(9), (b, t, h, d))
+
+    def loss(impl_, *args):
+        y, s = ops.prefix_linear_attention(*args, implementation=impl_, chunk_size=16, mask=mask, return_state=True)
+        return jnp.sum(y * cot) + 1e-3 * jnp.sum(s.kv) + 1e-2 * jnp.sum(s.z)
+
+    gr = jax.grad(functools.partial(loss, "reference"), argnums=(0, 1, 2, 3, 4))(q, k, v, ke, ve)
+    gx = jax.grad(functools.partial(loss, impl), argnums=(0, 1, 2, 3, 4))(q, k, v, ke, ve)
+    for name, a, bb in zip(["q", "k", "v", "k_enc", "v_enc"], gx, gr):
+        assert_rel(a, bb, 1e-5, f"d{name}")
+
+
+def test_gradients_bf16_have_input_dtype():
+    q, k, v = random_qkv(7, 1, 40, 2, 16, 8, dtype=jnp.bfloat16)
+    g = jax.grad(lambda q_: jnp.sum(ops.linear_attention(q_, k, v, implementation="xla").astype(jnp.float32)))(q)
+    assert g.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(g.astype(jnp.float32))))
+
+
+# ---------------------------------------------------------------------------------------- recurrent form
+
+
+@pytest.mark.parametrize("impl", ["reference"] + FAST_IMPLS)
+@pytest.mark.parametrize("prompt,m", [(1, 1), (37, 20), (64, 64)])
+def test_prefill_then_steps_equals_parallel_pass(impl, prompt, m):
+    b, t, h, f, d = 2, 80, 2, 16, 8
+    q, k, v, ke, ve = random_qkv(8, b, t, h, f, d, m)
+    full = ops.prefix_linear_attention(q, k, v, ke, ve, implementation="reference")
+    y_pre, state = ops.prefix_linear_attention(
+        q[:, :prompt], k[:, :prompt], v[:, :prompt], ke, ve, implementation=impl, chunk_size=16, return_state=True
+    )
+    step = jax.jit(ops.linear_attention_step)
+    ys = []
+    for i in range(prompt, t):
+        y_i, state = step(state, q[:, i], k[:, i], v[:, i])
+        ys.append(y_i)
+    assert_rel(y_pre, full[:, :prompt], 1e-5, "prefill")
+    assert_rel(jnp.stack(ys, 1), full[:, prompt:], 1e-5, "decode")
+
+
+@pytest.mark.parametrize("impl", ["reference"] + FAST_IMPLS)
+def test_prefill_state_functions(impl):
+    q, k, v, ke, ve = random_qkv(10, 2, 50, 3, 16, 8, 20)
+    _, want = ops.prefix_linear_attention(q, k, v, ke, ve, implementation="reference", return_state=True)
+    got = ops.pla_prefill_state(k, v, ke, ve, implementation=impl, chunk_size=16)
+    assert_rel(got.kv, want.kv, 1e-5)
+    assert_rel(got.z, want.z, 1e-5)
+    _, want_causal = ops.linear_attention(q, k, v, implementation="reference", return_state=True)
+    got_causal = ops.linear_attention_state(k, v, implementation=impl)
+    assert_rel(got_causal.kv, want_causal.kv, 1e-5)
+    assert got.kv.dtype == jnp.float32 and got.kv.shape == (2, 3, 153, 8) and got.z.shape == (2, 3, 153)
+
+
+def test_state_is_fp32_for_bf16_inputs():
+    q, k, v = random_qkv(11, 1, 20, 1, 16, 4, dtype=jnp.bfloat16)
+    _, s = ops.linear_attention(q, k, v, return_state=True)
+    y, s2 = ops.linear_attention_step(s, q[:, 0], k[:, 0], v[:, 0])
+    assert s.kv.dtype == s2.kv.dtype == jnp.float32 and y.dtype == jnp.bfloat16
+
+
+# --------------------------------------------------------------------------------------------------- masks
+
+
+@pytest.mark.parametrize("impl", ["reference"] + FAST_IMPLS)
+def test_exclude_padding_equals_unpadded_run(impl):
+    """Left padding with the default mode: real positions see exactly what the unpadded sequence sees."""
+    t, pad, m = 40, 9, 12
+    q, k, v, ke, ve = random_qkv(12, 1, t, 2, 16, 8, m)
+    mask = jnp.arange(t)[None] >= pad
+    y = ops.prefix_linear_attention(q, k, v, ke, ve, mask=mask, implementation=impl, chunk_size=16)
+    # Unpadded: the real tokens only; the encoder keeps its real tokens (positions pad … m-1).
+    want = ops.prefix_linear_attention(
+        q[:, pad:], k[:, pad:], v[:, pad:], ke[:, pad:], ve[:, pad:], implementation="reference"
+    )
+    assert_rel(y[:, pad:], want, 1e-5)
+    assert float(jnp.max(jnp.abs(y[:, :pad]))) == 0.0
+
+
+@pytest.mark.parametrize("impl", ["reference"] + FAST_IMPLS)
+def test_zero_keys_padding_is_the_released_behaviour(impl):
+    """Compatibility mode: pads keep their values but have raw k = 0, so φ(k) = [1, 0, …]."""
+    t, m = 30, 10
+    q, k, v, ke, ve = random_qkv(13, 2, t, 2, 16, 8, m)
+    mask = jnp.arange(t)[None] >= jnp.array([[0], [6]])
+    y = ops.prefix_linear_attention(q, k, v, ke, ve, mask=mask, padding="zero_keys", implementation=impl, chunk_size=16)
+    kz = jnp.where(mask[:, :, None, None], k, 0.0)
+    kez = jnp.where(mask[:, :m, None, None], ke, 0.0)
+    want = ops.prefix_linear_attention(q, kz, v, kez, ve, implementation="reference")
+    assert_rel(y, want, 1e-5)
+    # …and it differs from excluding the pads (pads really do contribute).
+    assert rel_err(y, ops.prefix_linear_attention(q, k, v, ke, ve, mask=mask, implementation="reference")) > 1e-3
+
+
+@pytest.mark.parametrize("impl", ["reference"] + FAST_IMPLS)
+def test_fully_masked_rows_and_zero_keys_are_finite(impl):
+    q, k, v, ke, ve = random_qkv(14, 2, 33, 2, 16, 8, 5)
+    mask = jnp.zeros((2, 33), bool)
+    y = ops.prefix_linear_attention(q, k, v, ke, ve, mask=mask, implementation=impl)
+    assert bool(jnp.all(y == 0))
+    zero = jnp.zeros_like(k)
+    y = ops.prefix_linear_attention(zero, zero, v, jnp.zeros_like(ke), ve, implementation=impl)
+    assert bool(jnp.all(jnp.isfinite(y)))
+    # φ(0)·φ(0) = 1: with all-zero q and k every position averages the values it sees.
+    want = (jnp.cumsum(v, 1) + ve.sum(1, keepdims=True)) / (jnp.arange(1, 34)[None, :, None, None] + 5)
+    assert_rel(y, want, 1e-5)
+
+
+def test_long_sequence_128k_is_finite():
+    t = 131072
+    q, k, v = random_qkv(15, 1, t, 1, 16, 8)
+    mask = jnp.arange(t)[None] % 3 != 0
+    y = jax.jit(functools.partial(ops.linear_attention, chunk_size=256))(q * 3, k * 3, v, mask=mask)
+    assert bool(jnp.all(jnp.isfinite(y)))
+    y = jax.jit(functools.partial(ops.linear_attention, chunk_size=256))(q, jnp.zeros_like(k), v, mask=jnp.zeros((1, t), bool))
+    assert bool(jnp.all(y == 0))
+
+
+# ------------------------------------------------------------------------------------------ property tests
+
+
+@hypothesis.settings(max_examples=12, deadline=None, derandomize=True)
+@hypothesis.given(
+    b=st.integers(1, 2),
+    t=st.integers(1, 70),
+    h=st.integers(1, 3),
+    f=st.sampled_from([1, 4, 16]),
+    d=st.integers(1, 9),
+    m_frac=st.floats(0.0, 1.0),
+    chunk=st.sampled_from([8, 16, 64]),
+    seed=st.integers(0, 2**16),
+)
+def test_property_xla_equals_reference(b, t, h, f, d, m_frac, chunk, seed):
+    m = max(1, int(round(m_frac * t)))
+    q, k, v, ke, ve = random_qkv(seed, b, t, h, f, d, m)
+    yr, sr = ops.prefix_linear_attention(q, k, v, ke, ve, implementation="reference", return_state=True)
+    y, s = ops.prefix_linear_attention(q, k, v, ke, ve, implementation="xla", chunk_size=chunk, return_state=True)
+    assert_rel(y, yr, 1e-5)
+    assert_rel(s.kv, sr.kv, 1e-5)
+
+
+# --------------------------------------------------------------------------------------------- bad input
+
+
+def _args():
+    return random_qkv(16, 2, 10, 2, 16, 8, 4)
+
+
+@pytest.mark.parametrize(
+    "mutate,exc,match",
+    [
+        (lambda a: (a[0][:1],) + a[1:], ValueError, "k: batch size"),
+        (lambda a: (a[0], a[1][:, :, :1]) + a[2:], ValueError, "k: number of heads"),
+        (lambda a: (a[0], a[1][..., :8]) + a[2:], ValueError, "k: feature size"),
+        (lambda a: a[:2] + (a[2][:, :5],) + a[3:], ValueError, "v: sequence length"),
+        (lambda a: a[:3] + (a[3][..., :4],) + a[4:], ValueError, "k_enc: feature size"),
+        (lambda a: a[:4] + (a[4][..., :3],), ValueError, "v_enc: value size"),
+        (lambda a: a[:3] + (jnp.concatenate([a[3]] * 3, 1), jnp.concatenate([a[4]] * 3, 1)), ValueError, "M = 12 must be <= the sequence length T = 10"),
+        (lambda a: a[:3] + (a[3], a[4][:, :2]), ValueError, "v_enc: encoder length"),
+        (lambda a: (a[0][0],) + a[1:], ValueError, "q must have rank 4"),
+        (lambda a: (a[0].astype(jnp.int32),) + a[1:], TypeError, "q must have a floating dtype"),
+    ],
+)
+def test_bad_shapes_and_dtypes(mutate, exc, match):
+    with pytest.raises(exc, match=match):
+        ops.prefix_linear_attention(*mutate(_args()))
+
+
+def test_bad_options():
+    q, k, v, ke, ve = _args()
+    with pytest.raises(ValueError, match="implementation must be one of"):
+        ops.linear_attention(q, k, v, implementation="cuda")
+    with pytest.raises(ValueError, match="padding must be one of"):
+        ops.linear_attention(q, k, v, padding="left")
+    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+        ops.linear_attention(q, k, v, chunk_size=0)
+    with pytest.raises(ValueError, match=r"mask must have shape \[batch, seq\]"):
+        ops.linear_attention(q, k, v, mask=jnp.ones((2, 11), bool))
+    with pytest.raises(TypeError, match="mask must be boolean"):
+        ops.linear_attention(q, k, v, mask=jnp.ones((2, 10), jnp.float32))
+    with pytest.raises(ValueError, match="eps must be a non-negative"):
+        ops.linear_attention(q, k, v, eps=-1.0)
+    with pytest.raises(ValueError, match="k_enc and v_enc must be given together"):
+        ops.pla_prefill_state(k, v, ke, None)
+    state = ops.linear_attention_state(k, v)
+    with pytest.raises(ValueError, match="state: kv must have shape"):
+        ops.linear_attention_step(state, q[:1, 0], k[:1, 0], v[:1, 0])
+    with pytest.raises(TypeError, match="state must be a LinearAttentionState"):
+        ops.linear_attention_step("state", q[:, 0], k[:, 0], v[:, 0])
