@@ -14,7 +14,7 @@ import pytest
 from jrt_jax import ops
 from tests.helpers import assert_rel, random_qkv, rel_err
 
-FAST_IMPLS = ["xla"]
+FAST_IMPLS = ["xla", "pallas"]  # "pallas" runs the kernels in the Pallas interpreter on CPU
 
 
 # ---------------------------------------------------------------------------------------------- feature map

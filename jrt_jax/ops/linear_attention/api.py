@@ -28,6 +28,7 @@ from jrt_jax.ops._checks import (
     check_positive_int,
     resolve_implementation,
 )
+from jrt_jax.ops.linear_attention import pallas as _pallas
 from jrt_jax.ops.linear_attention import reference as _reference
 from jrt_jax.ops.linear_attention import state as _state
 from jrt_jax.ops.linear_attention import xla as _xla
@@ -80,15 +81,15 @@ def _resolve(q, k, v, k_enc, v_enc, mask, padding, eps, chunk_size, implementati
         raise ValueError(f"padding must be one of {PADDING_MODES}; got {padding!r}")
     chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else check_positive_int("chunk_size", chunk_size)
     impl = resolve_implementation(implementation)
+    target = _pallas.kernel_target()
+    reason = _pallas.unsupported_reason(q, v, chunk_size, target)
     if impl is Implementation.AUTO:
-        impl = Implementation.XLA
-    if impl is Implementation.PALLAS:
-        raise ValueError(
-            "implementation='pallas': no Pallas linear-attention kernel is available in this build; "
-            "use 'xla' or 'auto'"
-        )
+        on_accelerator = jax.default_backend() in ("tpu", "gpu", "cuda", "rocm")
+        impl = Implementation.PALLAS if on_accelerator and reason is None else Implementation.XLA
+    if impl is Implementation.PALLAS and reason is not None:
+        raise ValueError(f"implementation='pallas' cannot run these inputs: {reason}; use 'xla' or 'auto'")
     mask = check_mask(mask, q.shape[0], q.shape[1])
-    return mask, eps, chunk_size, impl
+    return mask, eps, chunk_size, impl, target if impl is Implementation.PALLAS else None
 
 
 def _apply_padding(k, k_enc, mask, padding):
@@ -105,18 +106,21 @@ def _apply_padding(k, k_enc, mask, padding):
     return k, k_enc, key_w, None if k_enc is None else key_w[:, :m]
 
 
-_STATIC = ("eps", "padding", "scale_dim", "impl", "chunk_size")
+_STATIC = ("eps", "padding", "scale_dim", "impl", "chunk_size", "target")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _attend_jit(q, k, v, k_enc, v_enc, mask, *, eps, padding, scale_dim, impl, chunk_size):
+def _attend_jit(q, k, v, k_enc, v_enc, mask, *, eps, padding, scale_dim, impl, chunk_size, target):
     out_dtype = jnp.result_type(q.dtype, k.dtype, v.dtype)
     k, k_enc, key_w, enc_w = _apply_padding(k, k_enc, mask, padding)
     kwargs = dict(k_enc=k_enc, v_enc=v_enc, key_w=key_w, enc_w=enc_w, eps=eps, scale_dim=scale_dim)
     if impl is Implementation.REFERENCE:
         y, st = _reference.reference_linear_attention(q, k, v, **kwargs)
     else:
-        y, kv, z = _xla.chunked_linear_attention(q, k, v, chunk_size=chunk_size, **kwargs)
+        if impl is Implementation.PALLAS:
+            y, kv, z = _pallas.pallas_linear_attention(q, k, v, chunk_size=chunk_size, target=target, **kwargs)
+        else:
+            y, kv, z = _xla.chunked_linear_attention(q, k, v, chunk_size=chunk_size, **kwargs)
         st = LinearAttentionState(kv, z)
     y = y.astype(out_dtype)
     if mask is not None and padding == "exclude":
@@ -125,11 +129,13 @@ def _attend_jit(q, k, v, k_enc, v_enc, mask, *, eps, padding, scale_dim, impl, c
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _state_jit(k, v, k_enc, v_enc, mask, *, eps, padding, scale_dim, impl, chunk_size):
+def _state_jit(k, v, k_enc, v_enc, mask, *, eps, padding, scale_dim, impl, chunk_size, target):
     del eps
     k, k_enc, key_w, enc_w = _apply_padding(k, k_enc, mask, padding)
     if impl is Implementation.REFERENCE:
         acc = lambda k_, v_, w_: tuple(_reference.reference_state(k_, v_, w_, scale_dim=scale_dim))
+    elif impl is Implementation.PALLAS:
+        acc = lambda k_, v_, w_: _pallas.accumulate_state(k_, v_, w_, chunk_size, scale_dim, target)
     else:
         acc = lambda k_, v_, w_: _xla.accumulate_state(k_, v_, w_, _xla.state_chunk_size(chunk_size), scale_dim)
     kv, z = acc(k, v, key_w)
@@ -140,9 +146,11 @@ def _state_jit(k, v, k_enc, v_enc, mask, *, eps, padding, scale_dim, impl, chunk
 
 
 def _attend(q, k, v, k_enc, v_enc, *, eps, mask, padding, scale_dim, implementation, chunk_size, return_state):
-    mask, eps, chunk_size, impl = _resolve(q, k, v, k_enc, v_enc, mask, padding, eps, chunk_size, implementation)
+    mask, eps, chunk_size, impl, target = _resolve(
+        q, k, v, k_enc, v_enc, mask, padding, eps, chunk_size, implementation
+    )
     y, st = _attend_jit(q, k, v, k_enc, v_enc, mask, eps=eps, padding=padding, scale_dim=scale_dim, impl=impl,
-                        chunk_size=chunk_size)
+                        chunk_size=chunk_size, target=target)
     return (y, st) if return_state else y
 
 
@@ -170,8 +178,9 @@ def linear_attention(
       mask: optional [B, T] bool, True = real token; see the module docstring for `padding`.
       padding: "exclude" (default) or "zero_keys" (the released checkpoints' evaluation padding).
       scale_dim: the d in φ (default F).
-      implementation: "auto", "reference" (quadratic), "xla" (chunked), "pallas".
-      chunk_size: chunk length of the chunked path (default 64); T need not be a multiple.
+      implementation: "auto", "reference" (quadratic), "xla" (chunked), "pallas" (kernels; the Pallas
+        interpreter on CPU). "auto" is "pallas" on TPU/GPU when the kernel takes the shapes, else "xla".
+      chunk_size: chunk length of the chunked paths (default 64); T need not be a multiple.
       return_state: also return the `LinearAttentionState` after the last token, to continue decoding.
 
     Returns:
@@ -250,9 +259,11 @@ def pla_prefill_state(
     k_enc/v_enc may be None (plain causal state).
     """
     # The queries do not enter the state; k stands in for q in the shape checks.
-    mask, _, chunk_size, impl = _resolve(k, k, v, k_enc, v_enc, mask, padding, 0.0, chunk_size, implementation)
+    mask, _, chunk_size, impl, target = _resolve(
+        k, k, v, k_enc, v_enc, mask, padding, 0.0, chunk_size, implementation
+    )
     return _state_jit(k, v, k_enc, v_enc, mask, eps=0.0, padding=padding, scale_dim=scale_dim, impl=impl,
-                      chunk_size=chunk_size)
+                      chunk_size=chunk_size, target=target)
 
 
 def linear_attention_step(state: LinearAttentionState, q_t, k_t, v_t, *, eps: float = 1e-12, scale_dim=None):

@@ -115,7 +115,7 @@ def _causal_core_fwd(q, k, v, w, kv0, z0, chunk, eps, scale_dim):
     return (y, kv, z), (q, k, v, w, states)
 
 
-def _causal_core_bwd(chunk, eps, scale_dim, residuals, cotangents):
+def causal_core_bwd(chunk, eps, scale_dim, residuals, cotangents):
     q, k, v, w, (kv_states, z_states) = residuals
     dy, dkv, dz = cotangents
     b, t, h, _ = q.shape
@@ -159,7 +159,7 @@ def _causal_core_bwd(chunk, eps, scale_dim, residuals, cotangents):
     )
 
 
-_causal_core.defvjp(_causal_core_fwd, _causal_core_bwd)
+_causal_core.defvjp(_causal_core_fwd, causal_core_bwd)
 
 
 def _state_contribution(kc, vc, wc, *, scale_dim, precision):
@@ -204,7 +204,7 @@ def _accumulate_state_fwd(k, v, w, chunk, scale_dim):
     return accumulate_state(k, v, w, chunk, scale_dim), (k, v, w)
 
 
-def _accumulate_state_bwd(chunk, scale_dim, residuals, cotangents):
+def accumulate_state_bwd(chunk, scale_dim, residuals, cotangents):
     k, v, w = residuals
     dkv, dz = cotangents
     t = k.shape[1]
@@ -227,7 +227,7 @@ def _accumulate_state_bwd(chunk, scale_dim, residuals, cotangents):
     return dk[:, :t].astype(k.dtype), dv[:, :t].astype(v.dtype), dw
 
 
-accumulate_state.defvjp(_accumulate_state_fwd, _accumulate_state_bwd)
+accumulate_state.defvjp(_accumulate_state_fwd, accumulate_state_bwd)
 
 
 def state_chunk_size(chunk_size: int) -> int:

@@ -1,0 +1,1 @@
+"""Chunked causal linear attention (Based / PLA prefill) with the Taylor feature map folded in."""

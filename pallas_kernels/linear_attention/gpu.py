@@ -1,0 +1,150 @@
+"""Chunked Based / PLA prefill as a Pallas GPU kernel (Triton lowering).
+
+Grid (B·H, D / Db): each program owns one head and a Db-wide slice of the value dimension, and walks the
+chunks of its sequence in a `fori_loop`, carrying its slice of the fp32 state in registers:
+S0 [Db], S1 [F, Db], S2 [P2, Db], z0, z1 [F], z2 [P2]. The slice keeps the register footprint small
+(P2·Db = 256·16 floats for F = 16) and gives B·H·D/Db programs, enough to fill an H100 at B = 16. The cheap
+intra-chunk scores a = tril(1 + s + s²/2) are recomputed by each of the D/Db programs of a head.
+
+Precision: fp32 inputs use IEEE fp32 dots (exact to fp32, the 1e-5 contract); bf16 / fp16 inputs keep fp32
+operands but allow TF32 tensor-core dots (~1e-3 relative), the state stays fp32 throughout.
+
+Why Pallas-Triton and not jax-triton: this kernel is written once in Pallas, shares its algorithm with the TPU
+kernel, runs in the Pallas interpreter on CPU for the tests, and exports for CUDA from a CPU-only machine
+(`jax.export(..., platforms=["cuda"])`). jax-triton would need a separate Triton-language kernel that can only
+be exercised on a GPU. The choice was not measured against jax-triton: no GPU was available when this kernel
+was written; `benchmarks/kernels.py` is ready to make that measurement.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+from pallas_kernels.linear_attention.common import KernelState, padded_quad_features
+
+_F32 = jnp.float32
+VALUE_BLOCK = 16
+
+
+def _is_pow2(x: int) -> bool:
+    return x > 0 and x & (x - 1) == 0
+
+
+def unsupported_reason(f: int, d: int, chunk: int) -> str | None:
+    """Triton needs power-of-two tiles of at least 16 for its dots."""
+    if not (_is_pow2(f) and f >= 16):
+        return f"the GPU kernel needs a power-of-two feature size >= 16; got F = {f}"
+    if not _is_pow2(padded_quad_features(f)):
+        return f"the GPU kernel needs F(F+1)/2 padded to a power of two; F = {f} gives {padded_quad_features(f)}"
+    if d % VALUE_BLOCK:
+        return f"the GPU kernel needs the value size to be a multiple of {VALUE_BLOCK}; got D = {d}"
+    if not (_is_pow2(chunk) and chunk >= 16):
+        return f"the GPU kernel needs a power-of-two chunk_size >= 16; got {chunk}"
+    return None
+
+
+def _kernel(q_ref, k_ref, v_ref, w_ref, ea_ref, eb_ref, s0_in, s1_in, s2_in, z0_in, z1_in, z2_in, *refs,
+            heads, chunk, num_chunks, emit_output, save_states, eps, inv_sqrt_d, inv_d4, precision):
+    refs = list(refs)
+    y_ref = refs.pop(0) if emit_output else None
+    s0_out, s1_out, s2_out, z0_out, z1_out, z2_out = refs[:6]
+    saved = refs[6:12] if save_states else None
+    i = pl.program_id(0)
+    j = pl.program_id(1)
+    b = lax.div(i, heads)
+    cols = pl.ds(j * VALUE_BLOCK, VALUE_BLOCK)
+    dot = functools.partial(pltriton.dot, precision=precision)
+    ea = ea_ref[...]
+    eb = eb_ref[...]
+    c = chunk
+    row = lax.broadcasted_iota(jnp.int32, (c, c), 0)
+    col = lax.broadcasted_iota(jnp.int32, (c, c), 1)
+    init = (s0_in[i, 0, cols], s1_in[i, :, cols], s2_in[i, :, cols], z0_in[i, 0, 0], z1_in[i, 0, :], z2_in[i, 0, :])
+
+    def step(n, state):
+        s0, s1, s2, z0, z1, z2 = state
+        if save_states:
+            for ref, val in zip(saved[:3], (s0, s1, s2)):
+                ref[n, i, :, cols] = val if val.ndim == 2 else val[None, :]
+            saved[3][n, i, 0, 0] = z0
+            saved[4][n, i, 0, :] = z1
+            saved[5][n, i, 0, :] = z2
+        rows = pl.ds(n * c, c)
+        q = q_ref[i, rows, :].astype(_F32)
+        k = k_ref[i, rows, :].astype(_F32)
+        v = v_ref[i, rows, cols].astype(_F32)
+        w = w_ref[b, rows].astype(_F32)
+        vw = v * w[:, None]
+        k1 = k * inv_d4
+        k2 = dot(k, ea) * dot(k, eb)
+        if emit_output:
+            q1 = q * inv_d4
+            q2 = dot(q, ea) * dot(q, eb)
+            s = dot(q, k, trans_b=True) * inv_sqrt_d
+            a = jnp.where(row >= col, 1.0 + s + 0.5 * s * s, 0.0)
+            num = dot(a, vw) + s0[None, :] + dot(q1, s1) + dot(q2, s2)
+            den = (jnp.sum(a * w[None, :], axis=1) + z0 + jnp.sum(q1 * z1[None, :], axis=1)
+                   + jnp.sum(q2 * z2[None, :], axis=1))
+            y_ref[i, rows, cols] = (num / (den[:, None] + eps)).astype(y_ref.dtype)
+        return (
+            s0 + jnp.sum(vw, axis=0),
+            s1 + dot(k1, vw, trans_a=True),
+            s2 + dot(k2, vw, trans_a=True),
+            z0 + jnp.sum(w),
+            z1 + jnp.sum(k1 * w[:, None], axis=0),
+            z2 + jnp.sum(k2 * w[:, None], axis=0),
+        )
+
+    s0, s1, s2, z0, z1, z2 = lax.fori_loop(0, num_chunks, step, init)
+    s0_out[i, 0, cols] = s0
+    s1_out[i, :, cols] = s1
+    s2_out[i, :, cols] = s2
+
+    @pl.when(j == 0)
+    def _z():  # every value slice computes the same z; one writes it
+        z0_out[i, 0, 0] = z0
+        z1_out[i, 0, :] = z1
+        z2_out[i, 0, :] = z2
+
+
+def prefill_gpu(q, k, v, w, ea, eb, state: KernelState, *, heads, chunk, eps, scale_dim, emit_output, save_states,
+                interpret=False, num_warps: int = 4, num_stages: int = 2):
+    """Kernel-layout call, same contract as `tpu.prefill_tpu` (q, k [BH,Tp,F], v [BH,Tp,D], w [B,Tp,1])."""
+    bh, tp, f = q.shape
+    d = v.shape[-1]
+    reason = unsupported_reason(f, d, chunk)
+    if reason:
+        raise ValueError(reason)
+    p2 = ea.shape[1]
+    n = tp // chunk
+    precision = lax.Precision.HIGHEST if q.dtype == jnp.float32 else lax.Precision.DEFAULT
+    kernel = functools.partial(
+        _kernel, heads=heads, chunk=chunk, num_chunks=n, emit_output=emit_output, save_states=save_states, eps=eps,
+        inv_sqrt_d=1.0 / scale_dim**0.5, inv_d4=1.0 / scale_dim**0.25, precision=precision,
+    )
+    state_shapes = [(1, d), (f, d), (p2, d), (1, 1), (1, f), (1, p2)]
+    out_shape = [jax.ShapeDtypeStruct((bh, tp, d), v.dtype)] if emit_output else []
+    out_shape += [jax.ShapeDtypeStruct((bh,) + s, _F32) for s in state_shapes]
+    if save_states:
+        out_shape += [jax.ShapeDtypeStruct((n, bh) + s, _F32) for s in state_shapes]
+    any_spec = pl.BlockSpec(memory_space=pl.ANY)
+    outs = pl.pallas_call(
+        kernel,
+        out_shape=out_shape,
+        grid=(bh, d // VALUE_BLOCK),
+        in_specs=[any_spec] * 12,
+        out_specs=[any_spec] * len(out_shape),
+        compiler_params=pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages),
+        interpret=interpret,
+        name="jrt_linear_attention_prefill_gpu",
+    )(q, k, v, w[..., 0], ea, eb, *state)
+    outs = list(outs)
+    y = outs.pop(0) if emit_output else None
+    final = KernelState(*outs[:6])
+    return y, final, KernelState(*outs[6:]) if save_states else None

@@ -1,0 +1,34 @@
+"""The benchmark scripts run end to end (tiny sizes) and print the figures they promise."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_prefill_benchmark_runs(capsys, tmp_path):
+    _load("prefill").main(["--seq-lens", "128", "256", "--heads", "2", "--repeats", "1", "--json", str(tmp_path / "r.json")])
+    out = capsys.readouterr().out
+    assert "fp32 matmul ceiling" in out
+    for method in ("PLA (xla, M=T/2)", "causal LA (xla)", "dot_product_attention"):
+        assert out.count(method) >= 2, method
+    assert "speed-up over attention: T=128" in out
+    assert (tmp_path / "r.json").stat().st_size > 0
+
+
+def test_kernel_benchmark_cpu_sanity_runs(capsys, tmp_path):
+    _load("kernels").main(["--cpu-sanity", "--seq-lens", "128", "--repeats", "1", "--plot", "",
+                           "--json", str(tmp_path / "k.json")])
+    out = capsys.readouterr().out
+    for name in ("PLA M=T/2 [pallas]", "JRT-Prompt (LA over 2T) [xla]", "Based (LA over T) [pallas]", "attention"):
+        assert name in out, name
+    assert "speed-up over attention" in out

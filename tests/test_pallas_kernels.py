@@ -1,0 +1,159 @@
+"""Pallas prefill kernels: interpret mode against the reference, lowering for TPU and CUDA, errors."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import pallas_kernels
+from jrt_jax import ops
+from tests.helpers import assert_rel, random_qkv
+
+BACKENDS = ["tpu", "gpu"]
+ON_GPU = jax.default_backend() in ("gpu", "cuda")
+
+
+def _prefill(backend, *args, **kwargs):
+    kwargs.setdefault("interpret", not ON_GPU or backend == "tpu")
+    return pallas_kernels.linear_attention_prefill(*args, backend=backend, **kwargs)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "b,t,h,d,m,chunk", [(1, 1, 1, 16, 1, 16), (2, 70, 2, 16, 1, 16), (1, 70, 3, 32, 70, 32), (2, 45, 2, 16, 20, 64)]
+)
+def test_kernel_matches_reference_fp32(backend, b, t, h, d, m, chunk):
+    q, k, v, ke, ve = random_qkv(t + m, b, t, h, 16, d, m)
+    mask = jnp.arange(t)[None] >= jnp.arange(b)[:, None] * 3
+    w = mask.astype(jnp.float32)
+    # Encoder state by the state-only kernel, then the causal pass starting from it: PLA.
+    _, enc, _ = _prefill(backend, ke, ke, ve, w=w[:, :m], chunk_size=chunk, emit_output=False)
+    y, (kv, z), _ = _prefill(backend, q, k, v, w=w, initial_state=enc, chunk_size=chunk)
+    yr, st = ops.prefix_linear_attention(q, k, v, ke, ve, mask=mask, implementation="reference", return_state=True)
+    assert y.shape == (b, t, h, d) and y.dtype == jnp.float32
+    assert_rel(jnp.where(mask[..., None, None], y, 0), yr, 1e-5, "y")
+    assert_rel(kv, st.kv, 1e-5, "kv")
+    assert_rel(z, st.z, 1e-5, "z")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kernel_bf16(backend):
+    q, k, v = random_qkv(1, 2, 50, 2, 16, 16, dtype=jnp.bfloat16)
+    y, _, _ = _prefill(backend, q, k, v, chunk_size=16)
+    assert y.dtype == jnp.bfloat16
+    ref = ops.linear_attention(*(a.astype(jnp.float32) for a in (q, k, v)), implementation="reference")
+    assert_rel(y, ref, 2e-2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_saved_chunk_states_and_decoding_continues(backend):
+    b, t, h, d, chunk = 1, 40, 2, 16, 16
+    q, k, v = random_qkv(2, b, t + 5, h, 16, d)
+    _, (kv, z), (kv_chunks, z_chunks) = _prefill(backend, q[:, :t], k[:, :t], v[:, :t], chunk_size=chunk,
+                                                 save_states=True)
+    assert kv_chunks.shape == (3, b, h, 153, d) and z_chunks.shape == (3, b, h, 153)
+    for n in range(3):  # the state at the start of chunk n is the state after n·chunk tokens
+        want = ops.linear_attention_state(k[:, : n * chunk], v[:, : n * chunk], implementation="reference") if n else None
+        if want is None:
+            assert float(jnp.max(jnp.abs(kv_chunks[0]))) == 0.0
+        else:
+            assert_rel(kv_chunks[n], want.kv, 1e-5)
+            assert_rel(z_chunks[n], want.z, 1e-5)
+    state = ops.LinearAttentionState(kv, z)
+    full = ops.linear_attention(q, k, v, implementation="reference")
+    for i in range(t, t + 5):
+        y_i, state = ops.linear_attention_step(state, q[:, i], k[:, i], v[:, i])
+        assert_rel(y_i, full[:, i], 1e-5)
+
+
+def test_ops_pallas_path_and_gradients():
+    b, t, h, d, m = 2, 37, 2, 16, 11
+    q, k, v, ke, ve = random_qkv(3, b, t, h, 16, d, m)
+    mask = jnp.arange(t)[None] >= jnp.array([[0], [5]])
+    cot = jax.random.normal(jax.random.PRNGKey(4), (b, t, h, d))
+
+    def loss(impl, *args):
+        y, s = ops.prefix_linear_attention(*args, implementation=impl, chunk_size=16, mask=mask, return_state=True)
+        return jnp.sum(y * cot) + 1e-3 * jnp.sum(s.kv)
+
+    assert_rel(loss("pallas", q, k, v, ke, ve), loss("reference", q, k, v, ke, ve), 1e-5)
+    gp = jax.grad(functools.partial(loss, "pallas"), argnums=(0, 1, 2, 3, 4))(q, k, v, ke, ve)
+    gr = jax.grad(functools.partial(loss, "reference"), argnums=(0, 1, 2, 3, 4))(q, k, v, ke, ve)
+    for name, a, bb in zip(["q", "k", "v", "k_enc", "v_enc"], gp, gr):
+        assert_rel(a, bb, 1e-5, f"d{name}")
+    st = ops.pla_prefill_state(k, v, ke, ve, mask=mask, implementation="pallas", chunk_size=16)
+    want = ops.pla_prefill_state(k, v, ke, ve, mask=mask, implementation="reference")
+    assert_rel(st.kv, want.kv, 1e-5)
+
+
+# ----------------------------------------------------------------------------------- lowering for hardware
+
+_GPU_CHECKS = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("emit_output,save_states", [(True, False), (True, True), (False, False)])
+def test_kernels_lower_for_hardware(platform, dtype, emit_output, save_states):
+    """jax.export runs the real Mosaic / Triton lowering without the hardware."""
+    backend = "tpu" if platform == "tpu" else "gpu"
+    f = jax.jit(functools.partial(pallas_kernels.linear_attention_prefill, backend=backend, interpret=False,
+                                  chunk_size=64, emit_output=emit_output, save_states=save_states))
+    args = [jax.ShapeDtypeStruct((2, 1000, 4, 16), dtype)] * 2 + [jax.ShapeDtypeStruct((2, 1000, 4, 64), dtype)]
+    checks = _GPU_CHECKS if platform == "cuda" else []
+    exported = jax.export.export(f, platforms=[platform], disabled_checks=checks)(*args)
+    text = exported.mlir_module()
+    assert ("tpu_custom_call" if platform == "tpu" else "xla.gpu.triton") in text
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+def test_ops_pla_with_gradient_lowers_for_hardware(platform):
+    """The whole differentiable PLA op (kernel forward, XLA backward) lowers for TPU and CUDA."""
+    def loss(q, k, v, ke, ve):
+        return jnp.sum(ops.prefix_linear_attention(q, k, v, ke, ve, implementation="pallas", chunk_size=64))
+
+    shapes = [(1, 300, 2, 16), (1, 300, 2, 16), (1, 300, 2, 64), (1, 100, 2, 16), (1, 100, 2, 64)]
+    args = [jax.ShapeDtypeStruct(s, jnp.bfloat16) for s in shapes]
+    fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4)))
+    checks = _GPU_CHECKS if platform == "cuda" else []
+    with pallas_kernels.lowering_target("tpu" if platform == "tpu" else "gpu"):
+        text = jax.export.export(fn, platforms=[platform], disabled_checks=checks)(*args).mlir_module()
+    assert text.count("tpu_custom_call" if platform == "tpu" else "xla.gpu.triton") >= 2  # encoder + causal pass
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_errors():
+    q, k, v = random_qkv(5, 1, 20, 1, 16, 16)
+    with pytest.raises(ValueError, match="chunk_size must be a positive multiple of 8"):
+        pallas_kernels.linear_attention_prefill(q, k, v, chunk_size=12)
+    with pytest.raises(TypeError, match="float32, bfloat16 or float16"):
+        pallas_kernels.linear_attention_prefill(q.astype(jnp.int32), k, v)
+    with pytest.raises(ValueError, match="k must have the shape of q"):
+        pallas_kernels.linear_attention_prefill(q, k[..., :8], v)
+    with pytest.raises(ValueError, match="power-of-two feature size >= 16; got F = 8"):
+        pallas_kernels.linear_attention_prefill(q[..., :8], k[..., :8], v, backend="gpu")
+    with pytest.raises(ValueError, match="multiple of 16; got D = 8"):
+        pallas_kernels.linear_attention_prefill(q, k, v[..., :8], backend="gpu")
+    with pytest.raises(ValueError, match="unknown kernel backend"):
+        pallas_kernels.linear_attention_prefill(q, k, v, backend="metal")
+    # Through the public op: a clear error naming the reason, and "auto" falls back to the XLA path instead.
+    with pytest.raises(ValueError, match="implementation='pallas' cannot run these inputs: chunk_size 12"):
+        ops.linear_attention(q, k, v, implementation="pallas", chunk_size=12)
+    assert_rel(ops.linear_attention(q, k, v, implementation="auto", chunk_size=12),
+               ops.linear_attention(q, k, v, implementation="reference"), 1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_GPU, reason="needs an NVIDIA GPU")
+def test_gpu_kernel_on_device():
+    q, k, v, ke, ve = random_qkv(6, 4, 1000, 4, 16, 64, 300)
+    for dtype, tol in ((jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)):
+        args = [a.astype(dtype) for a in (q, k, v, ke, ve)]
+        y = ops.prefix_linear_attention(*args, implementation="pallas")
+        ref = ops.prefix_linear_attention(*(a.astype(jnp.float32) for a in args), implementation="reference")
+        assert_rel(y, ref, tol)
