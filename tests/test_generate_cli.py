@@ -1,0 +1,57 @@
+"""`jrt generate` (jrt_jax.generate.cli.main): streamed output, JRT-Prompt flags, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from jrt_jax.generate import cli
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_generate_streams_text(capsys):
+    code, out, err = run(capsys, "--preset", "llama-tiny", "--prompt", "Hello", "--max-new-tokens", "6",
+                         "--tokenizer", "bytes", "--echo", "--stats", "--no-eos-stop")
+    assert code == 0 and out.startswith("Hello") and out.endswith("\n")
+    assert "6 tokens" in err and "compilations" in err
+
+
+def test_generate_sampling_seed_is_reproducible(capsys):
+    args = ["--preset", "llama-tiny", "--prompt", "abc", "--prompt", "de", "--max-new-tokens", "8",
+            "--temperature", "2.0", "--top-p", "0.9", "--top-k", "50", "--tokenizer", "bytes", "--no-eos-stop"]
+    _, a, _ = run(capsys, *args, "--seed", "1")
+    _, b, _ = run(capsys, *args, "--seed", "1")
+    assert a == b and a.startswith("[0] ") and "\n[1] " in a
+
+
+def test_jrt_prompt_flags(capsys):
+    code, out, _ = run(capsys, "--preset", "llama-tiny", "--jrt-prompt", "--question", "Who?", "--context",
+                       "Ann met Bo.", "--max-new-tokens", "4", "--tokenizer", "bytes", "--echo")
+    assert code == 0 and out.startswith("Who? Ann met Bo.\nAnn met Bo. Who?")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--preset", "gpt-5", "--prompt", "x"], "unknown preset 'gpt-5'"),
+        (["--checkpoint", "/nonexistent", "--prompt", "x"], "jrt_jax.from_pretrained"),
+        (["--preset", "llama-tiny", "--tokenizer", "bytes"], "give --prompt"),
+        (["--preset", "llama-tiny", "--jrt-prompt", "--question", "q", "--tokenizer", "bytes"], "--context"),
+        (["--preset", "llama-tiny", "--prompt", "x", "--top-p", "0", "--tokenizer", "bytes"], "top_p"),
+        (["--preset", "llama-tiny", "--prompt", "x" * 4090, "--max-new-tokens", "10", "--tokenizer", "bytes"],
+         "maximum length 4096"),
+    ],
+)
+def test_cli_errors(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert message in str(e.value)
+
+
+def test_list_presets(capsys):
+    code, out, _ = run(capsys, "--list-presets")
+    assert code == 0 and "jrt-360m" in out and "356.58 M" in out and "smollm2-135m" in out
