@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from jrt_jax import ops
+from jrt_jax.ops.rope import rope_frequencies_numpy
 from jrt_jax.models._checks import one_of, positive_float, positive_int
 from jrt_jax.nn.dense import DTYPES
 
@@ -110,8 +110,9 @@ class LlamaConfig:
                 raise ValueError(f"rope_scaling must be None or a dict; got {type(self.rope_scaling).__name__}")
             object.__setattr__(self, "rope_scaling", FrozenMapping(self.rope_scaling))
         # Raises ValueError naming the key for unknown types, factor < 1, missing keys.
-        ops.rope_frequencies(self.head_dim, base=self.rope_theta, scaling=self.rope_scaling,
-                             max_position_embeddings=self.max_position_embeddings)
+        # (in numpy: configs are built at import time, before jax.distributed.initialize may be called)
+        rope_frequencies_numpy(self.head_dim, base=self.rope_theta, scaling=self.rope_scaling,
+                               max_position_embeddings=self.max_position_embeddings)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> LlamaConfig:

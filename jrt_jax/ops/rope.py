@@ -333,6 +333,22 @@ def rope_frequencies(
         ``factor < 1``, non-positive lengths/bases/factors, a ``short_factor``/``long_factor`` of the wrong
         length, an odd or non-positive ``head_dim``, or a ``scaling`` that is not a dict.
     """
+    inv_freq, attention_scale = rope_frequencies_numpy(
+        head_dim, base=base, scaling=scaling, seq_len=seq_len, max_position_embeddings=max_position_embeddings,
+        partial_rotary_factor=partial_rotary_factor)
+    return jnp.asarray(inv_freq), attention_scale
+
+
+def rope_frequencies_numpy(
+    head_dim: int,
+    *,
+    base: float = _DEFAULT_BASE,
+    scaling: Mapping[str, Any] | None = None,
+    seq_len: int | None = None,
+    max_position_embeddings: int | None = None,
+    partial_rotary_factor: float = _DEFAULT_PARTIAL_ROTARY_FACTOR,
+) -> tuple[np.ndarray, float]:
+    """`rope_frequencies` on the host: (float32 numpy inv_freq, attention scale); no JAX backend is touched."""
     head_dim = _positive_int(head_dim, "head_dim")
     if head_dim % 2:
         raise ValueError(f"head_dim must be even (RoPE rotates pairs of channels), got {head_dim}")
@@ -377,7 +393,7 @@ def rope_frequencies(
         inv_freq, attention_scale = _llama3(base, rot_dim, scaling, max_position_embeddings)
     else:  # longrope
         inv_freq, attention_scale = _longrope(base, rot_dim, scaling, seq_len, max_position_embeddings)
-    return jnp.asarray(inv_freq.astype(np.float32)), float(attention_scale)
+    return inv_freq.astype(np.float32), float(attention_scale)
 
 
 # ----------------------------------------------------------------------------------------------------------------
