@@ -6,9 +6,9 @@
     python -m jrt_jax.generate --preset llama-tiny --prompt "abc" --temperature 0.8 --top-p 0.9 --seed 3
 
 Presets are initialised at random (``--init-seed``): the text is gibberish but every code path — bucketing,
-prefill, constant-memory decoding, sampling, stop strings, streaming — is the real one. ``--checkpoint`` needs
-the conversion code (`jrt_jax.from_pretrained`, the checkpoint-conversion issue); until it lands it exits with an
-error saying so.
+prefill, constant-memory decoding, sampling, stop strings, streaming — is the real one. ``--checkpoint`` loads a
+checkpoint with `jrt_jax.from_pretrained` (Hugging Face Llama folder, JRT / Based release folder, GGUF file) and,
+with ``--tokenizer auto``, its own tokenizer (`jrt_jax.convert.load_tokenizer`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--preset", default=None,
                      help="model preset, randomly initialised (default jrt-tiny); see --list-presets")
     src.add_argument("--checkpoint", type=pathlib.Path, default=None,
-                     help="checkpoint folder (needs jrt_jax.from_pretrained from the conversion work; not yet here)")
+                     help="checkpoint folder or .gguf file, loaded with jrt_jax.from_pretrained")
     p.add_argument("--list-presets", action="store_true", help="print the presets with parameter counts and exit")
     p.add_argument("--init-seed", type=int, default=0, help="seed of the random initialisation of a preset")
     p.add_argument("--tokenizer", choices=("auto", "gpt2", "bytes"), default="auto",
@@ -70,14 +70,12 @@ def _load_model(args):
     from jrt_jax.models import JRTConfig, JRTLM, LlamaLM, config_from_preset
 
     if args.checkpoint is not None:
+        from jrt_jax.convert import from_pretrained
+
         try:
-            from jrt_jax import from_pretrained  # provided by the conversion package
-        except ImportError:
-            raise SystemExit(
-                f"jrt generate: error: --checkpoint {args.checkpoint}: loading checkpoints needs "
-                "jrt_jax.from_pretrained, which this build does not have yet (checkpoint conversion is a separate "
-                "piece of work); use --preset for a randomly initialised model") from None
-        return from_pretrained(args.checkpoint), str(args.checkpoint)
+            return from_pretrained(args.checkpoint), str(args.checkpoint)
+        except (ValueError, OSError) as e:  # ConversionError is a ValueError; its message names the problem
+            raise SystemExit(f"jrt generate: error: --checkpoint {args.checkpoint}: {e}") from None
     name = args.preset or "jrt-tiny"
     try:
         config = config_from_preset(name)
@@ -91,6 +89,13 @@ def _load_model(args):
 def _tokenizer(args, vocab_size):
     from jrt_jax.tokenizer import ByteTokenizer, gpt2_tokenizer, tokenizer_for_vocab
 
+    if args.tokenizer == "auto" and args.checkpoint is not None:
+        from jrt_jax.convert import ConversionError, load_tokenizer
+
+        try:
+            return load_tokenizer(args.checkpoint)
+        except ConversionError:
+            pass  # no tokenizer stored with the checkpoint: choose by vocabulary size below
     if args.tokenizer == "bytes":
         tok = ByteTokenizer()
     elif args.tokenizer == "gpt2":

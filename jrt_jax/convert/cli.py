@@ -1,0 +1,73 @@
+"""``jrt convert SRC DST``: convert a checkpoint into a PyTorch-loadable folder.
+
+    jrt convert ~/ckpt/JRT-360M-30B out/jrt360m                       # release folder → safetensors
+    jrt convert model.gguf out/smollm2 --format torch                  # GGUF → HF Llama pytorch_model.bin
+    jrt convert weights/ out/ --preset jrt-1.3b --dtype bfloat16       # no config.json: name the shape
+
+SRC is anything `jrt_jax.from_pretrained` reads (HF Llama folder, HazyResearch JRT / Based release folder, GGUF
+file); DST a folder that receives ``model.safetensors`` or ``pytorch_model.bin`` plus ``config.json`` (and, for
+GGUF sources, ``tokenizer.json``; for folders, their tokenizer files). Nothing is written unless the whole
+conversion succeeds. Exit status 0 on success, 1 on a conversion error (message on stderr), 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import time
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jrt convert", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", help="checkpoint folder, weights file or .gguf file")
+    p.add_argument("dst", help="output folder")
+    p.add_argument("--preset", help="model preset to use instead of SRC/config.json (e.g. jrt-360m, jrt-1.3b)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                   help="parameter dtype of the output (default: the checkpoint's; float32 for GGUF)")
+    p.add_argument("--format", choices=("safetensors", "torch"), default="safetensors",
+                   help="output weights format (default: safetensors)")
+    p.add_argument("--overwrite", action="store_true", help="replace the files in an existing non-empty DST")
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    from jrt_jax.convert.errors import ConversionError
+    from jrt_jax.convert.export import save_pretrained
+    from jrt_jax.convert.loader import from_pretrained, open_checkpoint
+    from jrt_jax.models import count_params
+
+    t0 = time.perf_counter()
+    src = pathlib.Path(args.src)
+    try:
+        model = from_pretrained(src, dtype=args.dtype, preset=args.preset)
+        tokenizer, extra = None, []
+        with open_checkpoint(src, preset=args.preset) as ckpt:
+            kind, folder = ckpt.kind, ckpt.folder
+            if kind == "gguf":
+                from jrt_jax.convert.gguf import gguf_tokenizer
+
+                try:
+                    tokenizer = gguf_tokenizer(ckpt.source)
+                except ConversionError as e:
+                    print(f"jrt convert: note: tokenizer not written ({e})", file=sys.stderr)
+        if kind != "gguf":
+            extra = [folder / n for n in TOKENIZER_FILES if (folder / n).is_file()]
+        out = save_pretrained(model, args.dst, format=args.format, overwrite=args.overwrite, tokenizer=tokenizer,
+                              extra_files=extra)
+    except (ConversionError, ValueError, OSError) as e:
+        print(f"jrt convert: error: {e}", file=sys.stderr)
+        return 1
+    config = model.config
+    dtype = config.param_dtype
+    print(f"converted {src} ({kind}, {type(model).__name__}, {count_params(model):,} parameters, {dtype}) → {out} "
+          f"in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
