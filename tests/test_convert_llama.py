@@ -32,14 +32,12 @@ _one_torch_thread = pytest.fixture(scope="module", autouse=True)(ch.torch_single
 _SHORT = [1.0 + 0.1 * i for i in range(8)]
 _LONG = [2.0 + 0.5 * i for i in range(8)]
 
-# (rope_scaling, max_position_embeddings, length, tied, original context). The lengths exceed the original
-# (pre-scaling) context of every type except dynamic NTK: transformers applies dynamic scaling only beyond
-# max_position_embeddings, and LlamaLM accepts no sequence longer than max_position_embeddings (a limitation of
-# jrt_jax.models, reported with this work), so dynamic is checked up to that length.
+# (rope_scaling, max_position_embeddings, length, tied, original context). Every length exceeds the original
+# (pre-scaling) context; dynamic NTK rescales only beyond max_position_embeddings, which LlamaLM then accepts.
 ROPE_CASES = {
     "default-tied": (None, 128, 100, True, 128),
     "linear": ({"rope_type": "linear", "factor": 4.0}, 128, 120, True, 32),
-    "dynamic": ({"rope_type": "dynamic", "factor": 2.0}, 64, 64, False, 64),
+    "dynamic": ({"rope_type": "dynamic", "factor": 2.0}, 64, 120, False, 64),
     "yarn": ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}, 128, 120, False, 32),
     "llama3": ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                 "original_max_position_embeddings": 16}, 128, 120, True, 16),
@@ -63,7 +61,7 @@ def test_hf_llama_matches_transformers(case, tmp_path):
     c = model.config
     assert (c.num_attention_heads, c.num_key_value_heads, c.tie_word_embeddings) == (4, 2, tied)
     assert (c.rope_scaling or {}).get("rope_type") == (scaling or {}).get("rope_type")
-    assert length > original or scaling is None or case == "dynamic"
+    assert length > original or scaling is None
     tokens = np.random.default_rng(0).integers(0, 300, (2, length))
     want = _logits(hf, tokens)
     got = np.asarray(model(jnp.asarray(tokens)))

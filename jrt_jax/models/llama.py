@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jrt_jax.nn.constraints import constrain
 from jrt_jax import nn
 from jrt_jax.models._checks import check_mask_shape, check_tokens
 from jrt_jax.models.llama_config import LlamaConfig
@@ -83,8 +84,13 @@ class LlamaLM(nnx.Module):
             dtype=self.dtype, param_dtype=param_dtype, rngs=rngs)
 
     @property
-    def max_length(self) -> int:
-        """Longest sequence accepted: `config.max_position_embeddings`."""
+    def max_length(self) -> int | None:
+        """Longest sequence accepted: `config.max_position_embeddings`, or None (no limit) under dynamic NTK
+        scaling, which exists to run past that length: RoPE is rescaled to the sequence length, as transformers
+        does."""
+        scaling = self.config.rope_scaling
+        if scaling is not None and scaling.get("rope_type", scaling.get("type")) == "dynamic":
+            return None
         return self.config.max_position_embeddings
 
     def _prepare(self, tokens, mask):
@@ -110,8 +116,9 @@ class LlamaLM(nnx.Module):
             raise ValueError(f"enc_len is a JRT-RNN setting; LlamaLM has no encoder (got enc_len={enc_len!r})")
         mask, positions = self._prepare(tokens, mask)
         x = self.embed_tokens(tokens).astype(_F32)
+        x = constrain(x)
         for layer in self.layers:
-            x = layer(x, positions=positions, mask=mask, rope_len=tokens.shape[1])
+            x = constrain(layer(x, positions=positions, mask=mask, rope_len=tokens.shape[1]))
         return self._logits(x)
 
     def prefill(self, tokens, *, mask=None, enc_len=None, cache_len: int | None = None, all_logits: bool = False):
