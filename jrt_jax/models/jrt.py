@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jrt_jax.nn.constraints import constrain
 from jrt_jax import nn
 from jrt_jax.models._checks import check_enc_len, check_enc_lens, check_mask_shape, check_tokens
 from jrt_jax.models.jrt_config import JRTConfig
@@ -162,8 +163,9 @@ class JRTLM(nnx.Module):
         """
         ctx = self._context(tokens, mask, enc_len)
         x = self._embed(tokens)
+        x = constrain(x)
         for layer in self.layers:
-            x = layer(x, ctx)
+            x = constrain(layer(x, ctx))
         return self._logits(x)
 
     def prefill(self, tokens, *, mask=None, enc_len=None, cache_len=None, all_logits: bool = False):

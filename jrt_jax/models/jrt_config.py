@@ -140,8 +140,10 @@ _L1B, _W1B = _L360 + (27, 33), _W360 + (28, 34)
 _TINY = dict(vocab_size=512, d_model=128, n_layers=8, n_inner=256, linear_layers=(1, 6), window_layers=(2, 7),
              num_heads=4, feature_dim=16, window_heads=4, window=32, enc_len=128)
 
-_MICRO = dict(vocab_size=512, d_model=64, n_layers=4, n_inner=128, linear_layers=(1,), window_layers=(2,),
-              num_heads=4, feature_dim=16, window_heads=4, window=32, enc_len=64)
+# Micro: two linear-attention layers (one to read, one to retrieve) and a short window, so that recall over more
+# than 8 tokens must go through the linear-attention state — what the synthetic recall tasks measure.
+_MICRO = dict(vocab_size=512, d_model=64, n_layers=4, n_inner=128, linear_layers=(1, 3), window_layers=(2,),
+              num_heads=4, feature_dim=16, window_heads=4, window=8, enc_len=64)
 
 #: Presets. The four release shapes (HazyResearch JRT-360M-30B, JRT-1B-50B, based-360M-30B, based-1b-50b),
 #: tiny variants with the same layout pattern (vocab 512: bytes + specials; 1.5 M parameters) for CPU demos and

@@ -1,0 +1,1 @@
+"""The jrt-jax trainer: `jrt train [--config FILE] [key=value ...]`. See `train.config` for every option."""

@@ -1,0 +1,376 @@
+"""The trainer's configuration: one tree of frozen dataclasses, a YAML/JSON file, `key=value` overrides.
+
+    cfg = load_config("configs/mqar_jrt.yaml", ["optim.lr=3e-3", "mesh.data=-1", "model.preset=based-tiny"])
+
+Every field is type-checked on load; an unknown key or a bad value is a `ValueError` naming the dotted field.
+`TrainConfig()` is the built-in default: a micro JRT-RNN (0.2 M parameters) on set disjointness in the order
+that is hard for causal models (long set first), sized to train on two CPU cores in a few minutes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import types
+import typing
+from typing import Any, Literal
+
+import yaml
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Which model to train: a preset of `jrt_jax.models` with fields replaced, or a converted checkpoint.
+
+    preset: any name of `jrt_jax.models.PRESETS` ("jrt-micro", "based-micro", "jrt-tiny", "llama-tiny", …).
+    overrides: fields of the preset's config to replace (e.g. {"d_model": 64, "n_layers": 4}).
+    checkpoint: a path for `jrt_jax.from_pretrained` (e.g. a converted Llama for PI fine-tuning); replaces preset.
+    rope_scaling: a Hugging Face rope_scaling dict set on a Llama model (Position Interpolation:
+      {"rope_type": "linear", "factor": 4.0}).
+    """
+
+    preset: str = "jrt-micro"
+    overrides: dict = dataclasses.field(default_factory=dict)
+    checkpoint: str | None = None
+    rope_scaling: dict | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Training data.
+
+    kind: "mqar" (multi-query associative recall), "set_disjointness" or "text" (tokenized local files).
+    order: the order of the two parts of a synthetic example — MQAR: "kv_first" (context before the queried
+      keys are known: a causal model must store every pair; hard) or "queries_first" (easy); set
+      disjointness: "long_first" (hard) or "short_first". None: the hard order of the task.
+    seq_len: tokens per example. batch_size: GLOBAL examples per step (split over data-parallel devices/hosts).
+    num_pairs, num_queries: MQAR key-value pairs and queries per example.
+    num_keys, num_values: MQAR key and value vocabularies (disjoint token ranges after 4 special tokens).
+    short_set, long_set, universe: set-disjointness sizes (one shared element) and the element vocabulary.
+    text_files: glob patterns of UTF-8 files for kind="text"; tokenizer "gpt2" or "bytes".
+    eval_examples: examples in the held-out evaluation set (generated from a different seed stream).
+    """
+
+    kind: Literal["mqar", "set_disjointness", "text"] = "set_disjointness"
+    order: str | None = None
+    seq_len: int = 32
+    batch_size: int = 32
+    num_pairs: int = 8
+    num_queries: int = 8
+    num_keys: int = 16
+    num_values: int = 16
+    short_set: int = 4
+    long_set: int = 16
+    universe: int = 64
+    text_files: tuple[str, ...] = ()
+    tokenizer: Literal["gpt2", "bytes"] = "gpt2"
+    eval_examples: int = 256
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    """Loss. "ntp": next-token prediction where the data marks targets. "jrt": NTP on positions ≥ M (the
+    decoder) plus mlm_weight · masked-LM on the prefix, where mlm_prob of the prefix tokens are replaced by
+    mask_token_id and must be predicted at their own position (the release: P = 0.15, w = 0.25).
+    "auto": "jrt" for JRT-RNN (prefix linear attention) models, "ntp" for the others.
+    mlm_prob None: the release's 0.15 on text; 0.0 on the synthetic recall tasks, whose prefix is the data the
+    decoder must recall (masking 15 % of it makes a recall target unanswerable; measured in README)."""
+
+    kind: Literal["auto", "ntp", "jrt"] = "auto"
+    mlm_prob: float | None = None
+    mlm_weight: float = 0.25
+    mask_token_id: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warmup then cosine decay to min_lr_ratio·lr, global-norm clipping, no weight decay
+    on norms/biases/1-D parameters, gradient accumulation over grad_accum micro-batches, and optional
+    low-precision compute (compute_dtype) with fp32 master weights (param_dtype).
+    decay_steps: the schedule's length (None: `steps`). Fix it to stop a run early or extend it later: a run with
+    steps=N is then exactly the first N steps of the longer one."""
+
+    lr: float = 3e-3
+    warmup_steps: int = 50
+    decay_steps: int | None = None
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    clip_norm: float = 1.0
+    grad_accum: int = 1
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh (data, fsdp, tensor); -1 = all remaining devices (at most one axis). `rules` maps the models'
+    logical axis names to mesh axes (None = replicated); the default is `jrt_jax.nn.axes.SUGGESTED_RULES`.
+    num_devices: use only the first N devices (None = all)."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    rules: tuple | None = None
+    num_devices: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """Orbax checkpoints under `dir` (None: no checkpoints): every `every` steps and at the end, keep the last
+    `keep`, asynchronous writes; `resume` restores the latest one (params, optimizer, step, RNG, data position)."""
+
+    dir: str | None = None
+    every: int = 100
+    keep: int = 3
+    async_save: bool = True
+    resume: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggingConfig:
+    """Metrics every `every` steps to `dir`/metrics.jsonl and TensorBoard event files ("{preset}" in `dir` is
+    replaced by model.preset); evaluation every
+    `eval_every` steps (0: only at the end); a progress bar when stdout is a terminal (or progress=True)."""
+
+    dir: str | None = "runs/{preset}"
+    every: int = 10
+    eval_every: int = 0
+    progress: bool | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    """Multi-host: call `jax.distributed.initialize` with these (on TPU pods / SLURM the empty defaults let JAX
+    discover them). enabled=False (default) is a single process."""
+
+    enabled: bool = False
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    local_device_ids: tuple[int, ...] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+    optim: OptimConfig = OptimConfig()
+    mesh: MeshConfig = MeshConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    logging: LoggingConfig = LoggingConfig()
+    distributed: DistributedConfig = DistributedConfig()
+
+    def __post_init__(self):
+        _positive("steps", self.steps)
+        d, o = self.data, self.optim
+        _positive("data.seq_len", d.seq_len)
+        _positive("data.batch_size", d.batch_size)
+        _positive("data.eval_examples", d.eval_examples)
+        _positive("optim.lr", o.lr)
+        _positive("optim.grad_accum", o.grad_accum)
+        _non_negative("optim.warmup_steps", o.warmup_steps)
+        if o.decay_steps is not None:
+            _positive("optim.decay_steps", o.decay_steps)
+        _non_negative("optim.weight_decay", o.weight_decay)
+        _non_negative("optim.clip_norm", o.clip_norm)
+        if not 0 <= o.min_lr_ratio <= 1:
+            raise ValueError(f"optim.min_lr_ratio must be in [0, 1]; got {o.min_lr_ratio}")
+        if self.objective.mlm_prob is not None and not 0 <= self.objective.mlm_prob < 1:
+            raise ValueError(f"objective.mlm_prob must be in [0, 1); got {self.objective.mlm_prob}")
+        _non_negative("objective.mlm_weight", self.objective.mlm_weight)
+        orders = {"mqar": ("kv_first", "queries_first"), "set_disjointness": ("long_first", "short_first")}
+        if d.kind in orders and d.order is not None and d.order not in orders[d.kind]:
+            raise ValueError(f"data.order must be one of {orders[d.kind]} for data.kind={d.kind!r}; got {d.order!r}")
+        if d.kind == "text" and not d.text_files:
+            raise ValueError("data.text_files must list at least one file pattern for data.kind='text'")
+        if d.batch_size % o.grad_accum:
+            raise ValueError(f"data.batch_size={d.batch_size} must be divisible by optim.grad_accum={o.grad_accum}")
+        for axis in ("data", "fsdp", "tensor"):
+            size = getattr(self.mesh, axis)
+            if size == 0 or size < -1:
+                raise ValueError(f"mesh.{axis} must be a positive size or -1 (the remaining devices); got {size}")
+        if self.mesh.num_devices is not None:
+            _positive("mesh.num_devices", self.mesh.num_devices)
+        if [getattr(self.mesh, a) for a in ("data", "fsdp", "tensor")].count(-1) > 1:
+            raise ValueError("mesh: at most one of data, fsdp, tensor may be -1")
+        if self.checkpoint.dir is not None:
+            _positive("checkpoint.every", self.checkpoint.every)
+            _positive("checkpoint.keep", self.checkpoint.keep)
+        _positive("logging.every", self.logging.every)
+        _non_negative("logging.eval_every", self.logging.eval_every)
+
+
+def resolved_mlm_prob(cfg: TrainConfig) -> float:
+    """objective.mlm_prob, with None resolved: 0.15 on text data, 0.0 on synthetic recall tasks."""
+    if cfg.objective.mlm_prob is not None:
+        return cfg.objective.mlm_prob
+    return 0.15 if cfg.data.kind == "text" else 0.0
+
+
+def _positive(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"{name} must be > 0; got {value!r}")
+
+
+def _non_negative(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"{name} must be >= 0; got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _coerce(path: str, annotation, value):
+    """Check / convert a value loaded from YAML against a field's type annotation."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(path, arg, value)
+            except ValueError as exc:
+                errors.append(str(exc))
+        raise ValueError(errors[0] if errors else f"{path}: unexpected value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"{path} must be one of {list(args)}; got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{path} must be a list; got {value!r}")
+        if args and args[-1] is Ellipsis:
+            return tuple(_coerce(f"{path}[{i}]", args[0], v) for i, v in enumerate(value))
+        return tuple(value)
+    if annotation is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{path} must be a list; got {value!r}")
+        return tuple(tuple(v) if isinstance(v, list) else v for v in value)
+    if annotation is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{path} must be a mapping; got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ValueError(f"{path} must be a mapping of {annotation.__name__} fields; got {value!r}")
+        return _build(annotation, value, path)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{path} must be true or false; got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{path} must be an integer; got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{path} must be a number; got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{path} must be a string; got {value!r}")
+        return value
+    return value
+
+
+def _build(cls, mapping: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(mapping) - names)
+    if unknown:
+        where = prefix or "top level"
+        raise ValueError(f"unknown config key(s) {[f'{prefix}.{u}'.lstrip('.') for u in unknown]} "
+                         f"({where} accepts {sorted(names)})")
+    kwargs = {}
+    for key, value in mapping.items():
+        path = f"{prefix}.{key}".lstrip(".")
+        kwargs[key] = _coerce(path, hints[key], value)
+    return cls(**kwargs)
+
+
+def to_dict(cfg) -> dict:
+    """The config as plain YAML/JSON-able data."""
+    def convert(x):
+        if dataclasses.is_dataclass(x):
+            return {f.name: convert(getattr(x, f.name)) for f in dataclasses.fields(x)}
+        if isinstance(x, (list, tuple)):
+            return [convert(v) for v in x]
+        if isinstance(x, dict):
+            return {k: convert(v) for k, v in x.items()}
+        return x
+    return convert(cfg)
+
+
+def _set_dotted(tree: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {} if node.get(key) is None else node[key]
+            if not isinstance(node[key], dict):
+                raise ValueError(f"override {dotted!r}: {key!r} is not a section")
+        node = node[key]
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """"optim.lr=1e-3" → ("optim.lr", 0.001); the value is read as YAML (numbers, true/false, lists, null)."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} must look like key=value (e.g. optim.lr=1e-3)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ValueError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and raw.strip():
+        # YAML reads 3e-3 as a string; accept what Python reads as a float.
+        try:
+            value = float(raw) if any(c in raw for c in ".eE") else value
+        except ValueError:
+            pass
+    return key, value
+
+
+def load_config(path: str | pathlib.Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """The built-in default, updated by a YAML/JSON file, then by `key=value` overrides (in that order)."""
+    tree = to_dict(TrainConfig())
+    if path is not None:
+        p = pathlib.Path(path)
+        if not p.is_file():
+            raise ValueError(f"config file {str(p)!r} does not exist")
+        text = p.read_text()
+        loaded = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {str(p)!r} must hold a mapping at the top level")
+        _merge(tree, loaded, "")
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    return _build(TrainConfig, tree)
+
+
+def _merge(base: dict, update: dict, prefix: str) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "overrides":
+            _merge(base[key], value, f"{prefix}{key}.")
+        else:
+            base[key] = value

@@ -1,0 +1,344 @@
+"""The training loop: sharded jit step, evaluation, checkpoints, metrics.
+
+    trainer = Trainer(load_config(None, ["steps=100"]))
+    summary = trainer.run()          # {"step": …, "loss": …, "eval_accuracy": …}
+
+Everything a step depends on is a function of (config, step): the batch (`data`), the masking RNG
+(fold_in(seed, step)) and the learning rate — so a run restored from the checkpoint of step s continues
+exactly as the uninterrupted run from s on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jrt_jax import models
+from jrt_jax.nn.constraints import activation_sharding
+from train import mesh as meshlib
+from train import objectives
+from train.checkpoint import Checkpointer
+from train.config import TrainConfig, resolved_mlm_prob, to_dict
+from train.data import make_task
+from train.metrics import MetricsWriter, Progress, peak_flops_per_device
+from train.optim import make_optimizer
+
+
+def build_model_config(cfg: TrainConfig):
+    """The model config: preset + overrides, compute / parameter dtypes from the optimiser section."""
+    if cfg.model.checkpoint is not None:
+        from jrt_jax.convert import load_config as load_checkpoint_config
+
+        base = load_checkpoint_config(cfg.model.checkpoint)
+    else:
+        base = models.config_from_preset(cfg.model.preset)
+    fields = {f.name for f in dataclasses.fields(base)}
+    unknown = sorted(set(cfg.model.overrides) - fields)
+    if unknown:
+        raise ValueError(f"model.overrides: unknown field(s) {unknown} for {type(base).__name__}")
+    changes = dict(cfg.model.overrides)
+    for key in ("linear_layers", "window_layers"):
+        if key in changes and isinstance(changes[key], list):
+            changes[key] = tuple(changes[key])
+    changes.update(dtype=cfg.optim.compute_dtype, param_dtype=cfg.optim.param_dtype)
+    if cfg.model.rope_scaling is not None:
+        if "rope_scaling" not in fields:
+            raise ValueError("model.rope_scaling applies to Llama models only")
+        scaling = dict(cfg.model.rope_scaling)
+        rope_type = scaling.get("rope_type", scaling.get("type"))
+        original = base.max_position_embeddings
+        if rope_type != "dynamic":
+            # Position Interpolation and its successors: train at the longer length. The pre-trained context
+            # stays the reference the scaling is computed from (dynamic NTK reads max_position_embeddings as
+            # that context, so it keeps its length limit).
+            if rope_type in ("yarn", "llama3", "longrope"):
+                scaling.setdefault("original_max_position_embeddings", original)
+            changes["max_position_embeddings"] = max(original, cfg.data.seq_len)
+        changes["rope_scaling"] = scaling
+    return dataclasses.replace(base, **changes)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, *, log=print):
+        self.cfg = cfg
+        if cfg.distributed.enabled and not jax.distributed.is_initialized():
+            d = cfg.distributed
+            # CPU processes need a collectives library to form one job (tests, CPU clusters); no effect elsewhere.
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+            jax.distributed.initialize(coordinator_address=d.coordinator_address, num_processes=d.num_processes,
+                                       process_id=d.process_id, local_device_ids=d.local_device_ids)
+        # Only after jax.distributed.initialize: asking for the process index starts the backend.
+        self.log = log if jax.process_index() == 0 else (lambda *a, **k: None)
+        devices = jax.devices()
+        if cfg.mesh.num_devices is not None:
+            if cfg.mesh.num_devices > len(devices):
+                raise ValueError(f"mesh.num_devices={cfg.mesh.num_devices} but only {len(devices)} devices exist")
+            devices = devices[: cfg.mesh.num_devices]
+        self.mesh = meshlib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
+        meshlib.check_batch(cfg.data.batch_size, self.mesh, cfg.optim.grad_accum)
+        self.rules = meshlib.resolve_rules(cfg.mesh.rules)
+
+        self.model_config = build_model_config(cfg)
+        self.task = make_task(cfg.data, self.model_config)
+        self.enc_len = self.task.enc_len if self.task.enc_len is not None else getattr(self.model_config, "enc_len", None)
+        self.is_jrt = getattr(self.model_config, "linear_kind", None) == "prefix"
+        self.objective = cfg.objective.kind if cfg.objective.kind != "auto" else ("jrt" if self.is_jrt else "ntp")
+        if self.objective == "jrt" and not self.is_jrt:
+            raise ValueError(f"objective.kind='jrt' needs a JRT-RNN (prefix) model; {cfg.model.preset!r} is not one "
+                             "(use objective.kind=ntp)")
+
+        # Abstract model → shardings → initialise parameters directly into them.
+        abstract = models.abstract_model(self.model_config)
+        self.graphdef, abstract_params, _ = nnx.split(abstract, nnx.Param, ...)
+        self.param_shardings = meshlib.param_shardings(abstract_params, self.mesh, self.rules)
+        self.sharding_table = meshlib.describe(abstract_params, self.param_shardings)
+        self.tx, self.schedule = make_optimizer(cfg.optim, cfg.optim.decay_steps or cfg.steps)
+        self.batch_sharding = meshlib.batch_sharding(self.mesh)
+        self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        self.activation_sharding = jax.sharding.NamedSharding(
+            self.mesh, jax.sharding.PartitionSpec(meshlib.BATCH_AXES, None, None))
+
+        config = self.model_config
+        graphdef = self.graphdef
+
+        @functools.partial(jax.jit, out_shardings=(self.param_shardings, self.replicated))
+        def init():
+            _, params, rest = nnx.split(models.build(config, seed=cfg.seed), nnx.Param, ...)
+            return params, rest
+
+        if cfg.model.checkpoint is not None:
+            # Fine-tuning (e.g. Position Interpolation): the converted weights, streamed into their shardings.
+            from jrt_jax.convert import from_pretrained
+
+            loaded = from_pretrained(cfg.model.checkpoint, config=config, shardings=self.param_shardings)
+            _, params, rest = nnx.split(loaded, nnx.Param, ...)
+            self.rest = jax.device_put(rest, self.replicated)
+        else:
+            params, self.rest = init()
+        opt_state = jax.jit(self.tx.init)(params)
+        # Moments follow their parameters' shardings; scalars (the step count) land on one device: replicate them.
+        opt_state = jax.tree.map(
+            lambda x: x if len(x.sharding.device_set) == self.mesh.size else jax.device_put(x, self.replicated),
+            opt_state)
+        self.opt_shardings = jax.tree.map(lambda x: x.sharding, opt_state)
+        self.state = {"params": params, "opt_state": opt_state}
+        self.step = 0
+        self.rows = meshlib.host_rows(cfg.data.batch_size, self.mesh)
+        self._build_steps(graphdef)
+
+        self.checkpointer = None
+        if cfg.checkpoint.dir is not None:
+            self.checkpointer = Checkpointer(cfg.checkpoint.dir.replace("{preset}", cfg.model.preset),
+                                             keep=cfg.checkpoint.keep,
+                                             async_save=cfg.checkpoint.async_save)
+            if cfg.checkpoint.resume and self.checkpointer.latest_step() is not None:
+                self.restore()
+        self._stop_requested = False
+
+    # ------------------------------------------------------------------------------------------------- steps
+
+    def _forward(self, params, rest, tokens):
+        model = nnx.merge(self.graphdef, params, rest)
+        with activation_sharding(self.activation_sharding):
+            if isinstance(self.model_config, models.JRTConfig) and self.enc_len is not None:
+                return model(tokens, enc_len=min(self.enc_len, tokens.shape[1]))
+            return model(tokens)
+
+    def _build_steps(self, graphdef):
+        cfg = self.cfg
+        accum = cfg.optim.grad_accum
+        obj = cfg.objective
+        enc_len = self.enc_len
+        use_jrt = self.objective == "jrt"
+        mlm_prob = resolved_mlm_prob(cfg)
+        key = jax.random.PRNGKey(cfg.seed)
+
+        def loss_terms(params, rest, tokens, labels, mlm_labels, ntp_count, mlm_count):
+            logits = self._forward(params, rest, tokens)
+            if use_jrt:
+                ntp, mlm = objectives.jrt_loss(logits, labels, mlm_labels, enc_len)
+                loss = ntp[0] / jnp.maximum(ntp_count, 1.0) + obj.mlm_weight * mlm[0] / jnp.maximum(mlm_count, 1.0)
+                return loss, (ntp[0], mlm[0])
+            ntp = objectives.ntp_loss(logits, labels)
+            return ntp[0] / jnp.maximum(ntp_count, 1.0), (ntp[0], jnp.zeros(()))
+
+        def train_step(state, rest, tokens, labels, step):
+            params, opt_state = state["params"], state["opt_state"]
+            if use_jrt:
+                tokens, mlm_labels = objectives.mlm_mask(jax.random.fold_in(key, step), tokens, enc_len, mlm_prob,
+                                                         obj.mask_token_id)
+                decoder = jnp.arange(labels.shape[1])[None, :] >= enc_len
+                ntp_count = jnp.sum(((labels >= 0) & decoder).astype(jnp.float32))
+            else:
+                mlm_labels = jnp.full_like(labels, -1)
+                ntp_count = jnp.sum((labels >= 0).astype(jnp.float32))
+            mlm_count = jnp.sum((mlm_labels >= 0).astype(jnp.float32))
+
+            def micro(x):  # [B, T] → [accum, B/accum, T], strided so every device holds rows of each micro-batch
+                return x.reshape(x.shape[0] // accum, accum, x.shape[1]).swapaxes(0, 1)
+
+            grad_fn = jax.value_and_grad(loss_terms, has_aux=True)
+
+            def body(carry, mb):
+                grads, loss, ntp_sum, mlm_sum = carry
+                (l, (n, m)), g = grad_fn(params, rest, mb[0], mb[1], mb[2], ntp_count, mlm_count)
+                return (jax.tree.map(jnp.add, grads, g), loss + l, ntp_sum + n, mlm_sum + m), None
+
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            init = (zeros, jnp.zeros(()), jnp.zeros(()), jnp.zeros(()))
+            (grads, loss, ntp_sum, mlm_sum), _ = jax.lax.scan(body, init, (micro(tokens), micro(labels),
+                                                                         micro(mlm_labels)))
+            updates, opt_state = self.tx.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            metrics = {
+                "loss": loss,
+                "ntp_loss": ntp_sum / jnp.maximum(ntp_count, 1.0),
+                "grad_norm": optax.tree.norm(grads),
+                "lr": self.schedule(step),
+            }
+            if use_jrt:
+                metrics["mlm_loss"] = mlm_sum / jnp.maximum(mlm_count, 1.0)
+            return {"params": params, "opt_state": opt_state}, metrics
+
+        state_shardings = {"params": self.param_shardings, "opt_state": self.opt_shardings}
+        self.train_step = jax.jit(
+            train_step,
+            in_shardings=(state_shardings, self.replicated, self.batch_sharding, self.batch_sharding, None),
+            out_shardings=(state_shardings, None),
+            donate_argnums=(0,),
+        )
+
+        def eval_step(params, rest, tokens, labels):
+            logits = self._forward(params, rest, tokens)
+            valid = labels >= 0
+            correct = jnp.sum((jnp.argmax(logits, -1) == labels) & valid)
+            ce, count = objectives.ntp_loss(logits, labels)
+            return correct, count, ce
+
+        self.eval_step = jax.jit(eval_step, in_shardings=(self.param_shardings, self.replicated, self.batch_sharding,
+                                                          self.batch_sharding))
+
+    # -------------------------------------------------------------------------------------------------- data
+
+    def _global_batch(self, step: int, split: int = 0, rows=None):
+        rows = self.rows if rows is None else rows
+        batch = self.task.batch(step, rows, split)
+        size = self.cfg.data.batch_size
+        return (meshlib.global_batch_array(batch.tokens, self.mesh, size),
+                meshlib.global_batch_array(batch.labels, self.mesh, size))
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+
+    def _meta(self) -> dict:
+        return {"step": self.step, "data_position": self.step, "seed": self.cfg.seed, "config": to_dict(self.cfg)}
+
+    def save(self, *, force: bool = False) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.save(self.step, self.state, self._meta(), force=force)
+
+    def restore(self, step: int | None = None) -> None:
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.state)
+        self.state, meta = self.checkpointer.restore(abstract, step)
+        self.step = int(meta["data_position"])
+        self.log(f"restored checkpoint step {meta['step']} from {self.checkpointer.path}")
+
+    def _on_sigterm(self, signum, frame):
+        self._stop_requested = True
+
+    # ----------------------------------------------------------------------------------------------- running
+
+    def evaluate(self) -> dict:
+        """Accuracy at the labelled positions and NTP loss on `data.eval_examples` held-out examples."""
+        size = self.cfg.data.batch_size
+        batches = max(1, math.ceil(self.cfg.data.eval_examples / size))
+        correct = count = ce = 0.0
+        for i in range(batches):
+            tokens, labels = self._global_batch(i, split=1)
+            c, n, e = self.eval_step(self.state["params"], self.rest, tokens, labels)
+            correct, count, ce = correct + float(c), count + float(n), ce + float(e)
+        return {"eval_accuracy": correct / max(count, 1.0), "eval_loss": ce / max(count, 1.0)}
+
+    def flops_per_step(self) -> float:
+        tokens, labels = self._global_batch(0)
+        compiled = self.train_step.lower(self.state, self.rest, tokens, labels, jnp.int32(0)).compile()
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        writer = MetricsWriter(None if cfg.logging.dir is None else cfg.logging.dir.replace("{preset}", cfg.model.preset))
+        if self.step == 0:
+            self.log(f"model {cfg.model.preset}: {models.count_params(self.model_config):,} parameters, objective "
+                     f"{self.objective}; mesh "
+                     f"{dict(self.mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} device(s)")
+        flops = self.flops_per_step()
+        peak, peak_source = peak_flops_per_device()
+        tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
+        progress = Progress(cfg.steps, self.step, cfg.logging.progress)
+        last = {}
+        t0, steps_timed = time.perf_counter(), 0
+        try:
+            while self.step < cfg.steps and not self._stop_requested:
+                tokens, labels = self._global_batch(self.step)
+                self.state, metrics = self.train_step(self.state, self.rest, tokens, labels, jnp.int32(self.step))
+                self.step += 1
+                steps_timed += 1
+                if self.step % cfg.logging.every == 0 or self.step == cfg.steps:
+                    metrics = {k: float(v) for k, v in metrics.items()}
+                    elapsed = time.perf_counter() - t0
+                    metrics["tokens_per_s"] = tokens_per_step * steps_timed / elapsed
+                    metrics["mfu"] = flops * steps_timed / elapsed / (peak * jax.device_count())
+                    if not all(math.isfinite(metrics[k]) for k in ("loss", "grad_norm")):
+                        raise FloatingPointError(f"non-finite loss at step {self.step}: {metrics}")
+                    if cfg.logging.eval_every and self.step % cfg.logging.eval_every == 0:
+                        metrics.update(self.evaluate())
+                    writer.write(self.step, metrics)
+                    progress.update(steps_timed if progress.bar else 0, metrics)
+                    if not progress.enabled:
+                        self.log(_line(self.step, metrics))
+                    last = metrics
+                    t0, steps_timed = time.perf_counter(), 0
+                if self.checkpointer is not None and self.step % cfg.checkpoint.every == 0:
+                    self.save()
+        finally:
+            progress.close()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        if self._stop_requested:
+            self.log(f"SIGTERM: saving step {self.step} and stopping")
+        if self.checkpointer is not None and self.checkpointer.latest_step() != self.step:
+            self.save(force=True)
+        final = self.evaluate()
+        writer.write(self.step, final)
+        writer.close()
+        if self.checkpointer is not None:
+            self.checkpointer.wait()
+        summary = {"step": self.step, **{k: v for k, v in last.items() if k in ("loss", "tokens_per_s", "mfu")},
+                   **final, "flops_per_step": flops, "peak_flops_source": peak_source}
+        return summary
+
+    def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.close()
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _line(step, metrics) -> str:
+    keys = ("loss", "ntp_loss", "mlm_loss", "grad_norm", "lr", "tokens_per_s", "mfu", "eval_accuracy")
+    return f"step {step:>6}  " + "  ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
