@@ -41,6 +41,21 @@ def test_feature_map_matches_released_layout():
     np.testing.assert_allclose(ops.taylor_feature_map(x), want, rtol=1e-6)
 
 
+@pytest.mark.parametrize("f, scale_dim", [(16, None), (5, None), (8, 3.0), (1, None)])
+def test_feature_map_features_first_equals_compact(f, scale_dim):
+    from jrt_jax.ops.feature_map import taylor_feature_map_compact_t
+
+    x = jax.random.normal(jax.random.PRNGKey(f), (2, 3, 7, f))
+    want = ops.taylor_feature_map_compact(x, scale_dim=scale_dim)
+    got = taylor_feature_map_compact_t(jnp.swapaxes(x, -1, -2), scale_dim=scale_dim)
+    assert got.shape == (2, 3, ops.taylor_feature_dim(f, compact=True), 7)
+    np.testing.assert_allclose(jnp.swapaxes(got, -1, -2), want, rtol=2e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="x_t"):
+        taylor_feature_map_compact_t(jnp.ones((4,)))
+    with pytest.raises(ValueError, match="scale_dim"):
+        taylor_feature_map_compact_t(jnp.ones((4, 2)), scale_dim=0)
+
+
 def test_feature_map_scale_dim():
     x = jax.random.normal(jax.random.PRNGKey(2), (4, 8))
     y = jax.random.normal(jax.random.PRNGKey(3), (4, 8))
