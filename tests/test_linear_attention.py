@@ -89,6 +89,41 @@ def test_pla_matches_reference_fp32(impl, shape, chunk):
     assert_rel(s.z, sr.z, 1e-5, "z")
 
 
+@pytest.mark.parametrize("shape", [(1, 100, 8, 16, 8, 30), (2, 70, 6, 8, 8, 10), (1, 40, 16, 4, 4, 40)],
+                         ids=lambda s: "b{}t{}h{}f{}d{}m{}".format(*s))
+def test_xla_head_groups_match_reference(shape):
+    # On CPU the xla forward splits its reads and updates into head groups once B·H ≥ 8; these shapes take
+    # 2, 3 and 4 groups, with and without a padding mask (which weights the keys inside each group).
+    from jrt_jax.ops.linear_attention import xla
+
+    b, t, h, f, d, m = shape
+    assert xla.forward_head_groups(b, h) == b * h // 4
+    q, k, v, ke, ve = random_qkv(3, b, t, h, f, d, m)
+    mask = jnp.arange(t)[None, :] >= jnp.arange(b)[:, None] * 7  # left padding, 7 more per row
+    for kw in ({}, {"mask": mask}):
+        yr, sr = ops.prefix_linear_attention(q, k, v, ke, ve, implementation="reference", return_state=True, **kw)
+        y, s = ops.prefix_linear_attention(q, k, v, ke, ve, implementation="xla", chunk_size=16,
+                                           return_state=True, **kw)
+        assert_rel(y, yr, 1e-5, f"y {kw.keys()}")
+        assert_rel(s.kv, sr.kv, 1e-5, "kv")
+        assert_rel(s.z, sr.z, 1e-5, "z")
+
+
+def test_xla_head_group_rule():
+    from jrt_jax.ops.linear_attention import xla
+
+    assert [xla.forward_head_groups(b, h) for b, h in [(1, 16), (1, 8), (1, 32), (2, 16), (1, 4), (4, 16), (1, 1)]] \
+        == [4, 2, 8, 8, 1, 1, 1]
+    q, k, v = random_qkv(4, 1, 32, 6, 8, 8)
+    kv = jax.random.normal(jax.random.PRNGKey(5), (1, 6, ops.taylor_feature_dim(8, compact=True), 8))
+    z = jnp.abs(jax.random.normal(jax.random.PRNGKey(6), kv.shape[:3])) + 1.0
+    one = xla._chunk_step(kv, z, q, k, v, None, scale_dim=None, eps=1e-12, precision=None, head_groups=1)
+    for g in (2, 4, 6, 9):
+        many = xla._chunk_step(kv, z, q, k, v, None, scale_dim=None, eps=1e-12, precision=None, head_groups=g)
+        for a, b_ in zip(one, many):
+            np.testing.assert_allclose(b_, a, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("impl", FAST_IMPLS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "b{}t{}h{}f{}d{}m{}".format(*s))
 def test_causal_matches_reference_fp32(impl, shape):
