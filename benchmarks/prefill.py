@@ -4,7 +4,9 @@
     python benchmarks/prefill.py --seq-lens 1024 8192 --json out.json
 
 Prints the fp32 matmul ceiling measured in the same process, one table row per (method, T) — wall time
-(median of --repeats after a warm-up), peak memory (XLA buffer accounting), achieved GFLOP/s — and a summary:
+(median of --repeats after a warm-up; the linear rows are timed round-robin, one call of each per round, so
+a slow phase of a shared machine does not land on a single row), peak memory (XLA buffer accounting),
+achieved GFLOP/s (FLOPs the chunked path executes, see `benchmarking.linear_attention_flops`) — and a summary:
 speed-up over attention, t(32k)/t(8k), memory growth and the fraction of the matmul ceiling reached.
 """
 

@@ -31,6 +31,21 @@ def median_time(fn: Callable, *args, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
+def interleaved_times(calls: Sequence[tuple[Callable, tuple]], repeats: int = 3) -> list[float]:
+    """Median seconds per call for each (fn, args), timed round-robin: `repeats` rounds of one call each.
+
+    The functions must be warm (compiled). Interleaving makes slow phases of a shared machine hit every entry
+    alike rather than whichever one happened to be running.
+    """
+    times: list[list[float]] = [[] for _ in calls]
+    for _ in range(repeats):
+        for i, (fn, args) in enumerate(calls):
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(ts) for ts in times]
+
+
 def compiled_memory_bytes(jitted, *args) -> int:
     """Bytes XLA allocates for one call of the jitted function: arguments + outputs + temporaries."""
     analysis = jitted.lower(*args).compile().memory_analysis()
@@ -122,19 +137,24 @@ def prefill_table(
         rows.append(row)
         log(_format_row(row))
 
-    # The linear methods run first for every length, attention last: its multi-GiB buffers disturb the timing
-    # of whatever runs right after them.
+    # The linear methods run first, attention last: its multi-GiB buffers disturb the timing of whatever runs
+    # right after them. The linear rows are timed round-robin (one call of every (method, T) per round, the
+    # median over rounds), so a slow phase of a shared machine spreads over all rows instead of landing on one.
+    cases = []
     for t in seq_lens:
         m = t // 2
         if "pla" in methods:
             args = inputs(t, [(b, t, h, f), (b, t, h, f), (b, t, h, d), (b, m, h, f), (b, m, h, d)])
-            record(Row("PLA (xla, M=T/2)", t, median_time(pla, *args, repeats=repeats),
-                       compiled_memory_bytes(pla, *args), linear_attention_flops(b, h, t, f, d, chunk_size, m)))
+            cases.append(("PLA (xla, M=T/2)", t, pla, args, linear_attention_flops(b, h, t, f, d, chunk_size, m)))
         if "linear" in methods:
             args = inputs(t, [(b, t, h, f), (b, t, h, f), (b, t, h, d)])
-            record(Row("causal LA (xla)", t, median_time(la, *args, repeats=repeats),
-                       compiled_memory_bytes(la, *args), linear_attention_flops(b, h, t, f, d, chunk_size)))
-        args = None
+            cases.append(("causal LA (xla)", t, la, args, linear_attention_flops(b, h, t, f, d, chunk_size)))
+    for case in cases:
+        jax.block_until_ready(case[2](*case[3]))  # compile and warm up
+    times = interleaved_times([(fn, args) for _, _, fn, args, _ in cases], repeats=repeats)
+    for (method, t, fn, args, flops), sec in zip(cases, times):
+        record(Row(method, t, sec, compiled_memory_bytes(fn, *args), flops))
+    cases = args = None
     last: tuple[int, float] | None = None
     for t in seq_lens if "attention" in methods else ():
         args = inputs(t, [(b, t, h, d)] * 3)

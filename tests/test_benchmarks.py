@@ -15,6 +15,16 @@ def _load(name):
     return module
 
 
+def test_interleaved_times_calls_round_robin():
+    from jrt_jax import benchmarking as bm
+
+    log = []
+    calls = [(lambda x, tag=tag: log.append(tag) or x, (1,)) for tag in "ab"]
+    times = bm.interleaved_times(calls, repeats=3)
+    assert log == list("ababab")
+    assert len(times) == 2 and all(t >= 0 for t in times)
+
+
 def test_prefill_benchmark_runs(capsys, tmp_path):
     _load("prefill").main(["--seq-lens", "128", "256", "--heads", "2", "--repeats", "1", "--json", str(tmp_path / "r.json")])
     out = capsys.readouterr().out
