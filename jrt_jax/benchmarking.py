@@ -32,11 +32,13 @@ def median_time(fn: Callable, *args, repeats: int = 3) -> float:
 
 
 def interleaved_times(calls: Sequence[tuple[Callable, tuple]], repeats: int = 3) -> list[float]:
-    """Median seconds per call for each (fn, args), timed round-robin: `repeats` rounds of one call each.
+    """Median seconds per call for each (fn, args): one warm-up call each, then `repeats` round-robin rounds.
 
-    The functions must be warm (compiled). Interleaving makes slow phases of a shared machine hit every entry
-    alike rather than whichever one happened to be running.
+    Like `median_time` for several functions at once; interleaving makes slow phases of a shared machine hit
+    every entry alike rather than whichever one happened to be running.
     """
+    for fn, args in calls:
+        jax.block_until_ready(fn(*args))
     times: list[list[float]] = [[] for _ in calls]
     for _ in range(repeats):
         for i, (fn, args) in enumerate(calls):
@@ -149,8 +151,6 @@ def prefill_table(
         if "linear" in methods:
             args = inputs(t, [(b, t, h, f), (b, t, h, f), (b, t, h, d)])
             cases.append(("causal LA (xla)", t, la, args, linear_attention_flops(b, h, t, f, d, chunk_size)))
-    for case in cases:
-        jax.block_until_ready(case[2](*case[3]))  # compile and warm up
     times = interleaved_times([(fn, args) for _, _, fn, args, _ in cases], repeats=repeats)
     for (method, t, fn, args, flops), sec in zip(cases, times):
         record(Row(method, t, sec, compiled_memory_bytes(fn, *args), flops))

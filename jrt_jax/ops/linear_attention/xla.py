@@ -10,11 +10,13 @@ carrying the state (kv [B,H,Φ,D], z [B,H,Φ]) and writes each chunk's output in
 
 φ(k) is built features-first ([B,H,Φ,C], `taylor_feature_map_compact_t`) so that the update is a plain
 [Φ, C] @ [C, D] matmul; φ(q) stays features-last for the read. On XLA:CPU this layout is what sends the update
-to the fast (YNNPACK) matmul and keeps the feature map out of the critical path: 17–20 % less wall time at
-C = 64 than building both maps features-last (benchmarks/prefill.py, 2-core CPU).
+to the fast (YNNPACK) matmul and builds the map in one vectorised product instead of one small kernel per row:
+17–20 % less wall time at C = 64 than building both maps features-last (PLA prefill at T = 32k, old and new
+path timed round-robin in one process on a 2-core CPU).
 
 Nothing of size T × Φ or N × Φ × D is materialised in the forward pass: the per-chunk states are carried,
-not stacked, so every per-chunk operand stays in cache (memory traffic, not FLOPs, bounds this path on CPU). Under
+not stacked, so every per-chunk operand stays in cache. On CPU the loop is bound by per-op overhead and by
+small matmuls that XLA runs on one thread each, not by FLOPs (see `forward_head_groups`). Under
 `jax.grad` the forward additionally stores the state at each chunk start (N × B × H × Φ × D floats), and
 the backward is a reverse loop that re-runs each chunk under `jax.vjp` with the carried state cotangent.
 
@@ -73,7 +75,7 @@ def _chunk_step(kv, z, qc, kc, vc, wc, *, scale_dim, eps, precision, head_groups
     Works head-major ([B,H,C,·]) inside: batched matmuls with leading batch dims are what XLA:CPU runs fastest.
     The feature maps and q kᵀ are built for all heads at once; the reads and updates run per head group.
     """
-    b, c, h, _ = qc.shape
+    _, c, h, _ = qc.shape
     qc, kc, vc = (x.astype(_F32).transpose(0, 2, 1, 3) for x in (qc, kc, vc))
     d = qc.shape[-1] if scale_dim is None else scale_dim
     s = jnp.einsum("bhif,bhjf->bhij", qc, kc, precision=precision) * (1.0 / d**0.5)
