@@ -3,11 +3,17 @@
     python benchmarks/prefill.py                       # T = 1k … 64k, B=1, H=16, F=16, D=64, fp32
     python benchmarks/prefill.py --seq-lens 1024 8192 --json out.json
 
-Prints the fp32 matmul ceiling measured in the same process, one table row per (method, T) — wall time
-(median of --repeats after a warm-up; the linear rows are timed round-robin, one call of each per round, so
-a slow phase of a shared machine does not land on a single row), peak memory (XLA buffer accounting),
+Prints one table row per (method, T) — wall time (median of --repeats after a warm-up; the fp32 matmul
+ceiling and the linear rows are timed round-robin, one call of each per round, so that a slow phase of a
+shared machine lands neither on a single row nor between the ceiling and the rows divided by it), peak memory (XLA buffer accounting),
 achieved GFLOP/s (FLOPs the chunked path executes, see `benchmarking.linear_attention_flops`) — and a summary:
 speed-up over attention, t(32k)/t(8k), memory growth and the fraction of the matmul ceiling reached.
+
+Run as a script on Linux, it re-executes itself with glibc's malloc on transparent huge pages (see
+`benchmarking.huge_pages_environ`; all rows and the ceiling alike, printed on the `malloc:` line): XLA:CPU
+maps every large buffer afresh, and on 4 KiB pages the page faults alone cost ~10 % of a long prefill.
+`--4k-pages` keeps glibc's default. The same setting helps any JAX CPU job: export
+GLIBC_TUNABLES=glibc.malloc.hugetlb=1 before starting Python.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
+import sys
 
 import jax
 
@@ -33,20 +41,23 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--attention-budget-s", type=float, default=120.0, help="skip attention lengths beyond this")
     p.add_argument("--json", help="also write the rows here")
+    p.add_argument("--4k-pages", dest="four_k_pages", action="store_true",
+                   help="run as started: no re-execution with glibc's malloc on transparent huge pages")
     args = p.parse_args(argv)
 
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {platform.processor() or platform.machine()}, "
           f"jax {jax.__version__}")
-    ceiling = bm.matmul_ceiling_gflops()
-    print(f"fp32 matmul ceiling (4096³): {ceiling:.1f} GFLOP/s")
-    print(f"B={args.batch} H={args.heads} F={args.feature_dim} D={args.head_dim} chunk={args.chunk_size} fp32")
+    print(f"malloc: {bm.malloc_description(os.environ, bm.transparent_huge_pages_mode())}")
+    print(f"B={args.batch} H={args.heads} F={args.feature_dim} D={args.head_dim} chunk={args.chunk_size} fp32; "
+          f"first row: the fp32 matmul ceiling, timed round-robin with the linear rows")
     print(bm.TABLE_HEADER, flush=True)
     rows = bm.prefill_table(
         args.seq_lens, batch=args.batch, heads=args.heads, feature_dim=args.feature_dim, head_dim=args.head_dim,
         chunk_size=args.chunk_size, repeats=args.repeats, attention_time_budget_s=args.attention_budget_s,
-        log=lambda line: print(line, flush=True),
+        ceiling_n=4096, log=lambda line: print(line, flush=True),
     )
-    print()
+    ceiling = next(r.gflops for r in rows if r.method == bm.CEILING)
+    print(f"\nfp32 matmul ceiling (4096³): {ceiling:.1f} GFLOP/s")
     for method in ("PLA (xla, M=T/2)", "causal LA (xla)"):
         mine = {r.seq_len: r for r in rows if r.method == method}
         sp = bm.speedups(rows, method)
@@ -64,4 +75,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    if "--4k-pages" not in sys.argv and (env := bm.huge_pages_environ(os.environ, bm.transparent_huge_pages_mode())) is not None:
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)  # GLIBC_TUNABLES is read at start-up only
     main()

@@ -12,7 +12,7 @@ import functools
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -56,12 +56,54 @@ def compiled_memory_bytes(jitted, *args) -> int:
     return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes)
 
 
-def matmul_ceiling_gflops(n: int = 4096, repeats: int = 5) -> float:
-    """GFLOP/s of an n×n by n×n fp32 matmul on the default device: the machine's practical ceiling."""
+def _matmul_case(n: int):
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
-    f = jax.jit(lambda x, y: x @ y)
-    return 2 * n**3 / median_time(f, a, b, repeats=repeats) / 1e9
+    return jax.jit(lambda x, y: x @ y), (a, b)
+
+
+def matmul_ceiling_gflops(n: int = 4096, repeats: int = 5) -> float:
+    """GFLOP/s of an n×n by n×n fp32 matmul on the default device: the machine's practical ceiling."""
+    f, args = _matmul_case(n)
+    return 2 * n**3 / median_time(f, *args, repeats=repeats) / 1e9
+
+
+HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
+
+
+def transparent_huge_pages_mode(path: str = "/sys/kernel/mm/transparent_hugepage/enabled") -> str | None:
+    """The kernel's transparent huge page mode ("always", "madvise" or "never"), or None where unknown."""
+    try:
+        with open(path) as fh:
+            text = fh.read()
+    except OSError:
+        return None
+    start, end = text.find("["), text.find("]")
+    return text[start + 1 : end] if 0 <= start < end else None
+
+
+def huge_pages_environ(environ: Mapping[str, str], thp_mode: str | None) -> dict[str, str] | None:
+    """The environment that puts glibc's large allocations on transparent huge pages, or None if nothing to do.
+
+    XLA:CPU allocates every large buffer (a 32k-token output is 128 MiB) with a fresh mmap, so each call
+    first-touches it 4 KiB page by page: 32k page faults, 22 ms of a 200 ms PLA prefill on a 2-core VM.
+    Where the kernel's mode is "madvise", glibc ≥ 2.35 asks for huge pages when `glibc.malloc.hugetlb=1` is in
+    GLIBC_TUNABLES (read only at process start, hence a new environment). With "always" the kernel does it
+    already; with "never" (or off Linux) nothing can.
+    """
+    tunables = environ.get("GLIBC_TUNABLES", "")
+    if thp_mode != "madvise" or "glibc.malloc.hugetlb" in tunables:
+        return None
+    return {**environ, "GLIBC_TUNABLES": ":".join(t for t in (tunables, HUGE_PAGES_TUNABLE) if t)}
+
+
+def malloc_description(environ: Mapping[str, str], thp_mode: str | None) -> str:
+    """One line saying which page size the large buffers of this process get."""
+    if thp_mode == "always":
+        return "large buffers on transparent huge pages (kernel mode: always)"
+    if thp_mode == "madvise" and "glibc.malloc.hugetlb=1" in environ.get("GLIBC_TUNABLES", ""):
+        return f"large buffers on transparent huge pages (GLIBC_TUNABLES={environ['GLIBC_TUNABLES']})"
+    return f"large buffers on 4 KiB pages (glibc's default malloc; kernel huge page mode: {thp_mode or 'unknown'})"
 
 
 def available_memory_bytes() -> int:
@@ -93,6 +135,9 @@ def attention_flops(b: int, h: int, t: int, d: int) -> int:
     return 4 * b * h * t * t * d
 
 
+CEILING = "fp32 matmul n×n"
+
+
 @dataclasses.dataclass
 class Row:
     method: str
@@ -118,12 +163,16 @@ def prefill_table(
     repeats: int = 3,
     attention_time_budget_s: float = 120.0,
     methods: Sequence[str] = ("pla", "linear", "attention"),
+    ceiling_n: int | None = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> list[Row]:
     """Time PLA (M = T/2), causal linear attention (xla path) and `jax.nn.dot_product_attention(is_causal=True)`.
 
     Attention is skipped, with the reason in `note`, when XLA's own estimate of its memory exceeds 80 % of the
     available RAM, or when the time extrapolated from the previous length (× 4) would exceed the budget.
+    With `ceiling_n`, the first row (method `CEILING`) is an n×n fp32 matmul timed in the same round-robin as
+    the linear rows, so that the fraction of the ceiling divides figures taken in the same phases of the
+    machine (on a shared 2-core VM, a ceiling measured once moved between 347 and 450 GFLOP/s across runs).
     """
     rows: list[Row] = []
     b, h, f, d = batch, heads, feature_dim, head_dim
@@ -143,6 +192,9 @@ def prefill_table(
     # right after them. The linear rows are timed round-robin (one call of every (method, T) per round, the
     # median over rounds), so a slow phase of a shared machine spreads over all rows instead of landing on one.
     cases = []
+    if ceiling_n is not None:
+        mm, mm_args = _matmul_case(ceiling_n)
+        cases.append((CEILING, ceiling_n, mm, mm_args, 2 * ceiling_n**3))
     for t in seq_lens:
         m = t // 2
         if "pla" in methods:

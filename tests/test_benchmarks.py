@@ -25,10 +25,46 @@ def test_interleaved_times_calls_round_robin():
     assert len(times) == 2 and all(t >= 0 for t in times)
 
 
+def test_huge_pages_environ():
+    from jrt_jax import benchmarking as bm
+
+    env = bm.huge_pages_environ({"PATH": "/bin"}, "madvise")
+    assert env == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    # other tunables are kept; an explicit choice of the user, or a kernel that cannot or need not, is left alone
+    env = bm.huge_pages_environ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, "madvise")
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    assert bm.huge_pages_environ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "madvise") is None
+    for mode in ("always", "never", None):
+        assert bm.huge_pages_environ({}, mode) is None
+    assert "huge pages" in bm.malloc_description(env, "madvise")
+    assert "huge pages" in bm.malloc_description({}, "always")
+    assert "4 KiB pages" in bm.malloc_description({}, "madvise")
+
+
+def test_transparent_huge_pages_mode(tmp_path):
+    from jrt_jax import benchmarking as bm
+
+    (tmp_path / "enabled").write_text("always [madvise] never\n")
+    assert bm.transparent_huge_pages_mode(str(tmp_path / "enabled")) == "madvise"
+    assert bm.transparent_huge_pages_mode(str(tmp_path / "missing")) is None
+
+
+def test_prefill_table_times_the_ceiling_with_the_linear_rows(monkeypatch):
+    from jrt_jax import benchmarking as bm
+
+    seen = []
+    real = bm.interleaved_times
+    monkeypatch.setattr(bm, "interleaved_times", lambda calls, repeats: seen.append(len(calls)) or real(calls, repeats))
+    rows = bm.prefill_table([128], heads=2, repeats=1, methods=("pla", "linear"), ceiling_n=64)
+    assert seen == [3]  # the matmul and both linear rows in one round-robin
+    assert [r.method for r in rows] == [bm.CEILING, "PLA (xla, M=T/2)", "causal LA (xla)"]
+    assert rows[0].flops == 2 * 64**3 and rows[0].seconds > 0
+
+
 def test_prefill_benchmark_runs(capsys, tmp_path):
     _load("prefill").main(["--seq-lens", "128", "256", "--heads", "2", "--repeats", "1", "--json", str(tmp_path / "r.json")])
     out = capsys.readouterr().out
-    assert "fp32 matmul ceiling" in out
+    assert "fp32 matmul ceiling" in out and "malloc:" in out
     for method in ("PLA (xla, M=T/2)", "causal LA (xla)", "dot_product_attention"):
         assert out.count(method) >= 2, method
     assert "speed-up over attention: T=128" in out
