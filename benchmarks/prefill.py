@@ -5,14 +5,14 @@
 
 Prints one table row per (method, T) — wall time (median of --repeats after a warm-up; the fp32 matmul
 ceiling and the linear rows are timed round-robin, one call of each per round, so that a slow phase of a
-shared machine lands neither on a single row nor between the ceiling and the rows divided by it), peak memory (XLA buffer accounting),
-achieved GFLOP/s (FLOPs the chunked path executes, see `benchmarking.linear_attention_flops`) — and a summary:
+shared machine lands neither on a single row nor between the ceiling and the rows divided by it), peak
+memory (XLA buffer accounting), achieved GFLOP/s (FLOPs the chunked path executes, see `benchmarking.linear_attention_flops`) — and a summary:
 speed-up over attention, t(32k)/t(8k), memory growth and the fraction of the matmul ceiling reached.
 
 Run as a script on Linux, it re-executes itself with glibc's malloc on transparent huge pages (see
 `benchmarking.huge_pages_environ`; all rows and the ceiling alike, printed on the `malloc:` line): XLA:CPU
 maps every large buffer afresh, and on 4 KiB pages the page faults alone cost ~10 % of a long prefill.
-`--4k-pages` keeps glibc's default. The same setting helps any JAX CPU job: export
+`--4k-pages` keeps glibc's default. Other JAX CPU jobs with large buffers can gain the same way: export
 GLIBC_TUNABLES=glibc.malloc.hugetlb=1 before starting Python.
 """
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -82,17 +83,29 @@ def transparent_huge_pages_mode(path: str = "/sys/kernel/mm/transparent_hugepage
     return text[start + 1 : end] if 0 <= start < end else None
 
 
-def huge_pages_environ(environ: Mapping[str, str], thp_mode: str | None) -> dict[str, str] | None:
+def _glibc_has_hugetlb(libc: tuple[str, str]) -> bool:
+    name, version = libc
+    try:
+        return name == "glibc" and tuple(int(x) for x in version.split(".")[:2]) >= (2, 35)
+    except ValueError:
+        return False
+
+
+def huge_pages_environ(
+    environ: Mapping[str, str], thp_mode: str | None, libc: tuple[str, str] | None = None
+) -> dict[str, str] | None:
     """The environment that puts glibc's large allocations on transparent huge pages, or None if nothing to do.
 
     XLA:CPU allocates every large buffer (a 32k-token output is 128 MiB) with a fresh mmap, so each call
     first-touches it 4 KiB page by page: 32k page faults, 22 ms of a 200 ms PLA prefill on a 2-core VM.
     Where the kernel's mode is "madvise", glibc ≥ 2.35 asks for huge pages when `glibc.malloc.hugetlb=1` is in
     GLIBC_TUNABLES (read only at process start, hence a new environment). With "always" the kernel does it
-    already; with "never" (or off Linux) nothing can.
+    already; with "never", another libc or an older glibc, nothing can. `libc` defaults to this process's
+    (`platform.libc_ver()`).
     """
     tunables = environ.get("GLIBC_TUNABLES", "")
-    if thp_mode != "madvise" or "glibc.malloc.hugetlb" in tunables:
+    libc = platform.libc_ver() if libc is None else libc
+    if thp_mode != "madvise" or not _glibc_has_hugetlb(libc) or "glibc.malloc.hugetlb" in tunables:
         return None
     return {**environ, "GLIBC_TUNABLES": ":".join(t for t in (tunables, HUGE_PAGES_TUNABLE) if t)}
 
@@ -101,7 +114,7 @@ def malloc_description(environ: Mapping[str, str], thp_mode: str | None) -> str:
     """One line saying which page size the large buffers of this process get."""
     if thp_mode == "always":
         return "large buffers on transparent huge pages (kernel mode: always)"
-    if thp_mode == "madvise" and "glibc.malloc.hugetlb=1" in environ.get("GLIBC_TUNABLES", ""):
+    if thp_mode == "madvise" and HUGE_PAGES_TUNABLE in environ.get("GLIBC_TUNABLES", "").split(":"):
         return f"large buffers on transparent huge pages (GLIBC_TUNABLES={environ['GLIBC_TUNABLES']})"
     return f"large buffers on 4 KiB pages (glibc's default malloc; kernel huge page mode: {thp_mode or 'unknown'})"
 

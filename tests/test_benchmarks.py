@@ -28,14 +28,18 @@ def test_interleaved_times_calls_round_robin():
 def test_huge_pages_environ():
     from jrt_jax import benchmarking as bm
 
-    env = bm.huge_pages_environ({"PATH": "/bin"}, "madvise")
+    glibc = ("glibc", "2.36")
+    env = bm.huge_pages_environ({"PATH": "/bin"}, "madvise", glibc)
     assert env == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
-    # other tunables are kept; an explicit choice of the user, or a kernel that cannot or need not, is left alone
-    env = bm.huge_pages_environ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, "madvise")
+    # other tunables are kept; an explicit choice of the user, or a kernel or libc that cannot or need not,
+    # is left alone
+    env = bm.huge_pages_environ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, "madvise", glibc)
     assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
-    assert bm.huge_pages_environ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "madvise") is None
+    assert bm.huge_pages_environ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "madvise", glibc) is None
     for mode in ("always", "never", None):
-        assert bm.huge_pages_environ({}, mode) is None
+        assert bm.huge_pages_environ({}, mode, glibc) is None
+    for libc in (("glibc", "2.34"), ("", ""), ("musl", "1.2")):
+        assert bm.huge_pages_environ({}, "madvise", libc) is None
     assert "huge pages" in bm.malloc_description(env, "madvise")
     assert "huge pages" in bm.malloc_description({}, "always")
     assert "4 KiB pages" in bm.malloc_description({}, "madvise")
