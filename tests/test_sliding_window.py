@@ -10,18 +10,23 @@ import numpy as np
 import pytest
 
 from jrt_jax import ops
+from jrt_jax.ops.sliding_window import sliding_window_step
 from tests.helpers import assert_rel, random_qkv
+from tests.segment_helpers import documents, python_document_ids, random_segment_ids
 
 
-def _numpy_loop(q, k, v, window, mask=None):
+def _numpy_loop(q, k, v, window, mask=None, seg=None):
     q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
     b, t, h, d = q.shape
+    if seg is None:
+        seg = np.ones((b, t), np.int32) if mask is None else np.asarray(mask, np.int32)
+    run, real = python_document_ids(seg)
     out = np.zeros(v.shape)
     for bi in range(b):
         for hi in range(h):
             for i in range(t):
-                js = [j for j in range(max(0, i - window), i + 1) if mask is None or mask[bi, j]]
-                if not js or (mask is not None and not mask[bi, i]):
+                js = [j for j in range(max(0, i - window), i + 1) if real[bi, j] and run[bi, j] == run[bi, i]]
+                if not js or not real[bi, i]:
                     continue
                 s = np.array([q[bi, i, hi] @ k[bi, j, hi] for j in js]) / np.sqrt(d)
                 p = np.exp(s - s.max())
@@ -97,3 +102,111 @@ def test_bad_input():
         ops.sliding_window_attention(q, k, v, window=2, implementation="pallas")
     with pytest.raises(ValueError, match="block_size must be a positive int"):
         ops.sliding_window_attention(q, k, v, window=2, block_size=0)
+    with pytest.raises(TypeError, match="segment_ids must have an integer dtype.*float32"):
+        ops.sliding_window_attention(q, k, v, window=2, segment_ids=jnp.ones((2, 10)))
+    with pytest.raises(ValueError, match=r"segment_ids must have shape \[batch, seq\] = \(2, 10\); got \(2, 11\)"):
+        ops.sliding_window_attention(q, k, v, window=2, segment_ids=jnp.ones((2, 11), jnp.int32))
+
+
+# ---- packed rows (segment_ids) ----------------------------------------------------------------------------
+
+_B, _T, _H, _D = 3, 44, 2, 8  # one shape for the packed tests: the jitted op compiles once per configuration
+
+
+def _np_qkv(seed, dtype=jnp.float32):
+    rng = np.random.default_rng(seed)
+    return tuple(jnp.asarray(rng.standard_normal((_B, _T, _H, _D), np.float32), dtype) for _ in range(3))
+
+
+@pytest.mark.parametrize("window,block", [(5, 8), (12, None)])
+def test_packed_rows_match_loop_reference_bf16_and_gradients(window, block):
+    q, k, v = _np_qkv(20)
+    seg = random_segment_ids(21, _B, _T, max_len=13, hole_p=0.15, empty_row=True)
+    sj = jnp.asarray(seg)
+    ref = ops.sliding_window_attention(q, k, v, window=window, segment_ids=sj, implementation="reference")
+    assert_rel(ref, _numpy_loop(q, k, v, window, seg=seg), 1e-5, "reference")
+    got = ops.sliding_window_attention(q, k, v, window=window, segment_ids=sj, block_size=block)
+    assert_rel(got, ref, 1e-5, "xla")
+    if block is not None:  # bf16 once
+        qb, kb, vb = (x.astype(jnp.bfloat16) for x in (q, k, v))
+        yb = ops.sliding_window_attention(qb, kb, vb, window=window, segment_ids=sj, block_size=block)
+        assert yb.dtype == jnp.bfloat16
+        f32 = [x.astype(jnp.float32) for x in (qb, kb, vb)]
+        assert_rel(yb, ops.sliding_window_attention(*f32, window=window, segment_ids=sj, implementation="reference"),
+                   2e-2, "bf16")
+
+    def loss(impl, q, k, v):
+        y = ops.sliding_window_attention(q, k, v, window=window, segment_ids=sj, implementation=impl, block_size=block)
+        return jnp.sum(jnp.sin(y))
+
+    gr = jax.grad(functools.partial(loss, "reference"), argnums=(0, 1, 2))(q, k, v)
+    gx = jax.grad(functools.partial(loss, "xla"), argnums=(0, 1, 2))(q, k, v)
+    for name, a, b in zip("qkv", gx, gr):
+        assert_rel(a, b, 1e-5, f"d{name}")
+
+
+def test_mask_and_segment_ids_combine():
+    q, k, v = _np_qkv(22)
+    mask = np.ones((_B, _T), bool)
+    mask[0, :5] = False
+    mask[2, 20] = False
+    seg = np.where(np.arange(_T) < 17, 4, 9)[None].repeat(_B, 0)
+    for impl in ("reference", "xla"):
+        got = ops.sliding_window_attention(q, k, v, window=5, mask=jnp.asarray(mask), segment_ids=jnp.asarray(seg),
+                                           implementation=impl, block_size=8)
+        assert_rel(got, _numpy_loop(q, k, v, 5, seg=np.where(mask, seg, 0)), 1e-5, impl)
+
+
+def test_each_document_alone_equals_the_packed_row():
+    window = 5
+    q, k, v = _np_qkv(23)
+    seg = random_segment_ids(24, _B, _T, max_len=15, hole_p=0.15)
+    docs = documents(seg)
+    alone = [np.zeros((len(docs), _T, _H, _D), np.float32) for _ in range(3)]
+    alone_m = np.zeros((len(docs), _T), bool)
+    for n, (b, start, stop, m) in enumerate(docs):
+        for a, x in zip(alone, (q, k, v)):
+            a[n, : stop - start] = np.asarray(x[b, start:stop])
+        alone_m[n, : stop - start] = m
+    for impl in ("reference", "xla"):
+        kw = dict(window=window, implementation=impl, block_size=8)
+        packed = np.asarray(ops.sliding_window_attention(q, k, v, segment_ids=jnp.asarray(seg), **kw))
+        solo = np.asarray(ops.sliding_window_attention(*map(jnp.asarray, alone), mask=jnp.asarray(alone_m), **kw))
+        covered = np.zeros(seg.shape, bool)
+        for n, (b, start, stop, m) in enumerate(docs):
+            assert_rel(packed[b, start:stop][m], solo[n, : stop - start][m], 1e-5, impl)
+            covered[b, start:stop] |= m
+        assert np.all(packed[~covered] == 0)
+
+
+def test_nan_in_padding_reaches_nothing():
+    q, k, v = _np_qkv(25)
+    seg = random_segment_ids(26, _B, _T, max_len=9, hole_p=0.2)
+    pad = jnp.asarray(seg == 0)[..., None, None]
+    assert bool(pad.any())
+    bad = [jnp.where(pad, jnp.nan, x) for x in (q, k, v)]
+    for impl in ("reference", "xla"):
+        f = functools.partial(ops.sliding_window_attention, window=5, segment_ids=jnp.asarray(seg),
+                              implementation=impl, block_size=8)
+        assert_rel(f(*bad), f(q, k, v), 1e-6, impl)
+        loss = lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v)))
+        for a, c in zip(jax.grad(loss, argnums=(0, 1, 2))(*bad), jax.grad(loss, argnums=(0, 1, 2))(q, k, v)):
+            assert bool(jnp.all(jnp.isfinite(a))), impl
+            assert_rel(a, c, 1e-6, impl)
+
+
+def test_decode_step_over_a_ring_buffer_equals_the_parallel_pass():
+    """`sliding_window_step` from an empty ring buffer of `window` slots, one token at a time, equals the full
+    pass; garbage (NaN) in empty slots is never read."""
+    window, t = 5, 13
+    q, k, v = (x[:2, :t] for x in _np_qkv(27))
+    want = ops.sliding_window_attention(q, k, v, window=window)
+    ck = jnp.full((2, window, _H, _D), jnp.nan)
+    cv = jnp.full((2, window, _H, _D), jnp.nan)
+    valid = jnp.zeros((2, window), bool)
+    step = jax.jit(sliding_window_step)
+    ys = []
+    for i in range(t):
+        y, ck, cv, valid = step(ck, cv, valid, q[:, i], k[:, i], v[:, i], slot=jnp.asarray(i % window))
+        ys.append(y)
+    assert_rel(jnp.stack(ys, 1), want, 1e-5)

@@ -2,8 +2,13 @@
 
     q = q_proj(x) [H heads],  k, v = k_proj(x), v_proj(x) [KVH heads]     (optional biases: attention_bias)
     q, k = rope(q), rope(k)         # `ops.rope_frequencies(head_dim, base, scaling, seq_len, max_pos)`
-    y = softmax(q kᵀ / √Dh + causal/pad mask) v      # `jax.nn.dot_product_attention`, GQA
+    y = softmax(q kᵀ / √Dh + causal/pad mask) v      # `ops.attention.causal_attention`, GQA
     out = o_proj(y)
+
+`implementation` is the model config's `attention_implementation`: None → the op's "auto" (dense
+`jax.nn.dot_product_attention` up to `ops.attention.DENSE_MAX_LEN` tokens, the blocked linear-memory path
+above), "xla" → "dense" (`jax.nn.dot_product_attention` at every length), "cudnn" → "cudnn". "auto",
+"reference", "dense" and "blocked" (the op's blocked "xla" path at every length) are accepted as well.
 
 RoPE frequencies depend on the sequence length only for the "dynamic" and "longrope" types; they are computed
 for the length of the call (the forward's T, or the KV cache length when decoding). Hugging Face recomputes
@@ -22,6 +27,11 @@ from flax import nnx
 from jrt_jax import ops
 from jrt_jax.nn.axes import EMBED, HEADS, KV
 from jrt_jax.nn.dense import linear
+from jrt_jax.ops.attention import causal_attention
+
+# Module / config spelling (jax.nn.dot_product_attention's names) → `causal_attention`'s implementation.
+_OP_IMPLEMENTATION = {None: "auto", "xla": "dense", "cudnn": "cudnn", "blocked": "xla", "auto": "auto",
+                      "reference": "reference", "dense": "dense"}
 
 
 class KVCache(NamedTuple):
@@ -65,6 +75,9 @@ class Attention(nnx.Module):
     ):
         if num_heads % num_kv_heads:
             raise ValueError(f"num_kv_heads={num_kv_heads} must divide num_heads={num_heads}")
+        if implementation not in _OP_IMPLEMENTATION:
+            known = ", ".join(repr(i) for i in _OP_IMPLEMENTATION)
+            raise ValueError(f"implementation must be one of {known}; got {implementation!r}")
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
@@ -95,23 +108,21 @@ class Attention(nnx.Module):
         inv_freq, scale = self.rope(seq_len)
         return ops.apply_rope(q, positions, inv_freq, scale), ops.apply_rope(k, positions, inv_freq, scale), v
 
-    def _softmax(self, q, k, v, mask, is_causal):
-        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
-                                            scale=1.0 / self.head_dim**0.5, implementation=self.implementation)
-
-    def _attend(self, x, positions, mask, rope_len):
+    def _attend(self, x, positions, mask, rope_len, segment_ids=None):
         b, t, _ = x.shape
         q, k, v = self._qkv(x, positions, rope_len or t)
-        key_mask = None if mask is None else mask[:, None, None, :]
-        y = self._softmax(q, k, v, key_mask, True)
+        y = causal_attention(q, k, v, mask=mask, segment_ids=segment_ids, scale=1.0 / self.head_dim**0.5,
+                             implementation=_OP_IMPLEMENTATION[self.implementation])
         return self.o_proj(y.reshape(b, t, -1)), k, v
 
-    def __call__(self, x, *, positions, mask=None, rope_len: int | None = None) -> jax.Array:
+    def __call__(self, x, *, positions, mask=None, rope_len: int | None = None, segment_ids=None) -> jax.Array:
         """x [B, T, d], positions [B, T] or [1, T], mask [B, T] (True = real) → [B, T, d].
 
         `rope_len`: the sequence length the RoPE frequencies are computed for (default T).
+        `segment_ids` [B, T] int (0 = padding): packed documents; a query sees only keys of its own document
+        (positions are the caller's: restart them per document for packed training).
         """
-        return self._attend(x, positions, mask, rope_len)[0]
+        return self._attend(x, positions, mask, rope_len, segment_ids)[0]
 
     def prefill(self, x, *, positions, mask=None, cache_len: int) -> tuple[jax.Array, KVCache]:
         """Attend over the prompt, then store its keys and values in a cache of `cache_len` slots."""
@@ -131,11 +142,17 @@ class Attention(nnx.Module):
         return KVCache(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype), jnp.zeros(shape[:2], bool),
                        jnp.zeros((), jnp.int32))
 
+    def _step_implementation(self):
+        """`jax.nn.dot_product_attention`'s implementation for one decoding step (one query, no T × T)."""
+        return "cudnn" if self.implementation == "cudnn" else None
+
     def step(self, x_t, cache: KVCache, *, positions) -> tuple[jax.Array, KVCache]:
         """One token: x_t [B, d], positions [B] → (y_t [B, d], new cache); attends over every valid slot."""
         b = x_t.shape[0]
         q, k, v = self._qkv(x_t[:, None], positions[:, None], cache.k.shape[1])
         upd = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), cache.index, axis=1)
         new = KVCache(upd(cache.k, k), upd(cache.v, v), upd(cache.valid, jnp.ones((b, 1), bool)), cache.index + 1)
-        y = self._softmax(q, new.k.astype(q.dtype), new.v.astype(q.dtype), new.valid[:, None, None, :], False)
+        y = jax.nn.dot_product_attention(q, new.k.astype(q.dtype), new.v.astype(q.dtype),
+                                         mask=new.valid[:, None, None, :], scale=1.0 / self.head_dim**0.5,
+                                         implementation=self._step_implementation())
         return self.o_proj(y.reshape(b, -1)), new

@@ -7,7 +7,8 @@
 `kernel` is [K, C] with ``kernel[K-1]`` multiplying the current token; PyTorch's ``Conv1d`` weight
 [C, 1, K] (padding K-1, output truncated to T) maps to it as ``kernel[k, c] = weight[c, 0, k]``.
 
-Decoding keeps the last K-1 values of u1 (`ConvCache`): constant size.
+The convolution is `ops.causal_conv.causal_conv1d` (packing- and padding-aware); decoding keeps the last
+K-1 values of u1 (`ConvCache`, constant size) and steps with `causal_conv1d_step`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from flax import nnx
 
 from jrt_jax.nn.axes import CONV, CONV_WIDTH, EMBED, partitioned
 from jrt_jax.nn.dense import linear
+from jrt_jax.ops.causal_conv import causal_conv1d, causal_conv1d_step
 
 
 class ConvCache(NamedTuple):
@@ -29,14 +31,11 @@ class ConvCache(NamedTuple):
 
 
 def causal_depthwise_conv(u: jax.Array, kernel: jax.Array) -> jax.Array:
-    """c[:, t] = Σ_k kernel[k] · u[:, t - (K-1) + k] with zeros before t = 0. u [B, T, C], kernel [K, C]."""
-    k = kernel.shape[0]
-    t = u.shape[1]
-    up = jnp.pad(u, [(0, 0), (k - 1, 0), (0, 0)])
-    out = up[:, 0:t] * kernel[0]
-    for i in range(1, k):
-        out = out + up[:, i : i + t] * kernel[i]
-    return out
+    """c[:, t] = Σ_k kernel[k] · u[:, t - (K-1) + k] with zeros before t = 0. u [B, T, C], kernel [K, C].
+
+    Kept for compatibility: `ops.causal_conv.causal_conv1d` without masks.
+    """
+    return causal_conv1d(u, kernel)
 
 
 class BaseConv(nnx.Module):
@@ -75,24 +74,24 @@ class BaseConv(nnx.Module):
     def _gate_out(self, c, u2):
         return self.out_proj(jax.nn.silu(c) * u2)
 
-    def _inputs(self, x, mask):
-        u1, u2 = jnp.split(self.in_proj(x), 2, axis=-1)
-        if mask is not None:  # pads must not leak into the next real tokens' windows
-            u1 = jnp.where(mask[..., None], u1, jnp.zeros((), u1.dtype))
-        return u1, u2
+    def _inputs(self, x):
+        return jnp.split(self.in_proj(x), 2, axis=-1)
 
-    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
-        """x [B, T, d] → [B, T, d]. `mask` [B, T] (True = real): pads contribute zeros to the convolution."""
-        u1, u2 = self._inputs(x, mask)
-        return self._gate_out(self.conv(u1), u2)
+    def __call__(
+        self, x: jax.Array, *, mask: jax.Array | None = None, segment_ids: jax.Array | None = None
+    ) -> jax.Array:
+        """x [B, T, d] → [B, T, d]. `mask` [B, T] (True = real): pads contribute zeros to the convolution.
+
+        `segment_ids` [B, T] int (0 = padding): packed documents; no conv tap reads across a document boundary.
+        """
+        u1, u2 = self._inputs(x)
+        return self._gate_out(self.conv(u1, mask=mask, segment_ids=segment_ids), u2)
 
     def prefill(self, x: jax.Array, *, mask: jax.Array | None = None) -> tuple[jax.Array, ConvCache]:
         """As `__call__`, plus the cache holding the last K-1 conv inputs."""
-        u1, u2 = self._inputs(x, mask)
-        y = self._gate_out(self.conv(u1), u2)
-        keep = self.kernel_size - 1
-        padded = jnp.pad(u1, [(0, 0), (max(keep - u1.shape[1], 0), 0), (0, 0)])
-        return y, ConvCache(tail=padded[:, padded.shape[1] - keep :])
+        u1, u2 = self._inputs(x)
+        c, tail = self.conv(u1, mask=mask, return_tail=True)
+        return self._gate_out(c, u2), ConvCache(tail=tail)
 
     def init_cache(self, batch: int) -> ConvCache:
         """The empty cache (no tokens seen)."""
@@ -100,10 +99,9 @@ class BaseConv(nnx.Module):
 
     def step(self, x_t: jax.Array, cache: ConvCache) -> tuple[jax.Array, ConvCache]:
         """One token: x_t [B, d] → (y_t [B, d], new cache)."""
-        u1, u2 = jnp.split(self.in_proj(x_t), 2, axis=-1)
-        window = jnp.concatenate([cache.tail.astype(u1.dtype), u1[:, None]], axis=1)  # [B, K, C]
-        c = jnp.einsum("bkc,kc->bc", window, self.conv.kernel[...].astype(u1.dtype))
-        return self._gate_out(c, u2), ConvCache(tail=window[:, 1:])
+        u1, u2 = self._inputs(x_t)
+        c, tail = self.conv.step(cache.tail, u1)
+        return self._gate_out(c, u2), ConvCache(tail=tail)
 
 
 class DepthwiseCausalConv(nnx.Module):
@@ -122,5 +120,11 @@ class DepthwiseCausalConv(nnx.Module):
             partitioned(init, (CONV_WIDTH, CONV))(rngs.params(), (kernel_size, channels), param_dtype)
         )
 
-    def __call__(self, u: jax.Array) -> jax.Array:
-        return causal_depthwise_conv(u, self.kernel[...].astype(u.dtype))
+    def __call__(self, u: jax.Array, *, mask=None, segment_ids=None, return_tail: bool = False):
+        """`ops.causal_conv.causal_conv1d` of u [B, T, C] with this kernel (cast to u's dtype)."""
+        return causal_conv1d(u, self.kernel[...].astype(u.dtype), mask=mask, segment_ids=segment_ids,
+                             return_tail=return_tail)
+
+    def step(self, tail: jax.Array, u_t: jax.Array):
+        """`ops.causal_conv.causal_conv1d_step`: (c_t [B, C], new tail [B, K-1, C])."""
+        return causal_conv1d_step(tail, u_t, self.kernel[...].astype(u_t.dtype))

@@ -6,7 +6,7 @@
     out      = out_proj(y)                # d → d, no bias
 
 Decoding keeps a ring buffer of the last `window` rotated keys and values (`SlidingWindowCache`): its size is
-the window, never the sequence length.
+the window, never the sequence length; one step is `ops.sliding_window_step`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from flax import nnx
 from jrt_jax import ops
 from jrt_jax.nn.axes import EMBED, HEADS, QKV
 from jrt_jax.nn.dense import linear
-
-_NEG = -1e30
+from jrt_jax.ops.sliding_window import sliding_window_step
 
 
 class SlidingWindowCache(NamedTuple):
@@ -82,15 +81,21 @@ class SlidingWindowAttention(nnx.Module):
         inv_freq, _ = ops.rope_frequencies(self.head_dim, base=self.rope_base)
         return ops.apply_rope(q, positions, inv_freq), ops.apply_rope(k, positions, inv_freq), v
 
-    def _attend(self, x, positions, mask):
+    def _attend(self, x, positions, mask, segment_ids=None):
         b, t, _ = x.shape
         q, k, v = self._qkv(x, positions)
-        y = ops.sliding_window_attention(q, k, v, window=self.window, mask=mask, implementation=self.implementation)
+        y = ops.sliding_window_attention(q, k, v, window=self.window, mask=mask, segment_ids=segment_ids,
+                                         implementation=self.implementation)
         return self.out_proj(y.reshape(b, t, -1)), k, v
 
-    def __call__(self, x: jax.Array, *, positions: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-        """x [B, T, d], positions [B, T] or [1, T] (RoPE), mask [B, T] (True = real) → [B, T, d]."""
-        return self._attend(x, positions, mask)[0]
+    def __call__(
+        self, x: jax.Array, *, positions: jax.Array, mask: jax.Array | None = None, segment_ids: jax.Array | None = None
+    ) -> jax.Array:
+        """x [B, T, d], positions [B, T] or [1, T] (RoPE), mask [B, T] (True = real) → [B, T, d].
+
+        `segment_ids` [B, T] int (0 = padding): packed documents; no window crosses a document boundary.
+        """
+        return self._attend(x, positions, mask, segment_ids)[0]
 
     def prefill(self, x, *, positions, mask=None) -> tuple[jax.Array, SlidingWindowCache]:
         """As `__call__`, plus the ring buffer holding the last `window` keys and values."""
@@ -121,22 +126,9 @@ class SlidingWindowAttention(nnx.Module):
         """One token: x_t [B, d], positions [B] → (y_t [B, d], new cache). Reads `window` cached keys + its own."""
         q, k, v = self._qkv(x_t[:, None], positions[:, None])
         q, k, v = q[:, 0], k[:, 0], v[:, 0]  # [B, H, Dh]
-        f32 = jnp.float32
-        scale = 1.0 / self.head_dim**0.5
-        s_cache = jnp.einsum("bhd,bwhd->bhw", q.astype(f32), cache.k.astype(f32), precision="highest") * scale
-        s_self = jnp.einsum("bhd,bhd->bh", q.astype(f32), k.astype(f32), precision="highest")[..., None] * scale
-        s_cache = jnp.where(cache.valid[:, None, :], s_cache, _NEG)
-        peak = jnp.maximum(jnp.max(s_cache, axis=-1, keepdims=True), s_self)
-        p_cache = jnp.where(cache.valid[:, None, :], jnp.exp(s_cache - peak), 0.0)
-        p_self = jnp.exp(s_self - peak)
-        den = jnp.sum(p_cache, axis=-1, keepdims=True) + p_self
-        y = (jnp.einsum("bhw,bwhd->bhd", p_cache, cache.v.astype(f32), precision="highest") + p_self * v.astype(f32))
-        y = (y / den).astype(x_t.dtype)
-        slot = cache.index % self.window
-        new = SlidingWindowCache(
-            k=jax.lax.dynamic_update_index_in_dim(cache.k, k.astype(cache.k.dtype), slot, axis=1),
-            v=jax.lax.dynamic_update_index_in_dim(cache.v, v.astype(cache.v.dtype), slot, axis=1),
-            valid=jax.lax.dynamic_update_index_in_dim(cache.valid, jnp.ones((x_t.shape[0],), bool), slot, axis=1),
-            index=cache.index + 1,
+        y, ck, cv, cvalid = sliding_window_step(
+            cache.k, cache.v, cache.valid, q, k, v, slot=cache.index % self.window, scale=1.0 / self.head_dim**0.5
         )
+        new = SlidingWindowCache(k=ck, v=cv, valid=cvalid, index=cache.index + 1)
+        y = y.astype(x_t.dtype)
         return self.out_proj(y.reshape(x_t.shape[0], -1)), new

@@ -69,3 +69,16 @@ def check_eps(eps) -> float:
     if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps >= 0:
         raise ValueError(f"eps must be a non-negative float; got {eps!r}")
     return float(eps)
+
+
+def check_segment_ids(segment_ids, batch: int, seq: int, name: str = "segment_ids"):
+    """A [batch, seq] integer array of document ids (0 = padding); returns it as int32, or None."""
+    if segment_ids is None:
+        return None
+    if not hasattr(segment_ids, "shape") or not hasattr(segment_ids, "dtype"):
+        raise TypeError(f"{name} must be an int32 array of shape [batch, seq]; got {type(segment_ids).__name__}")
+    if not jnp.issubdtype(segment_ids.dtype, jnp.integer) or jnp.issubdtype(segment_ids.dtype, jnp.bool_):
+        raise TypeError(f"{name} must have an integer dtype (document ids, 0 = padding); got dtype {segment_ids.dtype}")
+    if tuple(segment_ids.shape) != (batch, seq):
+        raise ValueError(f"{name} must have shape [batch, seq] = {(batch, seq)}; got {tuple(segment_ids.shape)}")
+    return jnp.asarray(segment_ids).astype(jnp.int32)
