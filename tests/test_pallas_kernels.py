@@ -109,19 +109,49 @@ def test_kernels_lower_for_hardware(platform, dtype, emit_output, save_states):
     assert ("tpu_custom_call" if platform == "tpu" else "xla.gpu.triton") in text
 
 
-@pytest.mark.parametrize("platform", ["tpu", "cuda"])
-def test_ops_pla_with_gradient_lowers_for_hardware(platform):
-    """The whole differentiable PLA op (kernel forward, XLA backward) lowers for TPU and CUDA."""
-    def loss(q, k, v, ke, ve):
-        return jnp.sum(ops.prefix_linear_attention(q, k, v, ke, ve, implementation="pallas", chunk_size=64))
+def _count_kernels(text):
+    return text.count("tpu_custom_call"), text.count("xla.gpu.triton")
+
+
+@pytest.mark.parametrize("impl", ["pallas", "auto"])
+def test_one_function_exports_for_every_platform(impl):
+    """One jitted, differentiable PLA (kernel forward, XLA backward) exported for TPU, CUDA and CPU from this
+    CPU-only machine: each platform's kernel is in it, chosen by platform, no context manager."""
+    def loss(q, k, v, ke, ve, seg):
+        y = ops.prefix_linear_attention(q, k, v, ke, ve, segment_ids=seg, implementation=impl, chunk_size=64)
+        return jnp.sum(y.astype(jnp.float32))
 
     shapes = [(1, 300, 2, 16), (1, 300, 2, 16), (1, 300, 2, 64), (1, 100, 2, 16), (1, 100, 2, 64)]
-    args = [jax.ShapeDtypeStruct(s, jnp.bfloat16) for s in shapes]
+    args = [jax.ShapeDtypeStruct(s, jnp.bfloat16) for s in shapes] + [jax.ShapeDtypeStruct((1, 300), jnp.int32)]
     fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4)))
-    checks = _GPU_CHECKS if platform == "cuda" else []
-    with pallas_kernels.lowering_target("tpu" if platform == "tpu" else "gpu"):
-        text = jax.export.export(fn, platforms=[platform], disabled_checks=checks)(*args).mlir_module()
-    assert text.count("tpu_custom_call" if platform == "tpu" else "xla.gpu.triton") >= 2  # encoder + causal pass
+    export = lambda platforms: jax.export.export(fn, platforms=platforms, disabled_checks=_GPU_CHECKS)(*args)
+    # Packed documents with an encoder: a forward and a backward causal pass over the encoder plus the causal
+    # pass itself, three kernel calls per platform.
+    assert _count_kernels(export(["tpu", "cuda", "cpu"]).mlir_module()) == (3, 3)
+    assert _count_kernels(export(["tpu"]).mlir_module()) == (3, 0)
+    assert _count_kernels(export(["cuda"]).mlir_module()) == (0, 3)
+    assert _count_kernels(export(["cpu"]).mlir_module()) == (0, 0)
+
+
+def test_auto_falls_back_where_a_kernel_cannot_run():
+    """F = 8 is no shape for the Triton kernel: "auto" lowers the XLA path for CUDA, "pallas" says why."""
+    args = [jax.ShapeDtypeStruct((1, 64, 2, 8), jnp.float32)] * 2 + [jax.ShapeDtypeStruct((1, 64, 2, 16), jnp.float32)]
+    auto = jax.jit(functools.partial(ops.linear_attention, implementation="auto"))
+    text = jax.export.export(auto, platforms=["tpu", "cuda"], disabled_checks=_GPU_CHECKS)(*args).mlir_module()
+    assert _count_kernels(text) == (1, 0)
+    pallas = jax.jit(functools.partial(ops.linear_attention, implementation="pallas"))
+    with pytest.raises(ValueError, match="the cuda kernel cannot take these inputs: the GPU kernel needs a power-of-two"):
+        jax.export.export(pallas, platforms=["cuda"], disabled_checks=_GPU_CHECKS)(*args)
+
+
+@pytest.mark.parametrize("impl", ["pallas", "auto"])
+def test_platform_dispatch_under_vmap_and_eagerly(impl):
+    q, k, v = random_qkv(7, 3, 40, 2, 16, 16)
+    run = functools.partial(ops.linear_attention, implementation=impl, chunk_size=16)
+    want = ops.linear_attention(q, k, v, implementation="reference")
+    assert_rel(run(q, k, v), want, 1e-5)
+    mapped = jax.vmap(lambda a, b_, c: run(a[None], b_[None], c[None])[0])(q, k, v)
+    assert_rel(mapped, want, 1e-5)
 
 
 # ---------------------------------------------------------------------------------------------- bad input

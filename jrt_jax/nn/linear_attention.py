@@ -14,10 +14,10 @@ constant in the sequence length. After a PLA prefill the encoder terms are alrea
 uses only proj_q / proj_k / proj_v (`ops.linear_attention_step`).
 
 Padding: pads are excluded (``padding="exclude"``). For PLA the encoder of a row is its first `enc_len` real
-tokens (capped by the row's length): left-padded rows are rotated to right padding before the op (so the op's
-``mask[:, :M]`` covers exactly those tokens) and rotated back after it. Per-row encoder lengths (`enc_lens`)
-insert excluded slots so that each row's encoder ends where it should; an ``enc_mask`` argument of the op
-would make that unnecessary.
+tokens (capped by the row's length), or its first `enc_lens[b]`: the op's ``enc_mask`` marks exactly those
+positions, wherever left padding put them (the encoder projections then cover all T positions; without a mask
+or per-row lengths they cover only the first `enc_len`). With packed documents (`segment_ids`) the encoder of
+each document is its own first `enc_len` tokens.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from flax import nnx
 from jrt_jax import ops
 from jrt_jax.nn.axes import EMBED, FEATURE, HEADS
 from jrt_jax.nn.dense import linear
-from jrt_jax.nn.padding import leading_pads, shift_rows
+from jrt_jax.ops.segments import document_ids
 
 
 class CausalLinearAttention(nnx.Module):
@@ -135,69 +135,57 @@ class PrefixLinearAttention(CausalLinearAttention):
         self.proj_k_enc = linear(d_model, num_heads * feature_dim, (EMBED, FEATURE), **kw)
         self.proj_v_enc = linear(d_model, d_model, (EMBED, HEADS), **kw)
 
-    def _project_and_attend(self, x, mask, return_state, enc_len):
-        """The op on x [B, T', d] with encoder x[:, :enc_len] (its pads excluded through `mask[:, :enc_len]`)."""
-        q = self._heads(x, self.proj_q, self.feature_dim)
-        k = self._heads(x, self.proj_k, self.feature_dim)
-        v = self._heads(x, self.proj_v, self.head_dim)
-        x_enc = x[:, :enc_len]
-        k_enc = self._heads(x_enc, self.proj_k_enc, self.feature_dim)
-        v_enc = self._heads(x_enc, self.proj_v_enc, self.head_dim)
-        out = ops.prefix_linear_attention(q, k, v, k_enc, v_enc, mask=mask, padding="exclude",
-                                          return_state=return_state, **self._op_kwargs())
-        return out if return_state else (out, None)
-
-    def _run(self, x, mask, return_state, enc_len=None, enc_lens=None):
+    def _run(self, x, mask, return_state, enc_len=None, enc_lens=None, segment_ids=None):
         b, t, _ = x.shape
         if enc_len is None:
             raise ValueError("PrefixLinearAttention needs enc_len (the encoder length M)")
         if not 1 <= enc_len <= t:
             raise ValueError(f"enc_len must be in [1, T={t}]; got {enc_len}")
-        if mask is None and enc_lens is None:
-            y, state = self._project_and_attend(x, None, return_state, enc_len)
-            return self.out_proj(y.reshape(b, t, -1)), state
-        if mask is None:
-            mask = jnp.ones((b, t), bool)
-        # Left padding → right padding, so a row's real tokens sit at [0, L_b) and mask[:, :enc_len] marks its
-        # first min(enc_len, L_b) tokens as the encoder.
-        shift = leading_pads(mask)
-        x, mask = shift_rows(x, shift), shift_rows(mask, shift)
-        if enc_lens is None:
-            y, state = self._project_and_attend(x, mask, return_state, enc_len)
-        else:
-            y, state = self._per_row_encoder(x, mask, return_state, enc_len, enc_lens)
-        y = shift_rows(y, -shift)
+        q = self._heads(x, self.proj_q, self.feature_dim)
+        k = self._heads(x, self.proj_k, self.feature_dim)
+        v = self._heads(x, self.proj_v, self.head_dim)
+        enc_mask = encoder_mask(mask, segment_ids, enc_len, enc_lens, b, t)
+        x_enc = x if enc_mask is not None else x[:, :enc_len]
+        k_enc = self._heads(x_enc, self.proj_k_enc, self.feature_dim)
+        v_enc = self._heads(x_enc, self.proj_v_enc, self.head_dim)
+        out = ops.prefix_linear_attention(q, k, v, k_enc, v_enc, mask=mask, padding="exclude", enc_mask=enc_mask,
+                                          segment_ids=segment_ids, return_state=return_state, **self._op_kwargs())
+        y, state = out if return_state else (out, None)
         return self.out_proj(y.reshape(b, t, -1)), state
 
-    def _per_row_encoder(self, x, mask, return_state, m, enc_lens):
-        """Encoder of row b = its first e_b = min(enc_lens[b], L_b, m) tokens (right-padded rows).
-
-        The op marks encoder tokens with ``mask[:, :m]``, shared with the causal stream. To give each row its own
-        encoder length, m - e_b excluded slots are inserted after the row's first e_b tokens (length T + m):
-        excluded slots change nothing, in the encoder or in the causal sums, so the outputs are exact.
-        """
-        t = x.shape[1]
-        lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
-        e = jnp.minimum(jnp.minimum(jnp.asarray(enc_lens, jnp.int32), lengths), m)[:, None]  # [B, 1]
-        j = jnp.arange(t + m, dtype=jnp.int32)[None, :]
-        src = jnp.where(j < e, j, j - m + e)
-        valid = (j < e) | ((j >= m) & (src < lengths[:, None]))
-        x2 = jnp.take_along_axis(x, jnp.clip(src, 0, t - 1)[..., None], axis=1)
-        y2, state = self._project_and_attend(x2, valid, return_state, m)
-        s = jnp.arange(t, dtype=jnp.int32)[None, :]
-        back = jnp.where(s < e, s, s - e + m)  # where source position s went
-        y = jnp.take_along_axis(y2, back[:, :, None, None], axis=1)
-        return jnp.where(mask[:, :, None, None], y, jnp.zeros((), y.dtype)), state
-
     def __call__(self, x: jax.Array, *, enc_len: int, mask: jax.Array | None = None,
-                 enc_lens: jax.Array | None = None) -> jax.Array:
+                 enc_lens: jax.Array | None = None, segment_ids: jax.Array | None = None) -> jax.Array:
         """x [B, T, d] → [B, T, d].
 
         The encoder of row b is its first min(enc_len, L_b) real tokens (L_b its real length), or with per-row
-        `enc_lens` [B] its first min(enc_lens[b], L_b, enc_len) tokens (costs a sequence of T + enc_len).
+        `enc_lens` [B] its first min(enc_lens[b], L_b, enc_len) tokens; with `segment_ids` [B, T] (packed
+        documents, 0 = padding) the first `enc_len` tokens of every document.
         """
-        return self._run(x, mask, False, enc_len, enc_lens)[0]
+        return self._run(x, mask, False, enc_len, enc_lens, segment_ids)[0]
 
-    def prefill(self, x, *, enc_len: int, mask=None, enc_lens=None) -> tuple[jax.Array, ops.LinearAttentionState]:
+    def prefill(self, x, *, enc_len: int, mask=None, enc_lens=None,
+                segment_ids=None) -> tuple[jax.Array, ops.LinearAttentionState]:
         """As `__call__`, plus the state with the encoder terms folded in (continue with `step`)."""
-        return self._run(x, mask, True, enc_len, enc_lens)
+        return self._run(x, mask, True, enc_len, enc_lens, segment_ids)
+
+
+def encoder_mask(mask, segment_ids, enc_len: int, enc_lens, batch: int, seq: int):
+    """[B, T] bool marking the encoder tokens: each row's (or, packed, each document's) first `enc_len` real
+    tokens, or its first `enc_lens[b]`; None when that is simply positions [0, enc_len) of every row."""
+    if mask is None and enc_lens is None and segment_ids is None:
+        return None
+    real = jnp.ones((batch, seq), bool) if mask is None else mask.astype(bool)
+    if segment_ids is not None:
+        real = real & (segment_ids != 0)
+        doc, _ = document_ids(jnp.where(real, segment_ids, 0))
+        # index of each real token inside its document: real tokens so far minus those before the document
+        count = jnp.cumsum(real.astype(jnp.int32), axis=1)
+        first = jnp.concatenate([jnp.ones_like(doc[:, :1], bool), doc[:, 1:] != doc[:, :-1]], axis=1)
+        before = jax.lax.cummax(jnp.where(first, count - real.astype(jnp.int32), 0), axis=1)
+        index = count - 1 - before
+    else:
+        index = jnp.cumsum(real.astype(jnp.int32), axis=1) - 1
+    limit = jnp.full((batch, 1), enc_len, jnp.int32)
+    if enc_lens is not None:
+        limit = jnp.minimum(limit, jnp.asarray(enc_lens, jnp.int32)[:, None])
+    return real & (index < limit)

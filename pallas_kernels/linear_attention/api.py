@@ -1,56 +1,26 @@
-"""Entry point of the chunked linear-attention prefill kernels: layout, padding, state conversion, dispatch."""
+"""Entry point of the chunked linear-attention prefill kernels: layout, padding, state conversion, dispatch.
+
+With `backend=None` the kernel is chosen by the platform the computation is lowered for
+(`pallas_kernels.dispatch`): the Mosaic kernel on TPU, the Triton kernel on CUDA, and on any other platform
+`fallback` — by default the TPU kernel in the Pallas interpreter, so the same code runs (slowly) on a CPU.
+One jitted function therefore exports for ``["tpu", "cuda", "cpu"]`` with both kernels inside.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
+import functools
+from typing import Callable, NamedTuple
 
-import jax
 import jax.numpy as jnp
 
+from pallas_kernels.dispatch import platform_dispatch
 from pallas_kernels.linear_attention import common
 
 BACKENDS = ("tpu", "gpu")
 
-_TARGET: contextvars.ContextVar[tuple[str, bool] | None] = contextvars.ContextVar("pallas_target", default=None)
 
-
-@contextlib.contextmanager
-def lowering_target(backend: str, *, interpret: bool = False):
-    """Trace the kernels for `backend` ("tpu" / "gpu") whatever the local device, e.g. to `jax.export` for
-    real hardware from a CPU-only machine:
-
-        with pallas_kernels.lowering_target("gpu"):
-            jax.export.export(jax.jit(fn), platforms=["cuda"], ...)(*shapes)
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
-    token = _TARGET.set((backend, interpret))
-    try:
-        yield
-    finally:
-        _TARGET.reset(token)
-
-
-def default_backend() -> str:
-    """The kernel flavour for the default JAX device: "gpu" on CUDA, else "tpu" (interpret mode on CPU)."""
-    target = _TARGET.get()
-    if target is not None:
-        return target[0]
-    return "gpu" if jax.default_backend() in ("gpu", "cuda", "rocm") else "tpu"
-
-
-def default_interpret() -> bool:
-    """Kernels run in interpret mode when no accelerator is present (or as `lowering_target` says)."""
-    target = _TARGET.get()
-    if target is not None:
-        return target[1]
-    return jax.default_backend() == "cpu"
-
-
-def unsupported_reason(q_shape, v_shape, dtype, *, backend: str | None = None, chunk_size: int = 64) -> str | None:
-    """Why the kernel cannot take these shapes on this backend, or None when it can (used by `auto` dispatch)."""
-    backend = backend or default_backend()
+def unsupported_reason(q_shape, v_shape, dtype, *, backend: str = "tpu", chunk_size: int = 64) -> str | None:
+    """Why the `backend` kernel ("tpu" / "gpu") cannot take these shapes, or None when it can."""
     if backend not in BACKENDS:
         return f"unknown kernel backend {backend!r}; expected one of {BACKENDS}"
     if jnp.dtype(dtype) not in (jnp.float32, jnp.bfloat16, jnp.float16):
@@ -65,63 +35,146 @@ def unsupported_reason(q_shape, v_shape, dtype, *, backend: str | None = None, c
     return None
 
 
+class Options(NamedTuple):
+    """Static options of one prefill call (what `fallback` receives first)."""
+
+    chunk: int
+    eps: float
+    scale_dim: float
+    emit_output: bool
+    normalize: bool
+    save_states: bool
+    has_weights: bool  # the arrays after z0 start with w [B, T]
+    has_segments: bool  # …followed by the four `document_flags` arrays
+
+
+def split_args(options: Options, args):
+    """(q, k, v, kv0, z0, w or None, segments or None) from the flat argument tuple."""
+    q, k, v, kv0, z0, *rest = args
+    w = rest.pop(0) if options.has_weights else None
+    return q, k, v, kv0, z0, w, (tuple(rest) if options.has_segments else None)
+
+
+def _kernel_call(backend, interpret, options: Options, *args):
+    """One kernel on canonical arrays; returns a flat tuple, batch first (the `platform_dispatch` contract)."""
+    chunk, eps, scale_dim, emit_output, normalize, save_states = options[:6]
+    q, k, v, kv0, z0, w, seg = split_args(options, args)
+    b, t, h, f = q.shape
+    n = -(-t // chunk)
+    tp = n * chunk
+    pad = [(0, 0), (0, tp - t), (0, 0), (0, 0)]
+    w = jnp.ones((b, t), jnp.float32) if w is None else w.astype(jnp.float32)
+    w = jnp.pad(w, [(0, 0), (0, tp - t)])[..., None]  # [B, Tp, 1]
+    heads_major = lambda x: jnp.pad(x, pad).transpose(0, 2, 1, 3).reshape(b * h, tp, x.shape[-1])
+    ea, eb = (jnp.asarray(e) for e in common.expansion_matrices(f, scale_dim))
+    state = common.split_state(kv0, z0, f)
+    kseg = common.kernel_segments(seg, chunk) if seg else None
+    if backend == "tpu":
+        from pallas_kernels.linear_attention.tpu import prefill_tpu as kernel
+    else:
+        from pallas_kernels.linear_attention.gpu import prefill_gpu as kernel
+    y, final, chunk_states = kernel(
+        heads_major(q), heads_major(k), heads_major(v), w, ea, eb, state, kseg, heads=h, chunk=chunk, eps=eps,
+        scale_dim=scale_dim, emit_output=emit_output, normalize=normalize, save_states=save_states,
+        interpret=interpret,
+    )
+    seq_major = lambda x: x.reshape(b, h, tp, x.shape[-1]).transpose(0, 2, 1, 3)[:, :t]
+    out = []
+    if y is not None:
+        out += [seq_major(y)] if normalize else [seq_major(y[0]), seq_major(y[1])[..., 0]]
+    out += list(common.merge_state(final, b, h, f))
+    if chunk_states is not None:  # [N, B, …] → batch first
+        out += [jnp.moveaxis(x, 0, 1) for x in common.merge_state(chunk_states, b, h, f)]
+    return tuple(out)
+
+
+def _unsupported(platform, reason):
+    def fail(*_):
+        raise ValueError(f"linear_attention_prefill: the {platform} kernel cannot take these inputs: {reason}")
+
+    return fail
+
+
 def linear_attention_prefill(
     q,
     k,
     v,
     *,
     w=None,
+    doc=None,
+    segments=None,
     initial_state=None,
     chunk_size: int = 64,
     eps: float = 1e-12,
     scale_dim: float | None = None,
     emit_output: bool = True,
+    normalize: bool = True,
     save_states: bool = False,
     backend: str | None = None,
-    interpret: bool | None = None,
+    interpret: bool = False,
+    fallback: Callable | None = None,
 ):
     """Chunked causal Based linear attention with the Taylor map folded in, starting from `initial_state`.
 
     Args:
       q, k: [B, T, H, F]; v: [B, T, H, D] (float32 / bfloat16 / float16). Any T: padded inside.
       w: optional [B, T] per-token weight (1 real, 0 padding that contributes nothing).
+      doc: optional [B, T] int document labels of packed sequences (equal labels = one document, contiguous;
+        the row's first label is the document `initial_state` belongs to): no key crosses a document boundary.
+      segments: `common.document_flags(doc, chunk_size)` when the caller already has them (instead of doc).
       initial_state: optional compact state (kv [B,H,P,D], z [B,H,P]), e.g. the PLA encoder state.
       emit_output: False accumulates the state only (no outputs, no quadratic part).
+      normalize: False returns the numerator [B,T,H,D] and denominator [B,T,H] (fp32, no eps) instead of y,
+        for callers that add several reads under one denominator.
       save_states: also return the state at the start of every chunk (for the backward pass).
-      backend: "tpu" (Mosaic) or "gpu" (Triton); default from the JAX backend.
-      interpret: run the kernel in the Pallas interpreter (default: True on CPU).
+      backend: "tpu" (Mosaic) or "gpu" (Triton) to run that kernel whatever the platform (`interpret=True`
+        for the Pallas interpreter); None (default) to choose by the platform at lowering time.
+      fallback: with `backend=None`, what runs where no kernel applies (platforms other than TPU and CUDA,
+        and a platform whose kernel cannot take the shapes): `fallback(options, *args)` with `Options` and the
+        flat arrays (`split_args` unpacks them), returning the same flat tuple as the kernels. Default: the
+        TPU kernel in the Pallas interpreter, and an error naming the reason where a kernel cannot run.
 
     Returns:
-      (y [B,T,H,D] in v's dtype or None, (kv, z) final compact fp32 state,
-       chunk-start states (kv [N,B,H,P,D], z [N,B,H,P]) or None).
+      (y [B,T,H,D] in v's dtype — or (num, den) — or None, (kv, z) final compact fp32 state (the last
+       document's), chunk-start states (kv [N,B,H,P,D], z [N,B,H,P]) or None).
     """
     common.check_inputs(q, k, v, w, chunk_size)
-    backend = backend or default_backend()
-    reason = unsupported_reason(q.shape, v.shape, q.dtype, backend=backend, chunk_size=chunk_size)
-    if reason:
-        raise ValueError(f"linear_attention_prefill: {reason}")
-    interpret = default_interpret() if interpret is None else interpret
     b, t, h, f = q.shape
     d = v.shape[-1]
+    if backend is not None:
+        reason = unsupported_reason(q.shape, v.shape, q.dtype, backend=backend, chunk_size=chunk_size)
+        if reason:
+            raise ValueError(f"linear_attention_prefill: {reason}")
     scale_dim = float(f if scale_dim is None else scale_dim)
-    n = -(-t // chunk_size)
-    tp = n * chunk_size
-    w = jnp.ones((b, t), jnp.float32) if w is None else w.astype(jnp.float32)
-    pad = [(0, 0), (0, tp - t), (0, 0), (0, 0)]
-    w = jnp.pad(w, [(0, 0), (0, tp - t)])[..., None]  # [B, Tp, 1]
-    heads_major = lambda x: jnp.pad(x, pad).transpose(0, 2, 1, 3).reshape(b * h, tp, x.shape[-1])
-    ea, eb = (jnp.asarray(e) for e in common.expansion_matrices(f, scale_dim))
-    state = (common.zero_kernel_state(b * h, f, d) if initial_state is None
-             else common.split_state(initial_state[0], initial_state[1], f))
-    if backend == "tpu":
-        from pallas_kernels.linear_attention.tpu import prefill_tpu as kernel
+    if initial_state is None:
+        p = 1 + f + common.quad_features(f)
+        initial_state = (jnp.zeros((b, h, p, d), jnp.float32), jnp.zeros((b, h, p), jnp.float32))
+    if doc is not None and segments is None:
+        segments = common.document_flags(doc, chunk_size)
+    args = (q, k, v, initial_state[0].astype(jnp.float32), initial_state[1].astype(jnp.float32))
+    args += (() if w is None else (w.astype(jnp.float32),)) + tuple(segments or ())
+    options = Options(chunk_size, eps, scale_dim, emit_output, normalize, save_states, w is not None,
+                      segments is not None)
+    if backend is not None:
+        out = _kernel_call(backend, interpret, options, *args)
     else:
-        from pallas_kernels.linear_attention.gpu import prefill_gpu as kernel
-    y, final, chunk_states = kernel(
-        heads_major(q), heads_major(k), heads_major(v), w, ea, eb, state, heads=h, chunk=chunk_size, eps=eps,
-        scale_dim=scale_dim, emit_output=emit_output, save_states=save_states, interpret=interpret,
-    )
-    if y is not None:
-        y = y.reshape(b, h, tp, d).transpose(0, 2, 1, 3)[:, :t]
-    saved = None if chunk_states is None else common.merge_state(chunk_states, b, h, f)
-    return y, common.merge_state(final, b, h, f), saved
+        branches = {}
+        for platform, kernel_backend in (("tpu", "tpu"), ("cuda", "gpu")):
+            reason = unsupported_reason(q.shape, v.shape, q.dtype, backend=kernel_backend, chunk_size=chunk_size)
+            if reason is None:
+                branches[platform] = functools.partial(_kernel_call, kernel_backend, False, options)
+            elif fallback is None:
+                branches[platform] = _unsupported(platform, reason)
+        default = (functools.partial(fallback, options) if fallback is not None
+                   else functools.partial(_kernel_call, "tpu", True, options))
+        out = platform_dispatch(args, default=default, **branches)
+    return _unflatten(list(out), emit_output, normalize, save_states)
+
+
+def _unflatten(out, emit_output, normalize, save_states):
+    y = None
+    if emit_output:
+        y = out.pop(0) if normalize else (out.pop(0), out.pop(0))
+    final = (out[0], out[1])
+    saved = (jnp.moveaxis(out[2], 1, 0), jnp.moveaxis(out[3], 1, 0)) if save_states else None
+    return y, final, saved

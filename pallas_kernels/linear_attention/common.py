@@ -104,3 +104,48 @@ def check_inputs(q, k, v, w, chunk_size: int) -> None:
         raise ValueError(f"w must have shape [batch, seq] = {tuple(q.shape[:2])}; got {tuple(w.shape)}")
     if not isinstance(chunk_size, int) or chunk_size < 8 or chunk_size % 8:
         raise ValueError(f"chunk_size must be a positive multiple of 8; got {chunk_size!r}")
+
+
+def document_flags(doc, chunk: int):
+    """Per-chunk document flags of packed sequences, shared by the kernels and the XLA chunked path.
+
+    Args:
+      doc: [B, T] int document labels: equal labels form one document, documents are contiguous runs, and
+        the row's first label is its first document (the one an initial state belongs to).
+      chunk: the chunk length C; T is padded to whole chunks (the pad joins the last document).
+
+    Returns float32 arrays (0/1 except the labels):
+      labels [B, Tp]: doc padded (intra-chunk: key j reaches query i only with an equal label);
+      r [B, Tp]: 1 where the token belongs to the document open at its chunk's start (reads the carried state);
+      u [B, Tp]: 1 where the token belongs to its chunk's last document (enters the state after the chunk);
+      keep [B, N]: 1 where the document open at the chunk's start is still open at its end (the carried
+        state survives the chunk).
+    Labels travel as float32 so every kernel input is a float; they are compared for equality only, and
+    relabelled 0, 1, 2, … per row first so they stay exact.
+    """
+    b, t = doc.shape
+    n = max(1, -(-t // chunk))
+    tp = n * chunk
+    doc = doc - doc[:, :1]
+    doc = jnp.pad(doc, [(0, 0), (0, tp - t)], mode="edge")
+    chunks = doc.reshape(b, n, chunk)
+    last = chunks[:, :, -1]
+    prev = jnp.concatenate([doc[:, :1], last[:, :-1]], axis=1)
+    r = chunks == prev[:, :, None]
+    u = chunks == last[:, :, None]
+    f32 = lambda x: x.astype(jnp.float32)
+    return f32(doc), f32(r.reshape(b, tp)), f32(u.reshape(b, tp)), f32(last == prev)
+
+
+def kernel_segments(flags, chunk: int):
+    """`document_flags` output → the kernels' inputs: (labels, r, u, keep), each [B, Tp, 1] float32.
+
+    Labels become chunk-relative (0 … C-1, exact in any float format, so the TPU kernel can build the
+    intra-chunk comparison with a rank-1 matmul), and keep is repeated over its chunk's tokens.
+    """
+    labels, r, u, keep = flags
+    b, tp = labels.shape
+    chunks = labels.reshape(b, tp // chunk, chunk)
+    rel = (chunks - chunks[:, :, :1]).reshape(b, tp)
+    keep_tok = jnp.repeat(keep, chunk, axis=1)
+    return tuple(x[..., None] for x in (rel, r, u, keep_tok))

@@ -9,7 +9,19 @@ Padding (`mask` [B, T], True = real token) has two modes:
   own outputs are zero.
 * ``padding="zero_keys"``: what the released JRT/Based checkpoints were evaluated with (prompts left-padded,
   raw k zeroed at pads). φ(0) = [1, 0, …], so every pad still adds v_pad to the numerator and 1 to the
-  denominator. Use it to reproduce the release's numbers, not for new work.
+  denominator. Use it to reproduce the release's numbers, not for new work. A NaN in a pad's value reaches
+  the outputs in this mode, as it would in the release.
+
+Packed sequences (`segment_ids` [B, T] int, 0 = padding): documents are maximal runs of equal non-zero ids
+(padding inside a run does not split it; `jrt_jax.ops.segments`). Position i sees keys j ≤ i of its own
+document only; PLA's `enc_mask` [B, M] marks the real encoder slots (slot j is position j of the row) and a
+position reads exactly the slots of its own document, ahead of it or not. `mask` with `padding="exclude"` is the
+same machinery (a False position is padding). Excluded tokens are selected away, never multiplied by a zero
+weight, so a NaN or Inf in one never reaches another output or gradient.
+
+Carried state (`initial_state`, a `LinearAttentionState`): added to the sums of the row's first document, as
+if it preceded the row; `return_state=True` returns the state after the row's last token (its last document),
+so a sequence run in two calls, the second from the first's state, equals one call.
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+
 from jrt_jax.ops._checks import (
     Implementation,
     check_dim,
@@ -26,12 +39,13 @@ from jrt_jax.ops._checks import (
     check_float_array,
     check_mask,
     check_positive_int,
+    check_segment_ids,
     resolve_implementation,
 )
+from jrt_jax.ops.linear_attention import compose as _compose
 from jrt_jax.ops.linear_attention import pallas as _pallas
 from jrt_jax.ops.linear_attention import reference as _reference
 from jrt_jax.ops.linear_attention import state as _state
-from jrt_jax.ops.linear_attention import xla as _xla
 from jrt_jax.ops.linear_attention.state import LinearAttentionState
 
 DEFAULT_CHUNK_SIZE = 64
@@ -69,7 +83,30 @@ def _check_encoder(q, v, k_enc, v_enc):
         raise ValueError(f"k_enc: encoder length M = {k_enc.shape[1]} must be <= the sequence length T = {t}")
 
 
-def _resolve(q, k, v, k_enc, v_enc, mask, padding, eps, chunk_size, implementation):
+def _check_state(initial_state, b, h, f, d):
+    if initial_state is None:
+        return None
+    if not isinstance(initial_state, LinearAttentionState):
+        if isinstance(initial_state, tuple) and len(initial_state) == 2:
+            initial_state = LinearAttentionState(*initial_state)
+        else:
+            raise TypeError(
+                f"initial_state must be a LinearAttentionState (kv, z); got {type(initial_state).__name__}"
+            )
+    check_float_array("initial_state.kv", initial_state.kv, 4)
+    check_float_array("initial_state.z", initial_state.z, 3)
+    p = 1 + f + f * (f + 1) // 2
+    want = (b, h, p, d)
+    if tuple(initial_state.kv.shape) != want or tuple(initial_state.z.shape) != want[:3]:
+        raise ValueError(
+            f"initial_state: kv must have shape {want} and z {want[:3]} for these inputs; "
+            f"got {tuple(initial_state.kv.shape)} and {tuple(initial_state.z.shape)}"
+        )
+    return initial_state
+
+
+def _resolve(q, k, v, k_enc, v_enc, mask, padding, eps, chunk_size, implementation, segment_ids=None,
+             enc_mask=None, initial_state=None):
     """Validate everything the user passed; return the normalised options."""
     _check_qkv(q, k, v)
     if k_enc is not None or v_enc is not None:
@@ -81,76 +118,64 @@ def _resolve(q, k, v, k_enc, v_enc, mask, padding, eps, chunk_size, implementati
         raise ValueError(f"padding must be one of {PADDING_MODES}; got {padding!r}")
     chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else check_positive_int("chunk_size", chunk_size)
     impl = resolve_implementation(implementation)
-    target = _pallas.kernel_target()
-    reason = _pallas.unsupported_reason(q, v, chunk_size, target)
-    if impl is Implementation.AUTO:
-        on_accelerator = jax.default_backend() in ("tpu", "gpu", "cuda", "rocm")
-        impl = Implementation.PALLAS if on_accelerator and reason is None else Implementation.XLA
-    if impl is Implementation.PALLAS and reason is not None:
-        raise ValueError(f"implementation='pallas' cannot run these inputs: {reason}; use 'xla' or 'auto'")
-    mask = check_mask(mask, q.shape[0], q.shape[1])
-    return mask, eps, chunk_size, impl, target if impl is Implementation.PALLAS else None
+    if impl in (Implementation.PALLAS, Implementation.AUTO):
+        reason = _pallas.unsupported_reason(q, v, chunk_size)  # no kernel on any platform takes these inputs
+        if reason is not None and impl is Implementation.PALLAS:
+            raise ValueError(f"implementation='pallas' cannot run these inputs: {reason}; use 'xla' or 'auto'")
+        if reason is not None:
+            impl = Implementation.XLA
+    b, t, h, f = q.shape
+    mask = check_mask(mask, b, t)
+    segment_ids = check_segment_ids(segment_ids, b, t)
+    if enc_mask is not None:
+        if k_enc is None:
+            raise ValueError("enc_mask needs an encoder (k_enc, v_enc): use prefix_linear_attention")
+        enc_mask = check_mask(enc_mask, b, k_enc.shape[1], name="enc_mask")
+    initial_state = _check_state(initial_state, b, h, f, v.shape[-1])
+    inputs = _compose.Inputs(mask, segment_ids, enc_mask, initial_state)
+    return inputs, eps, chunk_size, impl
 
 
-def _apply_padding(k, k_enc, mask, padding):
-    """Turn the mask into what the implementations take: zeroed keys, or per-key weights (1 real, 0 pad)."""
-    if mask is None:
-        return k, k_enc, None, None
-    m = 0 if k_enc is None else k_enc.shape[1]
-    if padding == "zero_keys":
-        k = jnp.where(mask[:, :, None, None], k, jnp.zeros((), k.dtype))
-        if k_enc is not None:
-            k_enc = jnp.where(mask[:, :m, None, None], k_enc, jnp.zeros((), k_enc.dtype))
-        return k, k_enc, None, None
-    key_w = mask.astype(jnp.float32)
-    return k, k_enc, key_w, None if k_enc is None else key_w[:, :m]
-
-
-_STATIC = ("eps", "padding", "scale_dim", "impl", "chunk_size", "target")
+_STATIC = ("eps", "padding", "scale_dim", "impl", "chunk_size")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _attend_jit(q, k, v, k_enc, v_enc, mask, *, eps, padding, scale_dim, impl, chunk_size, target):
+def _attend_jit(q, k, v, k_enc, v_enc, inputs, *, eps, padding, scale_dim, impl, chunk_size):
     out_dtype = jnp.result_type(q.dtype, k.dtype, v.dtype)
-    k, k_enc, key_w, enc_w = _apply_padding(k, k_enc, mask, padding)
-    kwargs = dict(k_enc=k_enc, v_enc=v_enc, key_w=key_w, enc_w=enc_w, eps=eps, scale_dim=scale_dim)
+    c = _compose.canonical(q, k, v, k_enc, v_enc, inputs, padding)
     if impl is Implementation.REFERENCE:
-        y, st = _reference.reference_linear_attention(q, k, v, **kwargs)
+        y, st = _reference.reference_linear_attention(
+            c.q, c.k, c.v, k_enc=c.k_enc, v_enc=c.v_enc, key_w=c.key_w, enc_w=c.enc_w, doc=c.doc,
+            initial_state=None if inputs.initial_state is None else (c.kv0, c.z0), eps=eps, scale_dim=scale_dim,
+        )
     else:
-        if impl is Implementation.PALLAS:
-            y, kv, z = _pallas.pallas_linear_attention(q, k, v, chunk_size=chunk_size, target=target, **kwargs)
-        else:
-            y, kv, z = _xla.chunked_linear_attention(q, k, v, chunk_size=chunk_size, **kwargs)
+        y, kv, z = _compose.chunked_attend(_compose.backend(impl), c, eps=eps, scale_dim=scale_dim, chunk=chunk_size)
         st = LinearAttentionState(kv, z)
     y = y.astype(out_dtype)
-    if mask is not None and padding == "exclude":
-        y = jnp.where(mask[:, :, None, None], y, jnp.zeros((), out_dtype))
+    if c.real is not None:
+        y = jnp.where(c.real[:, :, None, None], y, jnp.zeros((), out_dtype))
     return y, st
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _state_jit(k, v, k_enc, v_enc, mask, *, eps, padding, scale_dim, impl, chunk_size, target):
+def _state_jit(k, v, k_enc, v_enc, inputs, *, eps, padding, scale_dim, impl, chunk_size):
     del eps
-    k, k_enc, key_w, enc_w = _apply_padding(k, k_enc, mask, padding)
+    c = _compose.canonical(k, k, v, k_enc, v_enc, inputs, padding)
     if impl is Implementation.REFERENCE:
-        acc = lambda k_, v_, w_: tuple(_reference.reference_state(k_, v_, w_, scale_dim=scale_dim))
-    elif impl is Implementation.PALLAS:
-        acc = lambda k_, v_, w_: _pallas.accumulate_state(k_, v_, w_, chunk_size, scale_dim, target)
-    else:
-        acc = lambda k_, v_, w_: _xla.accumulate_state(k_, v_, w_, _xla.state_chunk_size(chunk_size), scale_dim)
-    kv, z = acc(k, v, key_w)
-    if k_enc is not None and k_enc.shape[1] > 0:
-        ekv, ez = acc(k_enc, v_enc, enc_w)
-        kv, z = kv + ekv, z + ez
-    return LinearAttentionState(kv, z)
+        return _reference.final_state(
+            c.k, c.v, c.k_enc, c.v_enc, c.key_w, c.enc_w, c.doc,
+            None if inputs.initial_state is None else (c.kv0, c.z0), scale_dim=scale_dim,
+        )
+    return LinearAttentionState(*_compose.chunked_state(_compose.backend(impl), c, scale_dim=scale_dim, chunk=chunk_size))
 
 
-def _attend(q, k, v, k_enc, v_enc, *, eps, mask, padding, scale_dim, implementation, chunk_size, return_state):
-    mask, eps, chunk_size, impl, target = _resolve(
-        q, k, v, k_enc, v_enc, mask, padding, eps, chunk_size, implementation
+def _attend(q, k, v, k_enc, v_enc, *, eps, mask, padding, scale_dim, implementation, chunk_size, return_state,
+            segment_ids=None, enc_mask=None, initial_state=None):
+    inputs, eps, chunk_size, impl = _resolve(
+        q, k, v, k_enc, v_enc, mask, padding, eps, chunk_size, implementation, segment_ids, enc_mask, initial_state
     )
-    y, st = _attend_jit(q, k, v, k_enc, v_enc, mask, eps=eps, padding=padding, scale_dim=scale_dim, impl=impl,
-                        chunk_size=chunk_size, target=target)
+    y, st = _attend_jit(q, k, v, k_enc, v_enc, inputs, eps=eps, padding=padding, scale_dim=scale_dim, impl=impl,
+                        chunk_size=chunk_size)
     return (y, st) if return_state else y
 
 
@@ -162,6 +187,8 @@ def linear_attention(
     eps: float = 1e-12,
     mask=None,
     padding: str = "exclude",
+    segment_ids=None,
+    initial_state: LinearAttentionState | None = None,
     scale_dim: float | None = None,
     implementation: str | Implementation = "auto",
     chunk_size: int | None = None,
@@ -169,7 +196,7 @@ def linear_attention(
 ):
     """Causal Based linear attention with the Taylor feature map.
 
-        y_i = Σ_{j≤i} φ(q_i)·φ(k_j) v_j / (Σ_{j≤i} φ(q_i)·φ(k_j) + eps)
+        y_i = Σ_{j≤i} φ(q_i)·φ(k_j) v_j / (Σ_{j≤i} φ(q_i)·φ(k_j) + eps)     (j in i's document)
 
     Args:
       q, k: [B, T, H, F] raw queries and keys (before φ).
@@ -177,9 +204,14 @@ def linear_attention(
       eps: added to the denominator.
       mask: optional [B, T] bool, True = real token; see the module docstring for `padding`.
       padding: "exclude" (default) or "zero_keys" (the released checkpoints' evaluation padding).
+      segment_ids: optional [B, T] int packed-document ids, 0 = padding (output 0).
+      initial_state: optional `LinearAttentionState` (kv [B,H,Φ,D], z [B,H,Φ]) the row's first document
+        continues from.
       scale_dim: the d in φ (default F).
       implementation: "auto", "reference" (quadratic), "xla" (chunked), "pallas" (kernels; the Pallas
-        interpreter on CPU). "auto" is "pallas" on TPU/GPU when the kernel takes the shapes, else "xla".
+        interpreter on CPU). "auto" is chosen per platform when the computation is lowered: the kernel on
+        TPU / CUDA when it takes the shapes, the "xla" path elsewhere, so one jitted function exports for
+        several platforms.
       chunk_size: chunk length of the chunked paths (default 64); T need not be a multiple.
       return_state: also return the `LinearAttentionState` after the last token, to continue decoding.
 
@@ -187,7 +219,8 @@ def linear_attention(
       y [B, T, H, D] in the inputs' result dtype (and the state when `return_state`).
     """
     return _attend(q, k, v, None, None, eps=eps, mask=mask, padding=padding, scale_dim=scale_dim,
-                   implementation=implementation, chunk_size=chunk_size, return_state=return_state)
+                   implementation=implementation, chunk_size=chunk_size, return_state=return_state,
+                   segment_ids=segment_ids, initial_state=initial_state)
 
 
 def prefix_linear_attention(
@@ -200,6 +233,9 @@ def prefix_linear_attention(
     eps: float = 1e-12,
     mask=None,
     padding: str = "exclude",
+    segment_ids=None,
+    enc_mask=None,
+    initial_state: LinearAttentionState | None = None,
     scale_dim: float | None = None,
     implementation: str | Implementation = "auto",
     chunk_size: int | None = None,
@@ -210,12 +246,16 @@ def prefix_linear_attention(
         y_i = φ(q_i)ᵀ[Σ_{j≤i} φ(k_j)v_jᵀ + Σ_{j<M} φ(ke_j)ve_jᵀ]
               / (φ(q_i)ᵀ[Σ_{j≤i} φ(k_j) + Σ_{j<M} φ(ke_j)] + eps)
 
-    for every i, prefix included: one shared denominator, as the released JRT checkpoints compute.
+    for every i, prefix included: one shared denominator, as the released JRT checkpoints compute. With
+    packed documents both sums run over i's document only (the encoder sum over its slots marked in
+    `enc_mask`, including those after i).
 
     Args:
       q, k, v: causal (decoder) projections of all T tokens, as in `linear_attention`.
       k_enc: [B, M, H, F], v_enc: [B, M, H, D]: encoder projections of the first M ≤ T tokens.
-      Other arguments as in `linear_attention`; `mask[:, :M]` masks the encoder tokens.
+      enc_mask: optional [B, M] bool, True = a real encoder slot (per-row encoder lengths; with
+        `segment_ids`, each document's prefix).
+      Other arguments as in `linear_attention`; `mask[:, :M]` masks the encoder tokens too.
 
     Returns:
       y [B, T, H, D] (and the state with the encoder terms folded in when `return_state`).
@@ -223,7 +263,8 @@ def prefix_linear_attention(
     if k_enc is None or v_enc is None:
         raise ValueError("prefix_linear_attention needs k_enc and v_enc (use linear_attention without an encoder)")
     return _attend(q, k, v, k_enc, v_enc, eps=eps, mask=mask, padding=padding, scale_dim=scale_dim,
-                   implementation=implementation, chunk_size=chunk_size, return_state=return_state)
+                   implementation=implementation, chunk_size=chunk_size, return_state=return_state,
+                   segment_ids=segment_ids, enc_mask=enc_mask, initial_state=initial_state)
 
 
 def linear_attention_state(
@@ -232,13 +273,16 @@ def linear_attention_state(
     *,
     mask=None,
     padding: str = "exclude",
+    segment_ids=None,
+    initial_state: LinearAttentionState | None = None,
     scale_dim: float | None = None,
     implementation: str | Implementation = "auto",
     chunk_size: int | None = None,
 ) -> LinearAttentionState:
     """The decoding state after reading keys k [B,T,H,F] and values v [B,T,H,D] (no outputs computed)."""
-    return pla_prefill_state(k, v, None, None, mask=mask, padding=padding, scale_dim=scale_dim,
-                             implementation=implementation, chunk_size=chunk_size)
+    return pla_prefill_state(k, v, None, None, mask=mask, padding=padding, segment_ids=segment_ids,
+                             initial_state=initial_state, scale_dim=scale_dim, implementation=implementation,
+                             chunk_size=chunk_size)
 
 
 def pla_prefill_state(
@@ -249,21 +293,25 @@ def pla_prefill_state(
     *,
     mask=None,
     padding: str = "exclude",
+    segment_ids=None,
+    enc_mask=None,
+    initial_state: LinearAttentionState | None = None,
     scale_dim: float | None = None,
     implementation: str | Implementation = "auto",
     chunk_size: int | None = None,
 ) -> LinearAttentionState:
     """The state after a PLA prefill: Σ_{j<T} φ(k_j)v_jᵀ + Σ_{j<M} φ(ke_j)ve_jᵀ (and the z sums).
 
-    Continue with `linear_attention_step`, which uses only the causal projections of new tokens.
+    With packed documents, the state of the row's last document; `initial_state` is added when that is also
+    the first. Continue with `linear_attention_step`, which uses only the causal projections of new tokens.
     k_enc/v_enc may be None (plain causal state).
     """
     # The queries do not enter the state; k stands in for q in the shape checks.
-    mask, _, chunk_size, impl, target = _resolve(
-        k, k, v, k_enc, v_enc, mask, padding, 0.0, chunk_size, implementation
+    inputs, _, chunk_size, impl = _resolve(
+        k, k, v, k_enc, v_enc, mask, padding, 0.0, chunk_size, implementation, segment_ids, enc_mask, initial_state
     )
-    return _state_jit(k, v, k_enc, v_enc, mask, eps=0.0, padding=padding, scale_dim=scale_dim, impl=impl,
-                      chunk_size=chunk_size, target=target)
+    return _state_jit(k, v, k_enc, v_enc, inputs, eps=0.0, padding=padding, scale_dim=scale_dim, impl=impl,
+                      chunk_size=chunk_size)
 
 
 def linear_attention_step(state: LinearAttentionState, q_t, k_t, v_t, *, eps: float = 1e-12, scale_dim=None):

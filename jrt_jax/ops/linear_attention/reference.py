@@ -1,12 +1,15 @@
 """Quadratic reference for causal Based linear attention and prefix linear attention (PLA).
 
 Materialises the full 273-dim Taylor features and the [T, T] (and [T, M]) score matrices, exactly as the
-formula in DESIGN §3 reads. It is the oracle every other implementation is tested against; it is not
+formula in DESIGN §3 reads, with packed documents, per-slot encoder masks and an initial state spelled out as
+explicit masks on those matrices. It is the oracle every other implementation is tested against; it is not
 meant to be fast.
 
-Inputs are canonical (validated by the public API): q, k [B,T,H,F], v [B,T,H,D], optional encoder keys
-k_enc [B,M,H,F], v_enc [B,M,H,D], and optional per-key weights key_w [B,T], enc_w [B,M] (1 = real token,
-0 = padding that contributes nothing).
+Inputs are canonical (validated and NaN-scrubbed by the public API): q, k [B,T,H,F], v [B,T,H,D], optional
+encoder keys k_enc [B,M,H,F], v_enc [B,M,H,D]; optional per-key weights key_w [B,T], enc_w [B,M] (1 = real,
+0 = contributes nothing); optional document labels doc [B,T] int32 (`segments.document_ids`: equal labels
+form one document, the row's first label is its first document); optional initial state (kv0, z0) that the
+first document reads as if it preceded the row.
 """
 
 from __future__ import annotations
@@ -23,32 +26,64 @@ def _scores(phi_q, phi_k):
     return jnp.einsum("bihp,bjhp->bhij", phi_q, phi_k, precision="highest")
 
 
-def reference_linear_attention(q, k, v, *, k_enc=None, v_enc=None, key_w=None, enc_w=None, eps, scale_dim=None):
-    """Returns (y [B,T,H,D] float32, LinearAttentionState after the last token)."""
+def _weights(allowed, w):
+    """[B|1, T, S] bool → [B, 1, T, S] float with the per-key weights w [B, S] applied."""
+    out = allowed.astype(_F32)
+    if w is not None:
+        out = out * w.astype(_F32)[:, None, :]
+    return out[:, None]
+
+
+def reference_linear_attention(q, k, v, *, k_enc=None, v_enc=None, key_w=None, enc_w=None, doc=None,
+                               initial_state=None, eps, scale_dim=None):
+    """Returns (y [B,T,H,D] float32, LinearAttentionState after the row's last token)."""
     q, k, v = q.astype(_F32), k.astype(_F32), v.astype(_F32)
-    t = q.shape[1]
+    b, t = q.shape[:2]
+    same = jnp.ones((1, t, t), bool) if doc is None else doc[:, :, None] == doc[:, None, :]
+    causal = jnp.tril(jnp.ones((t, t), bool))[None] & same
     phi_q = taylor_feature_map(q, scale_dim=scale_dim)
-    scores = _scores(phi_q, taylor_feature_map(k, scale_dim=scale_dim))
-    weights = jnp.tril(jnp.ones((t, t), _F32))[None, None]
-    if key_w is not None:
-        weights = weights * key_w.astype(_F32)[:, None, None, :]
-    scores = scores * weights
+    scores = _scores(phi_q, taylor_feature_map(k, scale_dim=scale_dim)) * _weights(causal, key_w)
     num = jnp.einsum("bhij,bjhd->bihd", scores, v, precision="highest")
     den = jnp.einsum("bhij->bih", scores)
     if k_enc is not None:
+        m = k_enc.shape[1]
         k_enc, v_enc = k_enc.astype(_F32), v_enc.astype(_F32)
         enc_scores = _scores(phi_q, taylor_feature_map(k_enc, scale_dim=scale_dim))
-        if enc_w is not None:
-            enc_scores = enc_scores * enc_w.astype(_F32)[:, None, None, :]
+        enc_scores = enc_scores * _weights(same[:, :, :m], enc_w)  # not causal: the whole prefix of the document
         num = num + jnp.einsum("bhij,bjhd->bihd", enc_scores, v_enc, precision="highest")
         den = den + jnp.einsum("bhij->bih", enc_scores)
+    if initial_state is not None:
+        first = jnp.ones((b, t), bool) if doc is None else doc == doc[:, :1]
+        phi_qc = taylor_feature_map_compact(q, scale_dim=scale_dim) * first[:, :, None, None]
+        num = num + jnp.einsum("bihp,bhpd->bihd", phi_qc, initial_state[0].astype(_F32), precision="highest")
+        den = den + jnp.einsum("bihp,bhp->bih", phi_qc, initial_state[1].astype(_F32), precision="highest")
     y = num / (den[..., None] + eps)
+    return y, final_state(k, v, k_enc, v_enc, key_w, enc_w, doc, initial_state, scale_dim=scale_dim)
 
-    state = reference_state(k, v, key_w, scale_dim=scale_dim)
+
+def final_state(k, v, k_enc=None, v_enc=None, key_w=None, enc_w=None, doc=None, initial_state=None, *,
+                scale_dim=None) -> LinearAttentionState:
+    """The state after the row's last token: every key of the last document (causal and encoder), plus the
+    initial state when the last document is also the first."""
+    last = None if doc is None else doc == doc[:, -1:]
+    state = reference_state(k, v, _and(key_w, last), scale_dim=scale_dim)
     if k_enc is not None:
-        enc_state = reference_state(k_enc, v_enc, enc_w, scale_dim=scale_dim)
-        state = LinearAttentionState(state.kv + enc_state.kv, state.z + enc_state.z)
-    return y, state
+        m = k_enc.shape[1]
+        enc = reference_state(k_enc, v_enc, _and(enc_w, None if last is None else last[:, :m]), scale_dim=scale_dim)
+        state = LinearAttentionState(state.kv + enc.kv, state.z + enc.z)
+    if initial_state is not None:
+        keep = jnp.ones((k.shape[0],), bool) if doc is None else doc[:, -1] == doc[:, 0]
+        kv0 = jnp.where(keep[:, None, None, None], initial_state[0].astype(_F32), 0.0)
+        z0 = jnp.where(keep[:, None, None], initial_state[1].astype(_F32), 0.0)
+        state = LinearAttentionState(state.kv + kv0, state.z + z0)
+    return state
+
+
+def _and(w, allowed):
+    if allowed is None:
+        return w
+    allowed = allowed.astype(_F32)
+    return allowed if w is None else w.astype(_F32) * allowed
 
 
 def reference_state(k, v, key_w=None, *, scale_dim=None) -> LinearAttentionState:

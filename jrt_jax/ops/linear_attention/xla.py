@@ -22,7 +22,13 @@ the backward is a reverse loop that re-runs each chunk under `jax.vjp` with the 
 
 The encoder part of PLA is a state: Σ_{j<M} φ(ke_j) ve_jᵀ is accumulated chunk by chunk
 (`accumulate_state`) and becomes the initial state of the causal loop. Its backward needs no stored state
-at all (the state cotangent is the same for every encoder chunk).
+at all (the state cotangent of a chunk is the final one, or zero once a later chunk reset the state).
+
+Packed documents (`seg`, from `document_flags`): a key j is read by query i of the same chunk only when both
+carry the same document label; the carried state is read only by the chunk's tokens of the document that was
+open at the chunk's start (r = 1), it is kept across the chunk only when that document is still open at the
+chunk's end (keep = 1), and only the keys of the chunk's last document enter it (u = 1). That is exact for
+documents of any length, shorter than a chunk or straddling many. With `seg=None` none of it is traced.
 """
 
 from __future__ import annotations
@@ -69,9 +75,18 @@ def forward_head_groups(batch: int, num_heads: int) -> int:
     return groups
 
 
-def _chunk_step(kv, z, qc, kc, vc, wc, *, scale_dim, eps, precision, head_groups=1):
-    """One chunk. qc, kc [B,C,H,F], vc [B,C,H,D], wc [B,C] or None; kv, z fp32. Returns (kv, z, y fp32).
+def _chunk_seg(seg, n, chunk):
+    """The chunk-n slice of the document flags: (doc [B,C], r [B,C], u [B,C], keep [B])."""
+    if seg is None:
+        return None
+    doc, r, u, keep = seg
+    return _slice(doc, n, chunk), _slice(r, n, chunk), _slice(u, n, chunk), lax.dynamic_index_in_dim(keep, n, 1, False)
 
+
+def _chunk_step(kv, z, qc, kc, vc, wc, segc=None, *, scale_dim, eps, precision, head_groups=1, normalize=True):
+    """One chunk. qc, kc [B,C,H,F], vc [B,C,H,D], wc [B,C] or None, segc from `_chunk_seg` or None; kv, z fp32.
+
+    Returns (kv, z, y fp32 [B,C,H,D]), or (kv, z, (num [B,C,H,D], den [B,C,H])) when not `normalize`.
     Works head-major ([B,H,C,·]) inside: batched matmuls with leading batch dims are what XLA:CPU runs fastest.
     The feature maps and q kᵀ are built for all heads at once; the reads and updates run per head group.
     """
@@ -79,41 +94,60 @@ def _chunk_step(kv, z, qc, kc, vc, wc, *, scale_dim, eps, precision, head_groups
     qc, kc, vc = (x.astype(_F32).transpose(0, 2, 1, 3) for x in (qc, kc, vc))
     d = qc.shape[-1] if scale_dim is None else scale_dim
     s = jnp.einsum("bhif,bhjf->bhij", qc, kc, precision=precision) * (1.0 / d**0.5)
-    a = jnp.where(jnp.tril(jnp.ones((c, c), bool)), taylor_kernel(s), 0.0)
+    causal = jnp.tril(jnp.ones((c, c), bool))
+    if segc is not None:
+        docc, rc, uc, keepc = segc
+        causal = causal & (docc[:, :, None] == docc[:, None, :])[:, None]
+    a = jnp.where(causal, taylor_kernel(s), 0.0)
     phi_q = taylor_feature_map_compact(qc, scale_dim=scale_dim)
     phi_k = taylor_feature_map_compact_t(kc.swapaxes(-1, -2), scale_dim=scale_dim)  # [B,H,Φ,C]
     if wc is not None:
         wc = wc.astype(_F32)
         a = a * wc[:, None, None, :]
         phi_k = phi_k * wc[:, None, None, :]
+    if segc is not None:
+        phi_q = phi_q * rc[:, None, :, None]  # only the document open at the chunk start reads the state
+        phi_k = phi_k * uc[:, None, None, :]  # only the chunk's last document enters it
+        kv_kept, z_kept = kv * keepc[:, None, None, None], z * keepc[:, None, None]  # what survives the chunk
+    else:
+        kv_kept, z_kept = kv, z
     groups = max(1, min(head_groups, h))
     bounds = [g * h // groups for g in range(groups + 1)]
-    ys, kvs, zs = [], [], []
+    ys, dens, kvs, zs = [], [], [], []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         a_g, v_g, pq_g, pk_g = a[:, lo:hi], vc[:, lo:hi], phi_q[:, lo:hi], phi_k[:, lo:hi]
         num = jnp.einsum("bhij,bhjd->bhid", a_g, v_g, precision=precision)
         num = num + jnp.einsum("bhip,bhpd->bhid", pq_g, kv[:, lo:hi], precision=precision)
         den = jnp.sum(a_g, axis=-1) + jnp.einsum("bhip,bhp->bhi", pq_g, z[:, lo:hi], precision=precision)
-        ys.append(num / (den[..., None] + eps))
-        kvs.append(kv[:, lo:hi] + jnp.einsum("bhpj,bhjd->bhpd", pk_g, v_g, precision=precision))
-        zs.append(z[:, lo:hi] + jnp.sum(pk_g, axis=3))
+        if normalize:
+            ys.append(num / (den[..., None] + eps))
+        else:
+            ys.append(num)
+            dens.append(den)
+        kvs.append(kv_kept[:, lo:hi] + jnp.einsum("bhpj,bhjd->bhpd", pk_g, v_g, precision=precision))
+        zs.append(z_kept[:, lo:hi] + jnp.sum(pk_g, axis=3))
     cat = lambda xs: xs[0] if len(xs) == 1 else jnp.concatenate(xs, axis=1)
-    return cat(kvs), cat(zs), cat(ys).transpose(0, 2, 1, 3)
+    y = cat(ys).transpose(0, 2, 1, 3)
+    return cat(kvs), cat(zs), y if normalize else (y, cat(dens).transpose(0, 2, 1))
 
 
-def _forward(q, k, v, w, kv0, z0, chunk, eps, scale_dim, save_states):
+def _pad_weights(w, b, t, tp):
+    """Per-key weights padded to Tp with zeros (padded keys never reach a real output or the state)."""
+    if tp == t:
+        return w
+    return jnp.pad(jnp.ones((b, t), _F32) if w is None else w, [(0, 0), (0, tp - t)])
+
+
+def _forward(q, k, v, w, seg, kv0, z0, chunk, eps, scale_dim, save_states, normalize):
     b, t, h, _ = q.shape
     d_v = v.shape[-1]
     n = -(-t // chunk)
     tp = n * chunk
-    if tp != t:
-        # Padded keys sit after every real token, so they never reach a real output; the weight keeps them out
-        # of the returned state.
-        w = jnp.pad(jnp.ones((b, t), _F32) if w is None else w, [(0, 0), (0, tp - t)])
-        q, k, v = (_pad_time(x, tp) for x in (q, k, v))
+    w = _pad_weights(w, b, t, tp)
+    q, k, v = (_pad_time(x, tp) for x in (q, k, v))
     out_dtype = jnp.result_type(q.dtype, k.dtype, v.dtype)
     step = functools.partial(_chunk_step, scale_dim=scale_dim, eps=eps, precision=_precision(out_dtype),
-                             head_groups=forward_head_groups(b, h))
+                             head_groups=forward_head_groups(b, h), normalize=normalize)
 
     def body(i, carry):
         kv, z, y, states = carry
@@ -123,55 +157,65 @@ def _forward(q, k, v, w, kv0, z0, chunk, eps, scale_dim, save_states):
                 lax.dynamic_update_index_in_dim(states[1], z, i, 0),
             )
         wc = None if w is None else _slice(w, i, chunk)
-        kv, z, yc = step(kv, z, _slice(q, i, chunk), _slice(k, i, chunk), _slice(v, i, chunk), wc)
-        y = lax.dynamic_update_slice_in_dim(y, yc.astype(out_dtype), i * chunk, axis=1)
+        kv, z, yc = step(kv, z, _slice(q, i, chunk), _slice(k, i, chunk), _slice(v, i, chunk), wc,
+                         _chunk_seg(seg, i, chunk))
+        put = lambda buf, x: lax.dynamic_update_slice_in_dim(buf, x.astype(buf.dtype), i * chunk, axis=1)
+        y = put(y, yc) if normalize else (put(y[0], yc[0]), put(y[1], yc[1]))
         return kv, z, y, states
 
     states = (
         (jnp.zeros((n,) + kv0.shape, _F32), jnp.zeros((n,) + z0.shape, _F32)) if save_states else None
     )
-    y0 = jnp.zeros((b, tp, h, d_v), out_dtype)
+    if normalize:
+        y0 = jnp.zeros((b, tp, h, d_v), out_dtype)
+    else:  # unnormalised sums are combined by the caller before the division: keep them fp32
+        y0 = (jnp.zeros((b, tp, h, d_v), _F32), jnp.zeros((b, tp, h), _F32))
     kv, z, y, states = lax.fori_loop(0, n, body, (kv0, z0, y0, states))
-    return y[:, :t], kv, z, states
+    y = y[:, :t] if normalize else (y[0][:, :t], y[1][:, :t])
+    return y, kv, z, states
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
-def _causal_core(q, k, v, w, kv0, z0, chunk, eps, scale_dim):
-    y, kv, z, _ = _forward(q, k, v, w, kv0, z0, chunk, eps, scale_dim, save_states=False)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10))
+def _causal_core(q, k, v, w, seg, kv0, z0, chunk, eps, scale_dim, normalize):
+    y, kv, z, _ = _forward(q, k, v, w, seg, kv0, z0, chunk, eps, scale_dim, False, normalize)
     return y, kv, z
 
 
-def _causal_core_fwd(q, k, v, w, kv0, z0, chunk, eps, scale_dim):
-    y, kv, z, states = _forward(q, k, v, w, kv0, z0, chunk, eps, scale_dim, save_states=True)
-    return (y, kv, z), (q, k, v, w, states)
+def _causal_core_fwd(q, k, v, w, seg, kv0, z0, chunk, eps, scale_dim, normalize):
+    y, kv, z, states = _forward(q, k, v, w, seg, kv0, z0, chunk, eps, scale_dim, True, normalize)
+    return (y, kv, z), (q, k, v, w, seg, states)
 
 
-def causal_core_bwd(chunk, eps, scale_dim, residuals, cotangents):
-    q, k, v, w, (kv_states, z_states) = residuals
+def causal_core_bwd(chunk, eps, scale_dim, normalize, residuals, cotangents):
+    """Reverse loop over the chunks: re-run each under `jax.vjp` from its saved start state."""
+    q, k, v, w, seg, (kv_states, z_states) = residuals
     dy, dkv, dz = cotangents
     b, t, h, _ = q.shape
     n = kv_states.shape[0]
     tp = n * chunk
-    if tp != t:
-        w = jnp.pad(jnp.ones((b, t), _F32) if w is None else w, [(0, 0), (0, tp - t)])
-    qp, kp, vp, dyp = (_pad_time(x, tp) for x in (q, k, v, dy))
+    wp = _pad_weights(w, b, t, tp)
+    qp, kp, vp = (_pad_time(x, tp) for x in (q, k, v))
+    dyp = _pad_time(dy, tp) if normalize else (_pad_time(dy[0], tp), _pad_time(dy[1], tp))
     step = functools.partial(
-        _chunk_step, scale_dim=scale_dim, eps=eps, precision=_precision(jnp.result_type(q, k, v))
+        _chunk_step, scale_dim=scale_dim, eps=eps, precision=_precision(jnp.result_type(q, k, v)),
+        normalize=normalize,
     )
 
     def body(i, carry):
         dkv, dz, dq, dk, dv = carry
         j = n - 1 - i
-        wc = None if w is None else _slice(w, j, chunk)
+        wc = None if wp is None else _slice(wp, j, chunk)
+        segc = _chunk_seg(seg, j, chunk)
         _, vjp = jax.vjp(
-            lambda kv_, z_, qc, kc, vc: step(kv_, z_, qc, kc, vc, wc),
+            lambda kv_, z_, qc, kc, vc: step(kv_, z_, qc, kc, vc, wc, segc),
             kv_states[j],
             z_states[j],
             _slice(qp, j, chunk).astype(_F32),
             _slice(kp, j, chunk).astype(_F32),
             _slice(vp, j, chunk).astype(_F32),
         )
-        dkv, dz, dqc, dkc, dvc = vjp((dkv, dz, _slice(dyp, j, chunk).astype(_F32)))
+        dyc = _slice(dyp, j, chunk).astype(_F32) if normalize else tuple(_slice(x, j, chunk).astype(_F32) for x in dyp)
+        dkv, dz, dqc, dkc, dvc = vjp((dkv, dz, dyc))
         put = lambda buf, x: lax.dynamic_update_slice_in_dim(buf, x, j * chunk, axis=1)
         return dkv, dz, put(dq, dqc), put(dk, dkc), put(dv, dvc)
 
@@ -179,15 +223,20 @@ def causal_core_bwd(chunk, eps, scale_dim, residuals, cotangents):
     dkv0, dz0, dq, dk, dv = lax.fori_loop(
         0, n, body, (dkv.astype(_F32), dz.astype(_F32), zeros(qp), zeros(kp), zeros(vp))
     )
-    dw = None if residuals[3] is None else jnp.zeros_like(residuals[3])
     return (
         dq[:, :t].astype(q.dtype),
         dk[:, :t].astype(k.dtype),
         dv[:, :t].astype(v.dtype),
-        dw,
+        _zeros_like(w),
+        _zeros_like(seg),
         dkv0,
         dz0,
     )
+
+
+def _zeros_like(tree):
+    """Cotangents of the non-differentiable weight / document inputs (None stays None)."""
+    return jax.tree.map(jnp.zeros_like, tree)
 
 
 _causal_core.defvjp(_causal_core_fwd, causal_core_bwd)
@@ -202,44 +251,64 @@ def _state_contribution(kc, vc, wc, *, scale_dim, precision):
     return jnp.einsum("bhpj,bhjd->bhpd", phi_k, vc, precision=precision), jnp.sum(phi_k, axis=3)
 
 
-def _padded_with_weights(k, v, w, chunk):
+def _state_inputs(k, v, w, seg, chunk):
+    """Pad to whole chunks; fold the 'last document of the chunk' flag u into the weights."""
     b, t = k.shape[:2]
     n = max(1, -(-t // chunk))
     tp = n * chunk
-    if tp != t:
-        w = jnp.pad(jnp.ones((b, t), _F32) if w is None else w, [(0, 0), (0, tp - t)])
-        k, v = _pad_time(k, tp), _pad_time(v, tp)
-    return k, v, w, n
+    w = _pad_weights(w, b, t, tp)
+    if seg is not None:
+        u = seg[2]
+        w = u if w is None else w * u
+    return _pad_time(k, tp), _pad_time(v, tp), w, n
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def accumulate_state(k, v, w, chunk, scale_dim):
-    """(Σ_j w_j φ(k_j) v_jᵀ, Σ_j w_j φ(k_j)) over the sequence axis, chunk by chunk. k [B,M,H,F], v [B,M,H,D]."""
-    b, _, h, f = k.shape
-    p = 1 + f + f * (f + 1) // 2
-    kp, vp, wp, n = _padded_with_weights(k, v, w, chunk)
+def _survives(seg, n):
+    """alive [B, N+1]: 1 where what the state held after chunk i-1 (i = 0: the initial state) is still in the
+    final state, i.e. no later chunk reset it."""
+    if seg is None:
+        return None
+    keep = seg[3]
+    # alive[i] = Π_{m ≥ i} keep[m]; alive[n] = 1.
+    rev = jnp.cumprod(keep[:, ::-1], axis=1)[:, ::-1]
+    return jnp.concatenate([rev, jnp.ones_like(keep[:, :1])], axis=1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def accumulate_state(k, v, w, seg, kv0, z0, chunk, scale_dim):
+    """The state after reading k [B,M,H,F], v [B,M,H,D] from (kv0, z0), chunk by chunk, no outputs.
+
+    Without documents: kv0 + Σ_j w_j φ(k_j) v_jᵀ (and z). With `seg` (flags for chunks of `chunk` tokens): the
+    keys of the last document only, plus kv0 when the last document is the first.
+    """
+    kp, vp, wp, n = _state_inputs(k, v, w, seg, chunk)
     contrib = functools.partial(
         _state_contribution, scale_dim=scale_dim, precision=_precision(jnp.result_type(k, v))
     )
 
     def body(i, carry):
         kv, z = carry
+        if seg is not None:
+            keep = lax.dynamic_index_in_dim(seg[3], i, 1, False)
+            kv, z = kv * keep[:, None, None, None], z * keep[:, None, None]
         dkv, dz = contrib(_slice(kp, i, chunk), _slice(vp, i, chunk), None if wp is None else _slice(wp, i, chunk))
         return kv + dkv, z + dz
 
-    init = (jnp.zeros((b, h, p, v.shape[-1]), _F32), jnp.zeros((b, h, p), _F32))
-    return lax.fori_loop(0, n, body, init)
+    return lax.fori_loop(0, n, body, (kv0.astype(_F32), z0.astype(_F32)))
 
 
-def _accumulate_state_fwd(k, v, w, chunk, scale_dim):
-    return accumulate_state(k, v, w, chunk, scale_dim), (k, v, w)
+def _accumulate_state_fwd(k, v, w, seg, kv0, z0, chunk, scale_dim):
+    return accumulate_state(k, v, w, seg, kv0, z0, chunk, scale_dim), (k, v, w, seg)
 
 
 def accumulate_state_bwd(chunk, scale_dim, residuals, cotangents):
-    k, v, w = residuals
+    """A chunk's contribution reaches the final state unchanged, or not at all once a later chunk reset it:
+    its cotangent is the final one times `_survives`. No stored states are needed."""
+    k, v, w, seg = residuals
     dkv, dz = cotangents
     t = k.shape[1]
-    kp, vp, wp, n = _padded_with_weights(k, v, w, chunk)
+    kp, vp, wp, n = _state_inputs(k, v, w, seg, chunk)
+    alive = _survives(seg, n)
     contrib = functools.partial(
         _state_contribution, scale_dim=scale_dim, precision=_precision(jnp.result_type(k, v))
     )
@@ -247,42 +316,48 @@ def accumulate_state_bwd(chunk, scale_dim, residuals, cotangents):
     def body(i, carry):
         dk, dv = carry
         wc = None if wp is None else _slice(wp, i, chunk)
+        dkv_i, dz_i = dkv, dz
+        if alive is not None:
+            a = lax.dynamic_index_in_dim(alive, i + 1, 1, False)
+            dkv_i, dz_i = dkv * a[:, None, None, None], dz * a[:, None, None]
         _, vjp = jax.vjp(lambda kc, vc: contrib(kc, vc, wc), _slice(kp, i, chunk).astype(_F32),
                          _slice(vp, i, chunk).astype(_F32))
-        dkc, dvc = vjp((dkv, dz))
+        dkc, dvc = vjp((dkv_i, dz_i))
         put = lambda buf, x: lax.dynamic_update_slice_in_dim(buf, x, i * chunk, axis=1)
         return put(dk, dkc), put(dv, dvc)
 
     dk, dv = lax.fori_loop(0, n, body, (jnp.zeros(kp.shape, _F32), jnp.zeros(vp.shape, _F32)))
-    dw = None if w is None else jnp.zeros_like(w)
-    return dk[:, :t].astype(k.dtype), dv[:, :t].astype(v.dtype), dw
+    dkv0, dz0 = dkv, dz
+    if alive is not None:
+        dkv0, dz0 = dkv * alive[:, 0, None, None, None], dz * alive[:, 0, None, None]
+    return (dk[:, :t].astype(k.dtype), dv[:, :t].astype(v.dtype), _zeros_like(w), _zeros_like(seg),
+            dkv0.astype(_F32), dz0.astype(_F32))
 
 
 accumulate_state.defvjp(_accumulate_state_fwd, accumulate_state_bwd)
 
 
-def state_chunk_size(chunk_size: int) -> int:
-    """Chunk length for a state-only pass (no outputs, so no quadratic part): longer chunks are cheaper."""
-    return max(chunk_size, 256)
+def state_chunk_size(chunk_size: int, has_documents: bool = False) -> int:
+    """Chunk length for a state-only pass (no outputs, so no quadratic part): longer chunks are cheaper.
 
-
-def chunked_linear_attention(
-    q, k, v, *, k_enc=None, v_enc=None, key_w=None, enc_w=None, eps, scale_dim=None, chunk_size, initial_state=None
-):
-    """Chunked causal linear attention (PLA when k_enc/v_enc are given) on canonical inputs.
-
-    Returns (y [B,T,H,D] in the inputs' result dtype, final kv [B,H,Φ,D] fp32, final z [B,H,Φ] fp32).
+    With packed documents the flags are computed for the op's own chunk size, so the pass keeps it.
     """
-    b, _, h, f = q.shape
-    p = 1 + f + f * (f + 1) // 2
-    if initial_state is not None:
-        kv0, z0 = initial_state
-    else:
-        kv0 = jnp.zeros((b, h, p, v.shape[-1]), _F32)
-        z0 = jnp.zeros((b, h, p), _F32)
-    if k_enc is not None and k_enc.shape[1] > 0:
-        ekv, ez = accumulate_state(k_enc, v_enc, enc_w, state_chunk_size(chunk_size), scale_dim)
-        kv0, z0 = kv0 + ekv, z0 + ez
-    if key_w is not None:
-        key_w = key_w.astype(_F32)
-    return _causal_core(q, k, v, key_w, kv0, z0, chunk_size, eps, scale_dim)
+    return chunk_size if has_documents else max(chunk_size, 256)
+
+
+def causal(q, k, v, w, seg, kv0, z0, *, chunk, eps, scale_dim, normalize=True):
+    """Chunked causal linear attention from the state (kv0, z0). The backend contract of `api.py`.
+
+    q, k [B,T,H,F], v [B,T,H,D]; w [B,T] float or None; seg = `document_flags(doc, chunk)` or None.
+    Returns (y [B,T,H,D] in the inputs' dtype — or (num fp32, den fp32) when not `normalize` — kv, z).
+    """
+    if w is not None:
+        w = w.astype(_F32)
+    return _causal_core(q, k, v, w, seg, kv0, z0, chunk, eps, scale_dim, normalize)
+
+
+def state(k, v, w, seg, kv0, z0, *, chunk, scale_dim):
+    """State-only pass (the PLA encoder, `pla_prefill_state`). The backend contract of `api.py`."""
+    if w is not None:
+        w = w.astype(_F32)
+    return accumulate_state(k, v, w, seg, kv0, z0, chunk, scale_dim)
