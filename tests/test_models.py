@@ -249,6 +249,27 @@ def test_left_padding_does_not_change_a_row(name):
     assert mh.max_abs(out2[0, 10:], out[0, 10:]) == 0.0
 
 
+@pytest.mark.parametrize("name", ["jrt", "based", "llama"])
+def test_packed_documents_equal_each_document_alone(name):
+    """segment_ids: documents packed in one row (ids recurring, padding between and after) give the logits
+    each document gets alone — no mixer crosses a boundary, positions restart, each JRT document has its own
+    encoder (its first min(M, length) tokens, M = 12 here, so one document is longer than its encoder)."""
+    model = mh.model(name)
+    docs = mh.random_prompts([5, 15, 3], model.config.vocab_size, seed=8)
+    ids = [1, 2, 1]
+    tokens, seg = [], []
+    for doc, i in zip(docs, ids):
+        tokens += doc + [0]
+        seg += [i] * len(doc) + [0]
+    tokens, seg = jnp.asarray([tokens + [0] * 3]), jnp.asarray([seg + [0] * 3], jnp.int32)
+    packed = nnx.jit(lambda m, t, s: m(t, segment_ids=s))(model, tokens, seg)
+    start = 0
+    for doc in docs:
+        alone = model(jnp.asarray([doc]))
+        assert mh.max_abs(packed[0, start : start + len(doc)], alone[0]) <= 1e-4, (name, start)
+        start += len(doc) + 1
+
+
 def test_jrt_encoder_is_non_causal_over_the_prefix():
     """Changing a token inside the encoder changes earlier positions' logits (they read the whole prefix);
     with a plain causal model (Based) it does not."""

@@ -12,6 +12,7 @@ from flax import nnx
 
 from jrt_jax import nn
 from jrt_jax.nn.base_conv import causal_depthwise_conv
+from jrt_jax.nn.context import SequenceContext
 
 B, T, D = 2, 11, 16
 
@@ -63,29 +64,40 @@ def _randomize(module, seed: int):
     return module
 
 
-def _decode(layer, x, prompt, prefill_kwargs=None, step_kwargs=None):
-    """Prefill x[:, :prompt] then step through the rest with jitted calls; returns all outputs [B, T, d]."""
-    prefill_kwargs, step_kwargs = prefill_kwargs or {}, step_kwargs or (lambda t: {})
-    y, cache = nnx.jit(lambda m, a: m.prefill(a, **prefill_kwargs))(layer, x[:, :prompt])
-    step = nnx.jit(lambda m, a, c, kw: m.step(a, c, **kw))
+def _call(layer, x, **ctx):
+    """The parallel pass of the mixer protocol: y of ``layer(x, SequenceContext(**ctx))``."""
+    y, cache = layer(x, SequenceContext(**ctx))
+    assert cache is None
+    return y
+
+
+def _decode(layer, x, prompt, ctx=None, capacity=None):
+    """Prefill x[:, :prompt] into an empty cache, then step through the rest with jitted calls (the mixer
+    protocol both times); returns all outputs [B, T, d] and the last cache."""
+    ctx = ctx or SequenceContext()
+    b = x.shape[0]
+    y, cache = nnx.jit(lambda m, a, c: m(a, ctx, c))(layer, x[:, :prompt], layer.init_cache(b, capacity))
+    step = nnx.jit(lambda m, a, c, p: m(a, SequenceContext.for_step(p), c))
     ys = [y]
     for t in range(prompt, x.shape[1]):
-        y_t, cache = step(layer, x[:, t], cache, step_kwargs(t))
-        ys.append(y_t[:, None])
+        y_t, cache = step(layer, x[:, t : t + 1], cache, jnp.full((b,), t))
+        assert y_t.shape == (b, 1, x.shape[2])
+        ys.append(y_t)
     return jnp.concatenate(ys, 1), cache
 
 
-def test_positions_and_row_shifts():
-    from jrt_jax.nn.padding import leading_pads, positions_from_mask, shift_rows
+def test_positions_per_row_and_per_document():
+    from jrt_jax.nn.padding import document_positions, positions_from_mask
 
     mask = jnp.asarray([[False, False, True, True, True], [True, True, True, True, True]])
     np.testing.assert_array_equal(positions_from_mask(mask, 5), [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]])
     np.testing.assert_array_equal(positions_from_mask(None, 3), [[0, 1, 2]])
-    shift = leading_pads(mask)
-    np.testing.assert_array_equal(shift, [2, 0])
-    x = jnp.arange(10).reshape(2, 5)
-    np.testing.assert_array_equal(shift_rows(x, shift), [[2, 3, 4, 0, 1], [5, 6, 7, 8, 9]])
-    np.testing.assert_array_equal(shift_rows(shift_rows(x, shift), -shift), x)
+    np.testing.assert_array_equal(document_positions(mask, None, 2, 5), positions_from_mask(mask, 5))
+    seg = jnp.asarray([[0, 7, 7, 0, 7, 3, 3, 7], [1, 1, 2, 2, 2, 1, 0, 0]])
+    np.testing.assert_array_equal(document_positions(None, seg, 2, 8),
+                                  [[0, 0, 1, 0, 2, 0, 1, 0], [0, 1, 0, 1, 2, 0, 0, 0]])
+    masked = jnp.asarray([[True] * 4 + [False] + [True] * 3, [True] * 8])
+    np.testing.assert_array_equal(document_positions(masked, seg, 2, 8)[0], [0, 0, 1, 0, 0, 0, 1, 0])
 
 
 # --- RMSNorm, MLPs -----------------------------------------------------------------------------------------------
@@ -150,7 +162,7 @@ def test_base_conv_formula():
     conv = _make(nn.BaseConv, D, kernel_size=3, expand=4)
     assert conv.in_proj.kernel.shape == (D, 4 * D) and conv.conv.kernel.shape == (3, 2 * D)
     assert conv.out_proj.kernel.shape == (2 * D, D)
-    np.testing.assert_allclose(_np(conv(_x())), _base_conv_np(conv, _np(_x())), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(_np(_call(conv, _x())), _base_conv_np(conv, _np(_x())), rtol=1e-4, atol=1e-5)
 
 
 def test_causal_conv_matches_torch_conv1d_layout():
@@ -167,12 +179,12 @@ def test_causal_conv_matches_torch_conv1d_layout():
 def test_base_conv_left_padding_and_steps():
     conv = _make(nn.BaseConv, D)
     x = _x(5)
-    full = conv(x)
+    full = _call(conv, x)
     # left padding with garbage: the real tokens' outputs do not change
     padded = jnp.concatenate([_x(9, (B, 4, D)) * 10, x], axis=1)
     mask = jnp.arange(T + 4)[None] >= 4
-    np.testing.assert_allclose(_np(conv(padded, mask=jnp.broadcast_to(mask, (B, T + 4)))[:, 4:]), _np(full),
-                               atol=1e-5)
+    np.testing.assert_allclose(_np(_call(conv, padded, mask=jnp.broadcast_to(mask, (B, T + 4)))[:, 4:]),
+                               _np(full), atol=1e-5)
     # prefill 1 token (tail shorter than K-1), then step
     ys, cache = _decode(conv, x, 1)
     np.testing.assert_allclose(_np(ys), _np(full), atol=1e-5)
@@ -202,7 +214,7 @@ def _swa_np(layer: nn.SlidingWindowAttention, x, window):
 def test_sliding_window_formula():
     layer = _make(nn.SlidingWindowAttention, D, 2, window=3)
     x = _x(6)
-    out = layer(x, positions=jnp.arange(T)[None])
+    out = _call(layer, x, positions=jnp.arange(T)[None])
     np.testing.assert_allclose(_np(out), _swa_np(layer, _np(x), 3), rtol=1e-4, atol=1e-5)
 
 
@@ -212,8 +224,7 @@ def test_sliding_window_ring_buffer_decode(prompt):
     layer = _make(nn.SlidingWindowAttention, D, 2, window=w)
     x = _x(7, (B, n, D))
     full = _swa_np(layer, _np(x), w)
-    ys, cache = _decode(layer, x, prompt, dict(positions=jnp.arange(prompt)[None]),
-                        lambda t: dict(positions=jnp.full((B,), t)))
+    ys, cache = _decode(layer, x, prompt)
     assert cache.k.shape == (B, w, 2, D // 2) and cache.valid.shape == (B, w)  # the window, not the sequence
     np.testing.assert_allclose(_np(ys), full, rtol=1e-4, atol=2e-5)
 
@@ -246,15 +257,15 @@ def _la_np(layer, x, enc=None):
 def test_causal_linear_attention_formula():
     layer = _make(nn.CausalLinearAttention, D, 2, feature_dim=4)
     x = _x(9)
-    np.testing.assert_allclose(_np(layer(x)), _la_np(layer, _np(x)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(_np(_call(layer, x)), _la_np(layer, _np(x)), rtol=1e-4, atol=1e-5)
 
 
 def test_prefix_linear_attention_formula():
     layer = _make(nn.PrefixLinearAttention, D, 2, feature_dim=4)
     x = _x(11)
-    np.testing.assert_allclose(_np(layer(x, enc_len=5)), _la_np(layer, _np(x), enc=5), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(_np(_call(layer, x, enc_len=5)), _la_np(layer, _np(x), enc=5), rtol=1e-4, atol=1e-5)
     # the encoder terms matter: a different M changes the output
-    assert np.max(np.abs(_np(layer(x, enc_len=2)) - _la_np(layer, _np(x), enc=5))) > 1e-4
+    assert np.max(np.abs(_np(_call(layer, x, enc_len=2)) - _la_np(layer, _np(x), enc=5))) > 1e-4
 
 
 def test_prefix_linear_attention_padding_and_per_row_encoder():
@@ -265,13 +276,13 @@ def test_prefix_linear_attention_padding_and_per_row_encoder():
     batch = jnp.concatenate([jnp.concatenate([_x(14, (1, 3, D)) * 7, x], axis=1), other], axis=0)
     mask = jnp.stack([jnp.arange(12) >= 3, jnp.ones(12, bool)])
     # the encoder of each row is its first 5 real tokens, as if it were alone
-    out = layer(batch, enc_len=5, mask=mask)
+    out = _call(layer, batch, enc_len=5, mask=mask)
     tol = dict(rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(_np(out[0, 3:]), _la_np(layer, _np(x), enc=5)[0], **tol)
     np.testing.assert_allclose(_np(out[1]), _la_np(layer, _np(other), enc=5)[0], **tol)
     np.testing.assert_array_equal(_np(out[0, :3]), 0.0 * _np(out[0, :3]))  # pads give exactly 0 before out_proj
     # per-row encoder lengths: row 0 uses 2, row 1 uses 7 (both below the cap enc_len = 8)
-    per_row = layer(batch, enc_len=8, mask=mask, enc_lens=jnp.asarray([2, 7]))
+    per_row = _call(layer, batch, enc_len=8, mask=mask, enc_lens=jnp.asarray([2, 7]))
     np.testing.assert_allclose(_np(per_row[0, 3:]), _la_np(layer, _np(x), enc=2)[0], **tol)
     np.testing.assert_allclose(_np(per_row[1]), _la_np(layer, _np(other), enc=7)[0], **tol)
 
@@ -280,7 +291,7 @@ def test_pla_decode_uses_causal_projections_only():
     layer = _make(nn.PrefixLinearAttention, D, 2, feature_dim=4)
     x = _x(17, (B, 10, D))
     full = _la_np(layer, _np(x), enc=4)  # encoder = the first 4 tokens (the prompt's)
-    ys, state = _decode(layer, x, 4, dict(enc_len=4))
+    ys, state = _decode(layer, x, 4, SequenceContext(enc_len=4))
     np.testing.assert_allclose(_np(ys), full, rtol=1e-4, atol=1e-5)
     assert state.kv.shape == (B, 2, 1 + 4 + 10, D // 2) and state.kv.dtype == jnp.float32
 
@@ -293,7 +304,7 @@ def test_attention_gqa_rope_formula():
                                     use_bias=True)
     x = _x(20)
     pos = np.broadcast_to(np.arange(T), (B, T))
-    out = layer(x, positions=jnp.asarray(pos))
+    out = _call(layer, x, positions=jnp.asarray(pos))
     xn = _np(x)
     lin = lambda l: xn @ _kernel(l) + _np(l.bias[...])
     q, k, v = lin(layer.q_proj).reshape(B, T, 4, 8), lin(layer.k_proj).reshape(B, T, 2, 8), lin(
@@ -327,9 +338,9 @@ def test_attention_kv_cache_decode_every_scaling(kind):
     layer = _make(nn.Attention, D, 4, 2, 8, rope_scaling=SCALINGS[kind], max_position_embeddings=8)
     x = _x(22, (B, n, D))
     pos = jnp.arange(n)[None]
-    # "dynamic" / "longrope" frequencies depend on the length: the forward uses cache_len as decoding does
-    full = nnx.jit(lambda m, a: m(a, positions=pos, rope_len=cache_len))(layer, x)
-    ys, cache = _decode(layer, x, prompt, dict(positions=pos[:, :prompt], cache_len=cache_len),
-                        lambda t: dict(positions=jnp.full((B,), t)))
+    # "dynamic" / "longrope" frequencies depend on the length: with a cache they are computed for its
+    # capacity, in the one-pass reference as in decoding
+    full = nnx.jit(lambda m, a, c: m(a, SequenceContext(positions=pos), c)[0])(layer, x, layer.init_cache(B, cache_len))
+    ys, cache = _decode(layer, x, prompt, SequenceContext(positions=pos[:, :prompt]), capacity=cache_len)
     np.testing.assert_allclose(_np(ys), _np(full), rtol=1e-4, atol=2e-5)
     assert cache.k.shape == (B, cache_len, 2, 8)

@@ -115,7 +115,7 @@ class Generator:
     """
 
     def __init__(self, model, *, max_length: int | None = None, min_bucket: int = 16, pad_id: int = 0):
-        for attr in ("prefill", "decode_step", "config"):
+        for attr in ("prefill", "decode_step", "config", "cache_grows"):
             if not hasattr(model, attr):
                 raise TypeError(f"model must provide `{attr}` (JRTLM or LlamaLM); got {type(model).__name__}")
         self.model = model
@@ -144,7 +144,7 @@ class Generator:
         """(prompt bucket, KV cache length or None) that a call with these prompts compiles for."""
         longest = max(len(p) for p in prompts)
         t = bucket(longest, min_bucket=self.min_bucket, cap=self.max_length)
-        if not getattr(self.model, "uses_kv_cache", False):
+        if not self.model.cache_grows:  # constant-size caches: one compilation serves every generation length
             return t, None
         return t, t + bucket(max_new_tokens, min_bucket=self.min_bucket)
 

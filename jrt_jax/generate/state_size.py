@@ -16,7 +16,7 @@ def decode_state(model, *, batch: int = 1, context: int, cache_len: int | None =
     models without a KV cache ignore it.
     """
     graphdef, state = nnx.split(model)
-    if getattr(model, "uses_kv_cache", False) and cache_len is None:
+    if model.cache_grows and cache_len is None:
         cache_len = context + 1
 
     def prefill(state, tokens):

@@ -3,8 +3,9 @@
 Every parameter carries logical axis names (see `jrt_jax.nn.axes`: vocab, embed, heads, kv, feature, qkv, mlp,
 conv, conv_width) for rule-based sharding; projections are `nnx.Linear` with kernels [in, out].
 
-Mixers share one decoding interface: ``prefill(x, ...) -> (y, cache)`` and ``step(x_t, cache, ...) ->
-(y_t, cache)``, with caches that are pytrees:
+Mixers share one calling convention (`jrt_jax.nn.context`): ``mixer(x, ctx, cache=None) -> (y, cache)`` with a
+`SequenceContext` (positions, mask, segment ids, encoder, decode flag) and ``mixer.init_cache(batch, capacity)``;
+no cache is a parallel pass, an empty cache a prefill, ``ctx.decode`` a one-token step. Caches are pytrees:
 
 =========================  ================================  =====================================
 layer                      cache                             size
@@ -20,6 +21,7 @@ Attention (Llama)          `KVCache`                         every position (cap
 from jrt_jax.nn.attention import Attention, KVCache
 from jrt_jax.nn.axes import LOGICAL_AXES, SUGGESTED_RULES
 from jrt_jax.nn.base_conv import BaseConv, ConvCache
+from jrt_jax.nn.context import Mixer, SequenceContext
 from jrt_jax.nn.linear_attention import CausalLinearAttention, PrefixLinearAttention
 from jrt_jax.nn.mlp import GatedMLP, LlamaMLP
 from jrt_jax.nn.norm import RMSNorm
@@ -34,9 +36,11 @@ __all__ = [
     "KVCache",
     "LOGICAL_AXES",
     "LlamaMLP",
+    "Mixer",
     "PrefixLinearAttention",
     "RMSNorm",
     "SUGGESTED_RULES",
+    "SequenceContext",
     "SlidingWindowAttention",
     "SlidingWindowCache",
 ]

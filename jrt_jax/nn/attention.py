@@ -26,6 +26,7 @@ from flax import nnx
 
 from jrt_jax import ops
 from jrt_jax.nn.axes import EMBED, HEADS, KV
+from jrt_jax.nn.context import SequenceContext
 from jrt_jax.nn.dense import linear
 from jrt_jax.ops.attention import causal_attention
 
@@ -108,37 +109,46 @@ class Attention(nnx.Module):
         inv_freq, scale = self.rope(seq_len)
         return ops.apply_rope(q, positions, inv_freq, scale), ops.apply_rope(k, positions, inv_freq, scale), v
 
+    #: the KV cache holds every position: its capacity is fixed by `init_cache`
+    cache_grows = True
+
     def _attend(self, x, positions, mask, rope_len, segment_ids=None):
         b, t, _ = x.shape
-        q, k, v = self._qkv(x, positions, rope_len or t)
+        q, k, v = self._qkv(x, positions, rope_len)
         y = causal_attention(q, k, v, mask=mask, segment_ids=segment_ids, scale=1.0 / self.head_dim**0.5,
                              implementation=_OP_IMPLEMENTATION[self.implementation])
         return self.o_proj(y.reshape(b, t, -1)), k, v
 
-    def __call__(self, x, *, positions, mask=None, rope_len: int | None = None, segment_ids=None) -> jax.Array:
-        """x [B, T, d], positions [B, T] or [1, T], mask [B, T] (True = real) → [B, T, d].
+    def __call__(self, x, ctx: SequenceContext | None = None, cache: KVCache | None = None):
+        """x [B, T, d] → (y [B, T, d], KV cache or None); see `jrt_jax.nn.context` for ctx and cache.
 
-        `rope_len`: the sequence length the RoPE frequencies are computed for (default T).
-        `segment_ids` [B, T] int (0 = padding): packed documents; a query sees only keys of its own document
-        (positions are the caller's: restart them per document for packed training).
+        RoPE at `ctx.positions` (default 0 … T-1), with frequencies for T positions — or for the cache's
+        capacity when a cache is given, as Hugging Face does for the dynamic / LongRoPE types. Pads (`ctx.mask`)
+        are never attended; with `ctx.segment_ids` a query sees only keys of its own document (positions
+        restart per document). With a cache (an empty one from `init_cache`, capacity ≥ T) the prompt's keys
+        and values are stored in it.
         """
-        return self._attend(x, positions, mask, rope_len, segment_ids)[0]
-
-    def prefill(self, x, *, positions, mask=None, cache_len: int) -> tuple[jax.Array, KVCache]:
-        """Attend over the prompt, then store its keys and values in a cache of `cache_len` slots."""
+        ctx = ctx or SequenceContext()
         b, t, _ = x.shape
-        if cache_len < t:
-            raise ValueError(f"cache_len={cache_len} must be >= the prompt length {t}")
-        y, k, v = self._attend(x, positions, mask, cache_len)
-        pad = [(0, 0), (0, cache_len - t), (0, 0), (0, 0)]
-        valid = jnp.ones((b, t), bool) if mask is None else mask.astype(bool)
-        cache = KVCache(jnp.pad(k, pad), jnp.pad(v, pad), jnp.pad(valid, [(0, 0), (0, cache_len - t)]),
-                        jnp.asarray(t, jnp.int32))
+        if ctx.decode:
+            return self._step(x, cache, ctx.positions[:, 0])
+        rope_len = t if cache is None else cache.k.shape[1]
+        if rope_len < t:
+            raise ValueError(f"the cache holds {rope_len} positions; the prompt has {t}")
+        y, k, v = self._attend(x, ctx.rope_positions(b, t), ctx.mask, rope_len, ctx.segment_ids)
+        if cache is None:
+            return y, None
+        pad = [(0, 0), (0, rope_len - t), (0, 0), (0, 0)]
+        valid = jnp.ones((b, t), bool) if ctx.mask is None else ctx.mask.astype(bool)
+        cache = KVCache(jnp.pad(k, pad).astype(cache.k.dtype), jnp.pad(v, pad).astype(cache.v.dtype),
+                        jnp.pad(valid, [(0, 0), (0, rope_len - t)]), jnp.asarray(t, jnp.int32))
         return y, cache
 
-    def init_cache(self, batch: int, cache_len: int) -> KVCache:
-        """An empty cache of `cache_len` slots."""
-        shape = (batch, cache_len, self.num_kv_heads, self.head_dim)
+    def init_cache(self, batch: int, capacity: int | None = None) -> KVCache:
+        """An empty cache of `capacity` slots (prompt + tokens to generate)."""
+        if capacity is None:
+            raise ValueError("Attention.init_cache needs a capacity (prompt + tokens to generate)")
+        shape = (batch, capacity, self.num_kv_heads, self.head_dim)
         return KVCache(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype), jnp.zeros(shape[:2], bool),
                        jnp.zeros((), jnp.int32))
 
@@ -146,13 +156,13 @@ class Attention(nnx.Module):
         """`jax.nn.dot_product_attention`'s implementation for one decoding step (one query, no T × T)."""
         return "cudnn" if self.implementation == "cudnn" else None
 
-    def step(self, x_t, cache: KVCache, *, positions) -> tuple[jax.Array, KVCache]:
-        """One token: x_t [B, d], positions [B] → (y_t [B, d], new cache); attends over every valid slot."""
-        b = x_t.shape[0]
-        q, k, v = self._qkv(x_t[:, None], positions[:, None], cache.k.shape[1])
+    def _step(self, x, cache: KVCache, positions) -> tuple[jax.Array, KVCache]:
+        """One token per row: x [B, 1, d], positions [B]; attends over every valid slot."""
+        b = x.shape[0]
+        q, k, v = self._qkv(x, positions[:, None], cache.k.shape[1])
         upd = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), cache.index, axis=1)
         new = KVCache(upd(cache.k, k), upd(cache.v, v), upd(cache.valid, jnp.ones((b, 1), bool)), cache.index + 1)
         y = jax.nn.dot_product_attention(q, new.k.astype(q.dtype), new.v.astype(q.dtype),
                                          mask=new.valid[:, None, None, :], scale=1.0 / self.head_dim**0.5,
                                          implementation=self._step_implementation())
-        return self.o_proj(y.reshape(b, -1)), new
+        return self.o_proj(y.reshape(b, 1, -1)), new

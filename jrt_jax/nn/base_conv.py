@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jrt_jax.nn.axes import CONV, CONV_WIDTH, EMBED, partitioned
+from jrt_jax.nn.context import SequenceContext
 from jrt_jax.nn.dense import linear
 from jrt_jax.ops.causal_conv import causal_conv1d, causal_conv1d_step
 
@@ -77,31 +78,29 @@ class BaseConv(nnx.Module):
     def _inputs(self, x):
         return jnp.split(self.in_proj(x), 2, axis=-1)
 
-    def __call__(
-        self, x: jax.Array, *, mask: jax.Array | None = None, segment_ids: jax.Array | None = None
-    ) -> jax.Array:
-        """x [B, T, d] → [B, T, d]. `mask` [B, T] (True = real): pads contribute zeros to the convolution.
+    #: the cache holds kernel_size - 1 inputs, whatever the sequence length
+    cache_grows = False
 
-        `segment_ids` [B, T] int (0 = padding): packed documents; no conv tap reads across a document boundary.
+    def __call__(self, x: jax.Array, ctx: SequenceContext | None = None, cache: ConvCache | None = None):
+        """x [B, T, d] → (y [B, T, d], cache or None); see `jrt_jax.nn.context` for ctx and cache.
+
+        Pads (`ctx.mask`) contribute zeros to the convolution; with `ctx.segment_ids` no tap reads across a
+        document boundary. With a cache the conv continues from its tail and the new tail is returned.
         """
+        ctx = ctx or SequenceContext()
         u1, u2 = self._inputs(x)
-        return self._gate_out(self.conv(u1, mask=mask, segment_ids=segment_ids), u2)
-
-    def prefill(self, x: jax.Array, *, mask: jax.Array | None = None) -> tuple[jax.Array, ConvCache]:
-        """As `__call__`, plus the cache holding the last K-1 conv inputs."""
-        u1, u2 = self._inputs(x)
-        c, tail = self.conv(u1, mask=mask, return_tail=True)
+        if ctx.decode:
+            c, tail = self.conv.step(cache.tail, u1[:, 0])
+            return self._gate_out(c[:, None], u2), ConvCache(tail=tail)
+        if cache is None:
+            return self._gate_out(self.conv(u1, mask=ctx.mask, segment_ids=ctx.segment_ids), u2), None
+        c, tail = self.conv(u1, mask=ctx.mask, segment_ids=ctx.segment_ids, initial_tail=cache.tail, return_tail=True)
         return self._gate_out(c, u2), ConvCache(tail=tail)
 
-    def init_cache(self, batch: int) -> ConvCache:
-        """The empty cache (no tokens seen)."""
+    def init_cache(self, batch: int, capacity: int | None = None) -> ConvCache:
+        """The empty cache (no tokens seen; `capacity` is ignored)."""
+        del capacity
         return ConvCache(tail=jnp.zeros((batch, self.kernel_size - 1, self.channels), self.dtype))
-
-    def step(self, x_t: jax.Array, cache: ConvCache) -> tuple[jax.Array, ConvCache]:
-        """One token: x_t [B, d] → (y_t [B, d], new cache)."""
-        u1, u2 = self._inputs(x_t)
-        c, tail = self.conv.step(cache.tail, u1)
-        return self._gate_out(c, u2), ConvCache(tail=tail)
 
 
 class DepthwiseCausalConv(nnx.Module):
@@ -120,10 +119,10 @@ class DepthwiseCausalConv(nnx.Module):
             partitioned(init, (CONV_WIDTH, CONV))(rngs.params(), (kernel_size, channels), param_dtype)
         )
 
-    def __call__(self, u: jax.Array, *, mask=None, segment_ids=None, return_tail: bool = False):
+    def __call__(self, u: jax.Array, *, mask=None, segment_ids=None, initial_tail=None, return_tail: bool = False):
         """`ops.causal_conv.causal_conv1d` of u [B, T, C] with this kernel (cast to u's dtype)."""
         return causal_conv1d(u, self.kernel[...].astype(u.dtype), mask=mask, segment_ids=segment_ids,
-                             return_tail=return_tail)
+                             initial_tail=initial_tail, return_tail=return_tail)
 
     def step(self, tail: jax.Array, u_t: jax.Array):
         """`ops.causal_conv.causal_conv1d_step`: (c_t [B, C], new tail [B, K-1, C])."""

@@ -1,6 +1,6 @@
 """Taylor linear-attention mixers: PrefixLinearAttention (JRT-RNN) and CausalLinearAttention (Based).
 
-Both project, call `jrt_jax.ops`, and project back:
+Both project, call `jrt_jax.ops`, and project back (the mixer protocol of `jrt_jax.nn.context`):
 
     q, k = proj_q(x), proj_k(x)                       # d → H·F   (raw features, φ applied inside the op)
     v    = proj_v(x)                                  # d → d     (H heads of D = d/H)
@@ -28,8 +28,9 @@ from flax import nnx
 
 from jrt_jax import ops
 from jrt_jax.nn.axes import EMBED, FEATURE, HEADS
+from jrt_jax.nn.context import SequenceContext
 from jrt_jax.nn.dense import linear
-from jrt_jax.ops.segments import document_ids
+from jrt_jax.nn.padding import document_positions
 
 
 class CausalLinearAttention(nnx.Module):
@@ -72,38 +73,44 @@ class CausalLinearAttention(nnx.Module):
     def _heads(self, x, proj, dim):
         return proj(x).reshape(x.shape[:-1] + (self.num_heads, dim))
 
+    #: the decoding state has a constant size
+    cache_grows = False
+
     def _op_kwargs(self):
         return dict(eps=self.eps, implementation=self.implementation, chunk_size=self.chunk_size)
 
-    def _run(self, x, mask, return_state):
-        b, t, _ = x.shape
-        q = self._heads(x, self.proj_q, self.feature_dim)
-        k = self._heads(x, self.proj_k, self.feature_dim)
-        v = self._heads(x, self.proj_v, self.head_dim)
-        out = ops.linear_attention(q, k, v, mask=mask, padding="exclude", return_state=return_state,
-                                   **self._op_kwargs())
-        y, state = out if return_state else (out, None)
-        return self.out_proj(y.reshape(b, t, -1)), state
+    def _qkv(self, x):
+        return (self._heads(x, self.proj_q, self.feature_dim), self._heads(x, self.proj_k, self.feature_dim),
+                self._heads(x, self.proj_v, self.head_dim))
 
-    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
-        """x [B, T, d], mask [B, T] (True = real; pads excluded) → [B, T, d]."""
-        return self._run(x, mask, False)[0]
+    def _step(self, x, cache):
+        """One token per row, x [B, 1, d]: the causal projections only (the encoder is in the state)."""
+        q, k, v = self._qkv(x[:, 0])
+        y, cache = ops.linear_attention_step(cache, q, k, v, eps=self.eps)
+        return self.out_proj(y.reshape(x.shape[0], 1, -1)), cache
 
-    def prefill(self, x, *, mask=None) -> tuple[jax.Array, ops.LinearAttentionState]:
-        """As `__call__`, plus the recurrent state after the last token."""
-        return self._run(x, mask, True)
+    def _attend(self, x, ctx, cache):
+        q, k, v = self._qkv(x)
+        return ops.linear_attention(q, k, v, mask=ctx.mask, padding="exclude", segment_ids=ctx.segment_ids,
+                                    initial_state=cache, return_state=True, **self._op_kwargs())
 
-    def init_cache(self, batch: int) -> ops.LinearAttentionState:
-        """The empty state."""
+    def __call__(self, x: jax.Array, ctx: SequenceContext | None = None, cache=None):
+        """x [B, T, d] → (y [B, T, d], state or None); see `jrt_jax.nn.context` for ctx and cache.
+
+        With a cache the pass continues from that state (prefill, or a later chunk of a long prompt) and
+        returns the state after the last token; pads (`ctx.mask`) and packed documents (`ctx.segment_ids`)
+        are excluded as `ops.linear_attention` does.
+        """
+        ctx = ctx or SequenceContext()
+        if ctx.decode:
+            return self._step(x, cache)
+        y, state = self._attend(x, ctx, cache)
+        return self.out_proj(y.reshape(x.shape[0], x.shape[1], -1)), None if cache is None else state
+
+    def init_cache(self, batch: int, capacity: int | None = None) -> ops.LinearAttentionState:
+        """The empty state (`capacity` is ignored: the state does not grow)."""
+        del capacity
         return ops.zero_state(batch, self.num_heads, self.feature_dim, self.head_dim)
-
-    def step(self, x_t: jax.Array, state: ops.LinearAttentionState):
-        """One token: x_t [B, d] → (y_t [B, d], new state). Uses the causal projections only."""
-        q = self._heads(x_t, self.proj_q, self.feature_dim)
-        k = self._heads(x_t, self.proj_k, self.feature_dim)
-        v = self._heads(x_t, self.proj_v, self.head_dim)
-        y, state = ops.linear_attention_step(state, q, k, v, eps=self.eps)
-        return self.out_proj(y.reshape(x_t.shape[0], -1)), state
 
 
 class PrefixLinearAttention(CausalLinearAttention):
@@ -135,38 +142,29 @@ class PrefixLinearAttention(CausalLinearAttention):
         self.proj_k_enc = linear(d_model, num_heads * feature_dim, (EMBED, FEATURE), **kw)
         self.proj_v_enc = linear(d_model, d_model, (EMBED, HEADS), **kw)
 
-    def _run(self, x, mask, return_state, enc_len=None, enc_lens=None, segment_ids=None):
+    def _attend(self, x, ctx, cache):
         b, t, _ = x.shape
-        if enc_len is None:
-            raise ValueError("PrefixLinearAttention needs enc_len (the encoder length M)")
+        enc_len = t if ctx.enc_len is None else ctx.enc_len
         if not 1 <= enc_len <= t:
             raise ValueError(f"enc_len must be in [1, T={t}]; got {enc_len}")
-        q = self._heads(x, self.proj_q, self.feature_dim)
-        k = self._heads(x, self.proj_k, self.feature_dim)
-        v = self._heads(x, self.proj_v, self.head_dim)
-        enc_mask = encoder_mask(mask, segment_ids, enc_len, enc_lens, b, t)
+        q, k, v = self._qkv(x)
+        enc_mask = encoder_mask(ctx.mask, ctx.segment_ids, enc_len, ctx.enc_lens, b, t)
         x_enc = x if enc_mask is not None else x[:, :enc_len]
         k_enc = self._heads(x_enc, self.proj_k_enc, self.feature_dim)
         v_enc = self._heads(x_enc, self.proj_v_enc, self.head_dim)
-        out = ops.prefix_linear_attention(q, k, v, k_enc, v_enc, mask=mask, padding="exclude", enc_mask=enc_mask,
-                                          segment_ids=segment_ids, return_state=return_state, **self._op_kwargs())
-        y, state = out if return_state else (out, None)
-        return self.out_proj(y.reshape(b, t, -1)), state
+        return ops.prefix_linear_attention(q, k, v, k_enc, v_enc, mask=ctx.mask, padding="exclude",
+                                           enc_mask=enc_mask, segment_ids=ctx.segment_ids, initial_state=cache,
+                                           return_state=True, **self._op_kwargs())
 
-    def __call__(self, x: jax.Array, *, enc_len: int, mask: jax.Array | None = None,
-                 enc_lens: jax.Array | None = None, segment_ids: jax.Array | None = None) -> jax.Array:
-        """x [B, T, d] → [B, T, d].
+    def __call__(self, x: jax.Array, ctx: SequenceContext | None = None, cache=None):
+        """x [B, T, d] → (y [B, T, d], state or None).
 
-        The encoder of row b is its first min(enc_len, L_b) real tokens (L_b its real length), or with per-row
-        `enc_lens` [B] its first min(enc_lens[b], L_b, enc_len) tokens; with `segment_ids` [B, T] (packed
-        documents, 0 = padding) the first `enc_len` tokens of every document.
+        The encoder of row b is its first min(ctx.enc_len, L_b) real tokens (L_b its real length; enc_len
+        defaults to T), or with per-row `ctx.enc_lens` [B] its first min(enc_lens[b], L_b, enc_len) tokens;
+        with `ctx.segment_ids` (packed documents) the first `enc_len` tokens of every document. The returned
+        state has the encoder terms folded in: decoding steps use the causal projections only.
         """
-        return self._run(x, mask, False, enc_len, enc_lens, segment_ids)[0]
-
-    def prefill(self, x, *, enc_len: int, mask=None, enc_lens=None,
-                segment_ids=None) -> tuple[jax.Array, ops.LinearAttentionState]:
-        """As `__call__`, plus the state with the encoder terms folded in (continue with `step`)."""
-        return self._run(x, mask, True, enc_len, enc_lens, segment_ids)
+        return super().__call__(x, ctx, cache)
 
 
 def encoder_mask(mask, segment_ids, enc_len: int, enc_lens, batch: int, seq: int):
@@ -177,14 +175,7 @@ def encoder_mask(mask, segment_ids, enc_len: int, enc_lens, batch: int, seq: int
     real = jnp.ones((batch, seq), bool) if mask is None else mask.astype(bool)
     if segment_ids is not None:
         real = real & (segment_ids != 0)
-        doc, _ = document_ids(jnp.where(real, segment_ids, 0))
-        # index of each real token inside its document: real tokens so far minus those before the document
-        count = jnp.cumsum(real.astype(jnp.int32), axis=1)
-        first = jnp.concatenate([jnp.ones_like(doc[:, :1], bool), doc[:, 1:] != doc[:, :-1]], axis=1)
-        before = jax.lax.cummax(jnp.where(first, count - real.astype(jnp.int32), 0), axis=1)
-        index = count - 1 - before
-    else:
-        index = jnp.cumsum(real.astype(jnp.int32), axis=1) - 1
+    index = document_positions(real, segment_ids, batch, seq)
     limit = jnp.full((batch, 1), enc_len, jnp.int32)
     if enc_lens is not None:
         limit = jnp.minimum(limit, jnp.asarray(enc_lens, jnp.int32)[:, None])

@@ -1,4 +1,4 @@
-"""Padding helpers: RoPE positions that count only real tokens, and per-row shifts of left-padded rows.
+"""Padding helpers: RoPE positions that count only real tokens (of each packed document).
 
 Masks are [batch, seq] booleans, True for real tokens. Batched prompts are left-padded, so the real tokens of
 a row are a contiguous suffix; every layer excludes pads, so a row's outputs do not depend on its padding.
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from jrt_jax.ops.segments import document_ids
 
 
 def positions_from_mask(mask: jax.Array | None, seq_len: int, batch: int | None = None) -> jax.Array:
@@ -22,18 +24,20 @@ def positions_from_mask(mask: jax.Array | None, seq_len: int, batch: int | None 
     return jnp.maximum(jnp.cumsum(m, axis=1) - 1, 0) * m
 
 
-def leading_pads(mask: jax.Array) -> jax.Array:
-    """Number of pads before the first real token of each row, [B] int32 (0 for an all-pad row)."""
-    return jnp.argmax(mask.astype(bool), axis=1).astype(jnp.int32)
+def document_positions(mask, segment_ids, batch: int, seq: int) -> jax.Array:
+    """[B, T] int32: the number of real tokens before each token in its own document (pads get 0).
 
-
-def shift_rows(x: jax.Array, shift: jax.Array) -> jax.Array:
-    """Rotate every row of x [B, T, ...] left by shift[b] along axis 1: out[b, t] = x[b, (t + shift[b]) % T].
-
-    With shift = `leading_pads(mask)` this turns a left-padded batch into a right-padded one (the pads wrap
-    around to the end); `shift_rows(y, -shift)` undoes it.
+    Without packing this is `positions_from_mask`; with `segment_ids` (0 = padding; documents are maximal runs
+    of equal non-zero ids, `jrt_jax.ops.segments`) positions restart at every document, which is both the RoPE
+    position of a packed token and its index for "the first M tokens of each document" (the PLA encoder).
     """
-    t = x.shape[1]
-    idx = (jnp.arange(t, dtype=jnp.int32)[None, :] + shift[:, None]) % t
-    idx = idx.reshape(idx.shape + (1,) * (x.ndim - 2))
-    return jnp.take_along_axis(x, idx, axis=1)
+    if segment_ids is None:
+        return positions_from_mask(mask, seq, batch)
+    real = segment_ids != 0
+    if mask is not None:
+        real = real & mask.astype(bool)
+    doc, _ = document_ids(jnp.where(real, segment_ids, 0))
+    count = jnp.cumsum(real.astype(jnp.int32), axis=1)  # real tokens up to and including each position
+    first = jnp.concatenate([jnp.ones_like(doc[:, :1], bool), doc[:, 1:] != doc[:, :-1]], axis=1)
+    before = jax.lax.cummax(jnp.where(first, count - real.astype(jnp.int32), 0), axis=1)  # real tokens before the document
+    return jnp.where(real, count - 1 - before, 0).astype(jnp.int32)

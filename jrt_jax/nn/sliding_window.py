@@ -19,6 +19,7 @@ from flax import nnx
 
 from jrt_jax import ops
 from jrt_jax.nn.axes import EMBED, HEADS, QKV
+from jrt_jax.nn.context import SequenceContext
 from jrt_jax.nn.dense import linear
 from jrt_jax.ops.sliding_window import sliding_window_step
 
@@ -81,6 +82,9 @@ class SlidingWindowAttention(nnx.Module):
         inv_freq, _ = ops.rope_frequencies(self.head_dim, base=self.rope_base)
         return ops.apply_rope(q, positions, inv_freq), ops.apply_rope(k, positions, inv_freq), v
 
+    #: the ring buffer holds `window` positions, whatever the sequence length
+    cache_grows = False
+
     def _attend(self, x, positions, mask, segment_ids=None):
         b, t, _ = x.shape
         q, k, v = self._qkv(x, positions)
@@ -88,19 +92,25 @@ class SlidingWindowAttention(nnx.Module):
                                          implementation=self.implementation)
         return self.out_proj(y.reshape(b, t, -1)), k, v
 
-    def __call__(
-        self, x: jax.Array, *, positions: jax.Array, mask: jax.Array | None = None, segment_ids: jax.Array | None = None
-    ) -> jax.Array:
-        """x [B, T, d], positions [B, T] or [1, T] (RoPE), mask [B, T] (True = real) → [B, T, d].
+    def __call__(self, x: jax.Array, ctx: SequenceContext | None = None, cache: SlidingWindowCache | None = None):
+        """x [B, T, d] → (y [B, T, d], ring buffer or None); see `jrt_jax.nn.context` for ctx and cache.
 
-        `segment_ids` [B, T] int (0 = padding): packed documents; no window crosses a document boundary.
+        RoPE at `ctx.positions` (default 0 … T-1); pads (`ctx.mask`) are never attended; with
+        `ctx.segment_ids` no window crosses a document boundary. With a cache (an empty one from `init_cache`)
+        the ring buffer of the last `window` keys and values is returned as well.
         """
-        return self._attend(x, positions, mask, segment_ids)[0]
-
-    def prefill(self, x, *, positions, mask=None) -> tuple[jax.Array, SlidingWindowCache]:
-        """As `__call__`, plus the ring buffer holding the last `window` keys and values."""
-        y, k, v = self._attend(x, positions, mask)
+        ctx = ctx or SequenceContext()
         b, t = x.shape[:2]
+        if ctx.decode:
+            return self._step(x, cache, ctx.positions[:, 0])
+        y, k, v = self._attend(x, ctx.rope_positions(b, t), ctx.mask, ctx.segment_ids)
+        if cache is None:
+            return y, None
+        return y, self._fill(k, v, ctx.mask, t)
+
+    def _fill(self, k, v, mask, t):
+        """The ring buffer after a prompt of t tokens: position p in slot p % window."""
+        b = k.shape[0]
         w = self.window
         valid = jnp.ones((b, t), bool) if mask is None else mask.astype(bool)
         if t < w:  # pad on the left with empty slots
@@ -111,24 +121,24 @@ class SlidingWindowAttention(nnx.Module):
         # the last w positions T-w … T-1; position p goes to slot p % w
         shift = t % w
         last = lambda a: jnp.roll(a[:, a.shape[1] - w :], shift, axis=1)
-        cache = SlidingWindowCache(last(k), last(v), last(valid), jnp.asarray(t, jnp.int32))
-        return y, cache
+        return SlidingWindowCache(last(k), last(v), last(valid), jnp.asarray(t, jnp.int32))
 
-    def init_cache(self, batch: int) -> SlidingWindowCache:
-        """The empty ring buffer."""
+    def init_cache(self, batch: int, capacity: int | None = None) -> SlidingWindowCache:
+        """The empty ring buffer (`capacity` is ignored: it always holds `window` positions)."""
+        del capacity
         shape = (batch, self.window, self.num_heads, self.head_dim)
         return SlidingWindowCache(
             jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype), jnp.zeros(shape[:2], bool),
             jnp.zeros((), jnp.int32),
         )
 
-    def step(self, x_t: jax.Array, cache: SlidingWindowCache, *, positions: jax.Array):
-        """One token: x_t [B, d], positions [B] → (y_t [B, d], new cache). Reads `window` cached keys + its own."""
-        q, k, v = self._qkv(x_t[:, None], positions[:, None])
+    def _step(self, x, cache: SlidingWindowCache, positions: jax.Array):
+        """One token per row: x [B, 1, d], positions [B]. Reads `window` cached keys + its own."""
+        q, k, v = self._qkv(x, positions[:, None])
         q, k, v = q[:, 0], k[:, 0], v[:, 0]  # [B, H, Dh]
         y, ck, cv, cvalid = sliding_window_step(
             cache.k, cache.v, cache.valid, q, k, v, slot=cache.index % self.window, scale=1.0 / self.head_dim**0.5
         )
         new = SlidingWindowCache(k=ck, v=cv, valid=cvalid, index=cache.index + 1)
-        y = y.astype(x_t.dtype)
-        return self.out_proj(y.reshape(x_t.shape[0], -1)), new
+        y = y.astype(x.dtype)
+        return self.out_proj(y.reshape(x.shape[0], 1, -1)), new
