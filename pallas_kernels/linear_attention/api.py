@@ -147,7 +147,7 @@ def linear_attention_prefill(
             raise ValueError(f"linear_attention_prefill: {reason}")
     scale_dim = float(f if scale_dim is None else scale_dim)
     if initial_state is None:
-        p = 1 + f + common.quad_features(f)
+        p = common.compact_features(f)
         initial_state = (jnp.zeros((b, h, p, d), jnp.float32), jnp.zeros((b, h, p), jnp.float32))
     if doc is not None and segments is None:
         segments = common.document_flags(doc, chunk_size)

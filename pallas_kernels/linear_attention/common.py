@@ -18,9 +18,21 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 
 LANES = 128
+
+
+def matmul_precision(dtype):
+    """HIGHEST (fp32-accurate) for float32 inputs; the MXU / tensor cores' native precision with fp32
+    accumulation for bf16 / fp16."""
+    return lax.Precision.HIGHEST if dtype == jnp.float32 else lax.Precision.DEFAULT
+
+
+def compact_features(f: int) -> int:
+    """Size of the compact Taylor state 1 + F + F(F+1)/2 (the public `LinearAttentionState` layout)."""
+    return 1 + f + quad_features(f)
 
 
 def quad_features(f: int) -> int:

@@ -26,7 +26,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from pallas_kernels.linear_attention.common import KernelState, padded_quad_features
+from pallas_kernels.linear_attention.common import KernelState, matmul_precision, padded_quad_features
 
 _F32 = jnp.float32
 VALUE_BLOCK = 16
@@ -148,7 +148,7 @@ def prefill_gpu(q, k, v, w, ea, eb, state: KernelState, seg=None, *, heads, chun
         raise ValueError(reason)
     p2 = ea.shape[1]
     n = tp // chunk
-    precision = lax.Precision.HIGHEST if q.dtype == jnp.float32 else lax.Precision.DEFAULT
+    precision = matmul_precision(q.dtype)
     kernel = functools.partial(
         _kernel, heads=heads, chunk=chunk, num_chunks=n, emit_output=emit_output, normalize=normalize,
         save_states=save_states, segmented=seg is not None, eps=eps, inv_sqrt_d=1.0 / scale_dim**0.5,

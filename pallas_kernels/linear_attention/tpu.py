@@ -28,7 +28,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from pallas_kernels.linear_attention.common import KernelState
+from pallas_kernels.linear_attention.common import KernelState, matmul_precision
 
 _F32 = jnp.float32
 
@@ -138,7 +138,7 @@ def prefill_tpu(q, k, v, w, ea, eb, state: KernelState, seg=None, *, heads, chun
     d = v.shape[-1]
     p2 = ea.shape[1]
     n = tp // chunk
-    precision = lax.Precision.HIGHEST if q.dtype == jnp.float32 else lax.Precision.DEFAULT
+    precision = matmul_precision(q.dtype)
     body = functools.partial(chunk_body, emit_output=emit_output, normalize=normalize, eps=eps,
                              inv_sqrt_d=1.0 / scale_dim**0.5, inv_d4=1.0 / scale_dim**0.25, precision=precision)
     state_shapes = [(1, d), (f, d), (p2, d), (1, 1), (1, f), (1, p2)]

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jrt_jax.ops._checks import matmul_precision
+
 _F32 = jnp.float32
 _NEG = -1e30
 
@@ -140,7 +142,7 @@ def blocked_causal_attention(q, k, v, *, scale, run=None, real=None, block_q=128
     bq, bk = min(block_q, t), min(block_k, t)
     nq, nk = -(-t // bq), -(-t // bk)
     tq, tk = nq * bq, nk * bk
-    prec = lax.Precision.HIGHEST if jnp.result_type(q, k, v) == jnp.float32 else lax.Precision.DEFAULT
+    prec = matmul_precision(q, k, v)
     if real is None:
         run, real = jnp.zeros((b, t), jnp.int32), jnp.ones((b, t), bool)
 

@@ -42,6 +42,7 @@ from jrt_jax.ops._checks import (
     check_segment_ids,
     resolve_implementation,
 )
+from jrt_jax.ops.feature_map import taylor_feature_dim
 from jrt_jax.ops.linear_attention import compose as _compose
 from jrt_jax.ops.linear_attention import pallas as _pallas
 from jrt_jax.ops.linear_attention import reference as _reference
@@ -95,8 +96,7 @@ def _check_state(initial_state, b, h, f, d):
             )
     check_float_array("initial_state.kv", initial_state.kv, 4)
     check_float_array("initial_state.z", initial_state.z, 3)
-    p = 1 + f + f * (f + 1) // 2
-    want = (b, h, p, d)
+    want = (b, h, taylor_feature_dim(f, compact=True), d)
     if tuple(initial_state.kv.shape) != want or tuple(initial_state.z.shape) != want[:3]:
         raise ValueError(
             f"initial_state: kv must have shape {want} and z {want[:3]} for these inputs; "
@@ -337,8 +337,7 @@ def linear_attention_step(state: LinearAttentionState, q_t, k_t, v_t, *, eps: fl
     check_dim("k_t", k_t.shape[1], h, "number of heads (axis 1, as q_t)")
     check_dim("v_t", v_t.shape[1], h, "number of heads (axis 1, as q_t)")
     check_dim("k_t", k_t.shape[2], f, "feature size (axis 2, as q_t)")
-    p = 1 + f + f * (f + 1) // 2
-    want = (b, h, p, v_t.shape[2])
+    want = (b, h, taylor_feature_dim(f, compact=True), v_t.shape[2])
     if tuple(state.kv.shape) != want or tuple(state.z.shape) != want[:3]:
         raise ValueError(
             f"state: kv must have shape {want} and z {want[:3]} for these inputs; "

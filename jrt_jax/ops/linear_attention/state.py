@@ -7,7 +7,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jrt_jax.ops.feature_map import taylor_feature_map_compact
+from jrt_jax.ops.feature_map import taylor_feature_dim, taylor_feature_map_compact
 
 
 class LinearAttentionState(NamedTuple):
@@ -24,7 +24,7 @@ class LinearAttentionState(NamedTuple):
 
 def zero_state(batch: int, heads: int, feature_dim: int, value_dim: int) -> LinearAttentionState:
     """The empty state (no keys seen) for raw feature size `feature_dim`."""
-    p = 1 + feature_dim + feature_dim * (feature_dim + 1) // 2
+    p = taylor_feature_dim(feature_dim, compact=True)
     return LinearAttentionState(
         kv=jnp.zeros((batch, heads, p, value_dim), jnp.float32), z=jnp.zeros((batch, heads, p), jnp.float32)
     )

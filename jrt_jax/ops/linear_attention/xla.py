@@ -39,14 +39,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jrt_jax.ops._checks import matmul_precision
 from jrt_jax.ops.feature_map import taylor_feature_map_compact, taylor_feature_map_compact_t, taylor_kernel
 
 _F32 = jnp.float32
 
-
-def _precision(dtype):
-    # fp32 inputs get true fp32 matmuls on TPU/GPU (the default there is a bf16 pass); a no-op on CPU.
-    return lax.Precision.HIGHEST if dtype == jnp.float32 else lax.Precision.DEFAULT
 
 
 def _pad_time(x, padded_len):
@@ -146,7 +143,7 @@ def _forward(q, k, v, w, seg, kv0, z0, chunk, eps, scale_dim, save_states, norma
     w = _pad_weights(w, b, t, tp)
     q, k, v = (_pad_time(x, tp) for x in (q, k, v))
     out_dtype = jnp.result_type(q.dtype, k.dtype, v.dtype)
-    step = functools.partial(_chunk_step, scale_dim=scale_dim, eps=eps, precision=_precision(out_dtype),
+    step = functools.partial(_chunk_step, scale_dim=scale_dim, eps=eps, precision=matmul_precision(out_dtype),
                              head_groups=forward_head_groups(b, h), normalize=normalize)
 
     def body(i, carry):
@@ -197,7 +194,7 @@ def causal_core_bwd(chunk, eps, scale_dim, normalize, residuals, cotangents):
     qp, kp, vp = (_pad_time(x, tp) for x in (q, k, v))
     dyp = _pad_time(dy, tp) if normalize else (_pad_time(dy[0], tp), _pad_time(dy[1], tp))
     step = functools.partial(
-        _chunk_step, scale_dim=scale_dim, eps=eps, precision=_precision(jnp.result_type(q, k, v)),
+        _chunk_step, scale_dim=scale_dim, eps=eps, precision=matmul_precision(q, k, v),
         normalize=normalize,
     )
 
@@ -283,7 +280,7 @@ def accumulate_state(k, v, w, seg, kv0, z0, chunk, scale_dim):
     """
     kp, vp, wp, n = _state_inputs(k, v, w, seg, chunk)
     contrib = functools.partial(
-        _state_contribution, scale_dim=scale_dim, precision=_precision(jnp.result_type(k, v))
+        _state_contribution, scale_dim=scale_dim, precision=matmul_precision(k, v)
     )
 
     def body(i, carry):
@@ -310,7 +307,7 @@ def accumulate_state_bwd(chunk, scale_dim, residuals, cotangents):
     kp, vp, wp, n = _state_inputs(k, v, w, seg, chunk)
     alive = _survives(seg, n)
     contrib = functools.partial(
-        _state_contribution, scale_dim=scale_dim, precision=_precision(jnp.result_type(k, v))
+        _state_contribution, scale_dim=scale_dim, precision=matmul_precision(k, v)
     )
 
     def body(i, carry):

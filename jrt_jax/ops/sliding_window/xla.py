@@ -11,6 +11,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jrt_jax.ops._checks import matmul_precision
 from jrt_jax.ops.segments import masked_softmax
 
 _F32 = jnp.float32
@@ -30,7 +31,7 @@ def banded_sliding_window_attention(q, k, v, *, window, scale, run=None, real=No
     n = -(-t // block)
     tp = n * block
     pad = [(0, 0), (0, tp - t), (0, 0), (0, 0)]
-    prec = jax.lax.Precision.HIGHEST if jnp.result_type(q, k, v) == jnp.float32 else jax.lax.Precision.DEFAULT
+    prec = matmul_precision(q, k, v)
     qb = jnp.pad(q, pad).reshape(b, n, block, h, d)
     kb = jnp.pad(k, pad).reshape(b, n, block, h, d)
     vb = jnp.pad(v, pad).reshape(b, n, block, h, v.shape[-1])
