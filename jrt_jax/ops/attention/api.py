@@ -25,19 +25,19 @@ import jax.numpy as jnp
 from jrt_jax.ops._checks import check_dim, check_float_array, check_positive_int
 from jrt_jax.ops.attention.reference import reference_causal_attention
 from jrt_jax.ops.attention.xla import blocked_causal_attention
-from jrt_jax.ops.segments import check_segments, resolve_segments, zero_excluded
+from jrt_jax.ops.segments import check_segments, scrubbed, zero_excluded
 
 IMPLEMENTATIONS = ("auto", "reference", "xla", "dense", "cudnn")
 DENSE_MAX_LEN = 2048
 
 
-def _dense(q, k, v, seg, scale, implementation):
-    if seg is None:
+def _dense(q, k, v, run, real, packed, scale, implementation):
+    if real is None:
         mask = None
-    elif not seg.packed:  # one document per row: a key mask, as Hugging Face's padding mask
-        mask = seg.real[:, None, None, :]
+    elif not packed:  # one document per row: a key mask, as Hugging Face's padding mask
+        mask = real[:, None, None, :]
     else:
-        mask = ((seg.run[:, :, None] == seg.run[:, None, :]) & seg.real[:, None, :])[:, None]
+        mask = ((run[:, :, None] == run[:, None, :]) & real[:, None, :])[:, None]
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, scale=scale,
                                         implementation=implementation)
 
@@ -102,20 +102,15 @@ def causal_attention(
 
 @functools.partial(jax.jit, static_argnames=("scale", "impl", "block_q", "block_k"))
 def _causal_attention(q, k, v, segment_ids, mask, *, scale, impl, block_q, block_k):
-    b, t = q.shape[:2]
-    seg = resolve_segments(segment_ids, mask, b, t)
     out_dtype = jnp.result_type(q.dtype, k.dtype, v.dtype)
-    run = real = None
-    if seg is not None:
-        run, real = seg.run, seg.real
-        q, k, v = (zero_excluded(x, real) for x in (q, k, v))
+    q, k, v, run, real = scrubbed(q, k, v, segment_ids, mask)
     if impl == "reference":
         y = reference_causal_attention(q, k, v, scale=scale, run=run, real=real)
     elif impl == "xla":
         y = blocked_causal_attention(q, k, v, scale=scale, run=run, real=real, block_q=block_q, block_k=block_k)
     else:
         q, k, v = (x.astype(out_dtype) for x in (q, k, v))
-        y = _dense(q, k, v, seg, scale, None if impl == "dense" else "cudnn")
+        y = _dense(q, k, v, run, real, segment_ids is not None, scale, None if impl == "dense" else "cudnn")
     if real is not None:
         y = zero_excluded(y, real)
     return y.astype(out_dtype)

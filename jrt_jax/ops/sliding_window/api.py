@@ -20,7 +20,7 @@ from jrt_jax.ops._checks import (
     check_positive_int,
     resolve_implementation,
 )
-from jrt_jax.ops.segments import check_segments, resolve_segments, zero_excluded
+from jrt_jax.ops.segments import check_segments, scrubbed, zero_excluded
 from jrt_jax.ops.sliding_window.reference import reference_sliding_window_attention
 from jrt_jax.ops.sliding_window.xla import banded_sliding_window_attention
 
@@ -79,13 +79,8 @@ def sliding_window_attention(
 
 @functools.partial(jax.jit, static_argnames=("window", "scale", "reference", "block"))
 def _sliding_window_attention(q, k, v, segment_ids, mask, *, window, scale, reference, block):
-    b, t = q.shape[:2]
-    seg = resolve_segments(segment_ids, mask, b, t)
     out_dtype = jnp.result_type(q.dtype, k.dtype, v.dtype)
-    run = real = None
-    if seg is not None:
-        run, real = seg.run, seg.real
-        q, k, v = (zero_excluded(x, real) for x in (q, k, v))
+    q, k, v, run, real = scrubbed(q, k, v, segment_ids, mask)
     if reference:
         y = reference_sliding_window_attention(q, k, v, window=window, scale=scale, run=run, real=real)
     else:
