@@ -6,6 +6,11 @@
     jrt convert SRC DST ...                        checkpoint conversion (jrt_jax.convert.cli)
 
 The dispatcher lives in `train` because imports go train → jrt_jax, never the other way.
+
+Errors (bad config, unusable checkpoint directory, corrupt checkpoints, a non-finite loss) print one line on
+stderr and exit non-zero: 2 for a bad config / setup, 1 for a failure while training, 130 on Ctrl-C, 143 when
+SIGTERM stopped training (after saving a checkpoint; rerun the command to resume). JRT_TRACEBACK=1 prints the
+traceback of unexpected errors.
 """
 
 from __future__ import annotations
@@ -13,40 +18,107 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
+import signal
 import sys
+import traceback
+
+
+def _fail(prog: str, exc: BaseException, code: int = 2) -> int:
+    """Print one line on stderr (the first line of the message) and return `code`."""
+    text = str(exc).strip().splitlines()
+    print(f"{prog}: error: {text[0] if text else type(exc).__name__}", file=sys.stderr)
+    return code
+
+
+def _unexpected(prog: str, exc: BaseException) -> int:
+    """A bug or an unforeseen failure: one line, unless JRT_TRACEBACK=1 asks for the traceback."""
+    if os.environ.get("JRT_TRACEBACK"):
+        traceback.print_exception(exc)
+    text = str(exc).strip().splitlines()
+    first = text[0][:300] if text else ""
+    print(f"{prog}: error: unexpected {type(exc).__name__}: {first} (set JRT_TRACEBACK=1 for the traceback)",
+          file=sys.stderr)
+    return 1
+
+
+def _quiet_orbax() -> None:
+    """Orbax logs every failed background write with its full traceback (~2000 lines), and a restore of a
+    corrupt step leaves asyncio "exception was never retrieved" reports; we report each failure in one line."""
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+
+
+def _exit_now(code: int) -> int:
+    """After a failed checkpoint write, exit without waiting for orbax's background threads: they wait for signals
+    that never come (orbax 0.12.8), which kept the process alive for minutes after the error was reported.
+    Returns `code` when no such thread is alive."""
+    import threading
+
+    stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if stuck:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _train(argv) -> int:
     p = argparse.ArgumentParser(prog="jrt train", description="Train a model; options are key=value overrides of "
                                 "train.config.TrainConfig (e.g. steps=200 optim.lr=1e-3 model.preset=based-micro).")
     p.add_argument("--config", help="YAML or JSON file with any subset of the config tree")
+    p.add_argument("--overwrite", action="store_true", help="start a new run even if checkpoint.dir holds another "
+                   "run's checkpoints (they are moved to checkpoint.dir/set-aside/); = checkpoint.overwrite=true")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--print-shardings", action="store_true", help="print every parameter's sharding")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
     from train.config import load_config, to_dict
 
+    prog = "jrt train"
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, list(args.overrides) + (["checkpoint.overwrite=true"] if args.overwrite else []))
     except ValueError as exc:
-        p.error(str(exc))
+        return _fail(prog, exc)
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
+    _quiet_orbax()
+    from train.checkpoint import CheckpointError
     from train.trainer import Trainer
 
+    trainer = None
     try:
         trainer = Trainer(cfg)
-    except ValueError as exc:
-        print(f"jrt train: error: {exc}", file=sys.stderr)
-        return 2
-    if args.print_shardings:
-        print(trainer.sharding_table)
-    try:
-        summary = trainer.run()
-    finally:
+        if args.print_shardings:
+            print(trainer.sharding_table)
+        try:
+            summary = trainer.run()
+        except BaseException:
+            try:
+                trainer.close()
+            except Exception:  # the first error is the one to report
+                pass
+            raise
         trainer.close()
+    except CheckpointError as exc:
+        code = _fail(prog, exc, 1 if trainer is not None else 2)
+        return _exit_now(code) if trainer is not None else code
+    except (ValueError, OSError) as exc:
+        return _fail(prog, exc, 1 if trainer is not None else 2)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        return _unexpected(prog, exc)
     print(json.dumps(summary, indent=2))
+    if summary.get("stopped") == "SIGTERM":
+        saved = " after saving a checkpoint" if cfg.checkpoint.dir is not None else " (no checkpoint.dir: not saved)"
+        print(f"{prog}: stopped by SIGTERM at step {summary['step']}{saved}; run the same command to resume",
+              file=sys.stderr)
+        return 128 + signal.SIGTERM
     return 0
 
 
@@ -57,13 +129,19 @@ def _eval_checkpoint(argv) -> int:
     p.add_argument("--step", type=int, help="which step (default: the latest)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
+    _quiet_orbax()
     from train.evaluate import evaluate_checkpoint
 
+    prog = "jrt eval-checkpoint"
     try:
         result = evaluate_checkpoint(args.dir, step=args.step, overrides=args.overrides)
-    except ValueError as exc:
-        print(f"jrt eval-checkpoint: error: {exc}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError) as exc:
+        return _fail(prog, exc)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        return _unexpected(prog, exc)
     print(json.dumps(result, indent=2))
     return 0
 

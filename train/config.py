@@ -121,14 +121,25 @@ class MeshConfig:
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
-    """Orbax checkpoints under `dir` (None: no checkpoints): every `every` steps and at the end, keep the last
-    `keep`, asynchronous writes; `resume` restores the latest one (params, optimizer, step, RNG, data position)."""
+    """Orbax checkpoints under `dir` (None: no checkpoints; "{preset}" is replaced by model.preset): every `every`
+    steps and at the end, keep the last `keep`, asynchronous writes. Every array is verified against a digest
+    on restore (`train.checkpoint`).
+
+    resume: continue the run whose checkpoints are in `dir` from its newest step that verifies (params,
+      optimizer, step, RNG, data position); a corrupt newer step is reported and moved to `dir`/set-aside/.
+    step: resume from this step instead (it must verify; newer steps are moved to `dir`/set-aside/).
+    overwrite: start a new run in a `dir` that holds another run's checkpoints (moved to `dir`/set-aside/,
+      not deleted); takes precedence over `resume`. Without it, resume=false on such a `dir` is an error.
+      Not for a command that is rerun to resume (e.g. a requeued job): each rerun would start over.
+    """
 
     dir: str | None = None
     every: int = 100
     keep: int = 3
     async_save: bool = True
     resume: bool = True
+    step: int | None = None
+    overwrite: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +215,11 @@ class TrainConfig:
         if self.checkpoint.dir is not None:
             _positive("checkpoint.every", self.checkpoint.every)
             _positive("checkpoint.keep", self.checkpoint.keep)
+        if self.checkpoint.step is not None:
+            _non_negative("checkpoint.step", self.checkpoint.step)
+            if self.checkpoint.dir is None or not self.checkpoint.resume or self.checkpoint.overwrite:
+                raise ValueError(f"checkpoint.step={self.checkpoint.step} needs checkpoint.dir, checkpoint.resume=true "
+                                 "and checkpoint.overwrite=false (it picks the step to resume from)")
         _positive("logging.every", self.logging.every)
         _non_negative("logging.eval_every", self.logging.eval_every)
 
@@ -348,19 +364,45 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def read_config_file(path: str | pathlib.Path):
+    """The data of a YAML or JSON (by suffix) config file; a one-line ValueError naming the file and the line and
+    column of a syntax error."""
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise ValueError(f"config file {str(p)!r} does not exist" + (" (it is a directory)" if p.is_dir() else ""))
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"config file {str(p)!r} is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ValueError(f"config file {str(p)!r} cannot be read: {exc.strerror or exc}") from None
+    if p.suffix == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"config file {str(p)!r}: JSON syntax error at line {exc.lineno}, column {exc.colno}: "
+                             f"{exc.msg}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        context = getattr(exc, "context", None)
+        detail = f"{problem} ({context})" if context else problem
+        raise ValueError(f"config file {str(p)!r}: YAML syntax error{where}: {detail}") from None
+
+
 def load_config(path: str | pathlib.Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """The built-in default, updated by a YAML/JSON file, then by `key=value` overrides (in that order)."""
     tree = to_dict(TrainConfig())
     if path is not None:
-        p = pathlib.Path(path)
-        if not p.is_file():
-            raise ValueError(f"config file {str(p)!r} does not exist")
-        text = p.read_text()
-        loaded = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        loaded = read_config_file(path)
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ValueError(f"config file {str(p)!r} must hold a mapping at the top level")
+            raise ValueError(f"config file {str(path)!r} must hold a mapping at the top level; got "
+                             f"{type(loaded).__name__}")
         _merge(tree, loaded, "")
     for text in overrides:
         key, value = parse_override(text)

@@ -1,31 +1,47 @@
-"""`jrt eval-checkpoint`: rebuild a run from the config stored in its checkpoint and evaluate it."""
+"""`jrt eval-checkpoint`: rebuild a run from the config stored in its checkpoint and evaluate it.
+
+The checkpoint folder is opened read-only: nothing in it is written, moved or deleted. The step evaluated is the
+one asked for (or the latest); it must verify (`train.checkpoint`) — there is no silent fallback to an older
+step here, the error names the steps to choose from instead.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
-from train.checkpoint import Checkpointer
+from train.checkpoint import Checkpointer, CheckpointError, CorruptCheckpoint
 from train.config import TrainConfig, _build, _merge, _set_dotted, parse_override, to_dict
+
+
+def _hint(ckpt: Checkpointer, exc: CheckpointError) -> CheckpointError:
+    others = [s for s in ckpt.all_steps() if s != getattr(exc, "step", None)]
+    if isinstance(exc, CorruptCheckpoint) and others:
+        return CheckpointError(f"{exc}; evaluate another step with --step (steps: {others})")
+    return exc
 
 
 def saved_config(directory: str, step: int | None = None) -> tuple[TrainConfig, int]:
     """The TrainConfig a checkpoint was written with, and its step (metadata only, no arrays read)."""
     ckpt = Checkpointer(directory, keep=1, async_save=False, create=False)
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-        raise ValueError(f"no checkpoint found in {directory!r}")
     try:
-        meta = ckpt.restore_meta(step)
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"no checkpoint found in {directory!r}")
+        try:
+            meta = ckpt.restore_meta(step)
+        except CheckpointError as exc:
+            raise _hint(ckpt, exc) from None
     finally:
         ckpt.close()
-    if not isinstance(meta, dict) or "config" not in meta:
-        raise ValueError(f"checkpoint step {step} in {directory!r} has no saved config in its metadata")
+    if not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"checkpoint step {step} in {directory!r} has no saved config in its metadata")
     tree = to_dict(TrainConfig())
     _merge(tree, meta["config"], "")
     return _build(TrainConfig, tree), step
 
 
 def evaluate_checkpoint(directory: str, *, step: int | None = None, overrides=()) -> dict:
+    """{"step": …, "eval_accuracy": …, "eval_loss": …} of checkpoint `step` (default: the latest)."""
     from train.trainer import Trainer
 
     cfg, step = saved_config(directory, step)
@@ -33,11 +49,16 @@ def evaluate_checkpoint(directory: str, *, step: int | None = None, overrides=()
     for text in overrides:
         _set_dotted(tree, *parse_override(text))
     cfg = _build(TrainConfig, tree)
-    cfg = dataclasses.replace(cfg, checkpoint=dataclasses.replace(cfg.checkpoint, dir=directory, resume=False),
+    cfg = dataclasses.replace(cfg, checkpoint=dataclasses.replace(cfg.checkpoint, dir=None, step=None),
                               logging=dataclasses.replace(cfg.logging, dir=None))
     trainer = Trainer(cfg)
+    ckpt = Checkpointer(directory, keep=1, async_save=False, create=False, log=trainer.log)
     try:
-        trainer.restore(step)
+        try:
+            trainer.restore(step, checkpointer=ckpt)
+        except CheckpointError as exc:
+            raise _hint(ckpt, exc) from None
         return {"step": trainer.step, **trainer.evaluate()}
     finally:
+        ckpt.close()
         trainer.close()

@@ -37,15 +37,25 @@ def peak_flops_per_device() -> tuple[float, str]:
 
 
 class MetricsWriter:
-    """Writes scalars to `dir`/metrics.jsonl and TensorBoard events (only on process 0)."""
+    """Writes scalars to `dir`/metrics.jsonl and TensorBoard events (only on process 0).
 
-    def __init__(self, directory: str | None, *, enabled: bool = True):
+    start_step: the step the run starts from. A resumed run (start_step > 0) first drops the rows after
+    start_step that an earlier life of the run wrote after its last checkpoint (the resumed run writes them
+    again, with identical values), so metrics.jsonl holds every step once; a torn last line of a killed run is
+    dropped too. A new run (start_step 0) that finds a non-empty metrics.jsonl renames it to
+    metrics.previous-<time>.jsonl rather than appending another run's steps to it.
+    """
+
+    def __init__(self, directory: str | None, *, enabled: bool = True, start_step: int = 0):
         self.enabled = enabled and directory is not None and jax.process_index() == 0
         self._jsonl = None
         self._tb = None
         if self.enabled:
             path = pathlib.Path(directory)
+            if path.exists() and not path.is_dir():
+                raise ValueError(f"logging.dir {str(path)!r} is a file, not a directory")
             path.mkdir(parents=True, exist_ok=True)
+            _prepare_jsonl(path / "metrics.jsonl", start_step)
             self._jsonl = open(path / "metrics.jsonl", "a")
             from tensorboardX import SummaryWriter
 
@@ -66,6 +76,31 @@ class MetricsWriter:
             self._jsonl.close()
         if self._tb:
             self._tb.close()
+
+
+def _prepare_jsonl(path: pathlib.Path, start_step: int) -> None:
+    """Make `path` hold only rows with step <= start_step (see MetricsWriter); atomic (write + rename)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    if start_step <= 0:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path.replace(path.with_name(f"metrics.previous-{stamp}.jsonl"))
+        return
+    kept, dropped = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+            keep = isinstance(row, dict) and int(row["step"]) <= start_step
+        except (ValueError, KeyError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
 
 
 class Progress:

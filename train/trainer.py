@@ -5,7 +5,14 @@
 
 Everything a step depends on is a function of (config, step): the batch (`data`), the masking RNG
 (fold_in(seed, step)) and the learning rate — so a run restored from the checkpoint of step s continues
-exactly as the uninterrupted run from s on.
+exactly as the uninterrupted run from s on. Which checkpoint directory a run may use, how restores are verified
+and what happens to corrupt steps is described in `train.checkpoint`.
+
+Failures a user can cause are `ValueError`s with one-line messages: `TrainingError` (a non-finite loss) and
+`train.checkpoint.CheckpointError`. SIGTERM stops the loop after the current step, saves a checkpoint, waits for
+it to be on disk and returns a summary with ``"stopped": "SIGTERM"`` (no final evaluation: the grace period of
+a preempted job is short); `jrt train` then exits with status 143 (128 + SIGTERM) so that schedulers see an
+unfinished job and requeue it — running the same command resumes it.
 """
 
 from __future__ import annotations
@@ -26,11 +33,15 @@ from jrt_jax import models
 from jrt_jax.nn.constraints import activation_sharding
 from train import mesh as meshlib
 from train import objectives
-from train.checkpoint import Checkpointer
+from train.checkpoint import Checkpointer, CheckpointError
 from train.config import TrainConfig, resolved_mlm_prob, to_dict
 from train.data import make_task
 from train.metrics import MetricsWriter, Progress, peak_flops_per_device
 from train.optim import make_optimizer
+
+
+class TrainingError(ValueError):
+    """Training cannot continue (e.g. a non-finite loss); the message is one line naming the step."""
 
 
 def build_model_config(cfg: TrainConfig):
@@ -95,6 +106,12 @@ class Trainer:
         if self.objective == "jrt" and not self.is_jrt:
             raise ValueError(f"objective.kind='jrt' needs a JRT-RNN (prefix) model; {cfg.model.preset!r} is not one "
                              "(use objective.kind=ntp)")
+        if self.objective == "jrt" and self.enc_len is not None and cfg.data.seq_len <= self.enc_len:
+            source = "the task's prefix" if self.task.enc_len is not None else "model enc_len"
+            raise ValueError(f"data.seq_len={cfg.data.seq_len} leaves no decoder positions for the JRT objective: "
+                             f"positions >= {self.enc_len} ({source}) carry its next-token loss, so only the MLM loss "
+                             f"would train. Raise data.seq_len above {self.enc_len} or lower "
+                             "model.overrides.enc_len")
 
         # Abstract model → shardings → initialise parameters directly into them.
         abstract = models.abstract_model(self.model_config)
@@ -136,13 +153,22 @@ class Trainer:
         self._build_steps(graphdef)
 
         self.checkpointer = None
-        if cfg.checkpoint.dir is not None:
-            self.checkpointer = Checkpointer(cfg.checkpoint.dir.replace("{preset}", cfg.model.preset),
-                                             keep=cfg.checkpoint.keep,
-                                             async_save=cfg.checkpoint.async_save)
-            if cfg.checkpoint.resume and self.checkpointer.latest_step() is not None:
-                self.restore()
         self._stop_requested = False
+        if cfg.checkpoint.dir is not None:
+            c = cfg.checkpoint
+            self.checkpointer = Checkpointer(c.dir.replace("{preset}", cfg.model.preset), keep=c.keep,
+                                             async_save=c.async_save, log=self.log)
+            try:
+                if self.checkpointer.open_run(to_dict(cfg), resume=c.resume, overwrite=c.overwrite):
+                    self.restore(c.step)
+                    if c.step is not None:
+                        self.checkpointer.set_aside_newer(c.step)
+                elif c.step is not None:
+                    raise CheckpointError(f"checkpoint.step={c.step}: {str(self.checkpointer.path)!r} holds no "
+                                          "checkpoint")
+            except BaseException:
+                self.checkpointer.close()
+                raise
 
     # ------------------------------------------------------------------------------------------------- steps
 
@@ -245,11 +271,17 @@ class Trainer:
         if self.checkpointer is not None:
             self.checkpointer.save(self.step, self.state, self._meta(), force=force)
 
-    def restore(self, step: int | None = None) -> None:
+    def restore(self, step: int | None = None, *, checkpointer: Checkpointer | None = None) -> None:
+        """Load a verified checkpoint: `step`, or the newest one that verifies (corrupt newer ones are reported
+        and, with a writable checkpointer, set aside). `checkpointer` defaults to the run's own."""
+        ckpt = checkpointer if checkpointer is not None else self.checkpointer
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.state)
-        self.state, meta = self.checkpointer.restore(abstract, step)
+        if step is None:
+            self.state, meta = ckpt.restore_newest_good(abstract)
+        else:
+            self.state, meta = ckpt.restore(abstract, step)
         self.step = int(meta["data_position"])
-        self.log(f"restored checkpoint step {meta['step']} from {self.checkpointer.path}")
+        self.log(f"restored checkpoint step {meta['step']} from {ckpt.path}")
 
     def _on_sigterm(self, signum, frame):
         self._stop_requested = True
@@ -274,9 +306,24 @@ class Trainer:
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
+    def _check_finite(self, metrics: dict) -> None:
+        values = {k: float(metrics[k]) for k in ("loss", "grad_norm")}
+        if all(math.isfinite(v) for v in values.values()):
+            return
+        where = ""
+        if self.checkpointer is not None:
+            latest = self.checkpointer.latest_step()
+            where = ("; no checkpoint was saved" if latest is None
+                     else f"; the latest checkpoint is step {latest} in {str(self.checkpointer.path)!r}")
+        raise TrainingError(f"non-finite loss at step {self.step} (loss {values['loss']:.4g}, grad_norm "
+                            f"{values['grad_norm']:.4g}); stopped without saving this state{where}. Lower optim.lr "
+                            "or raise optim.warmup_steps, then resume")
+
     def run(self) -> dict:
+        """Train to `cfg.steps` (or until SIGTERM); returns a summary dict (see the module docstring)."""
         cfg = self.cfg
-        writer = MetricsWriter(None if cfg.logging.dir is None else cfg.logging.dir.replace("{preset}", cfg.model.preset))
+        log_dir = None if cfg.logging.dir is None else cfg.logging.dir.replace("{preset}", cfg.model.preset)
+        writer = MetricsWriter(log_dir, start_step=self.step)
         if self.step == 0:
             self.log(f"model {cfg.model.preset}: {models.count_params(self.model_config):,} parameters, objective "
                      f"{self.objective}; mesh "
@@ -286,7 +333,7 @@ class Trainer:
         tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
         previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
         progress = Progress(cfg.steps, self.step, cfg.logging.progress)
-        last = {}
+        last, metrics = {}, None
         t0, steps_timed = time.perf_counter(), 0
         try:
             while self.step < cfg.steps and not self._stop_requested:
@@ -299,8 +346,7 @@ class Trainer:
                     elapsed = time.perf_counter() - t0
                     metrics["tokens_per_s"] = tokens_per_step * steps_timed / elapsed
                     metrics["mfu"] = flops * steps_timed / elapsed / (peak * jax.device_count())
-                    if not all(math.isfinite(metrics[k]) for k in ("loss", "grad_norm")):
-                        raise FloatingPointError(f"non-finite loss at step {self.step}: {metrics}")
+                    self._check_finite(metrics)
                     if cfg.logging.eval_every and self.step % cfg.logging.eval_every == 0:
                         metrics.update(self.evaluate())
                     writer.write(self.step, metrics)
@@ -310,22 +356,31 @@ class Trainer:
                     last = metrics
                     t0, steps_timed = time.perf_counter(), 0
                 if self.checkpointer is not None and self.step % cfg.checkpoint.every == 0:
+                    self._check_finite(metrics)  # never save a diverged state
                     self.save()
+            stopped = self._stop_requested and self.step < cfg.steps
+            if self.checkpointer is not None and self.checkpointer.latest_step() != self.step:
+                if metrics is not None:
+                    self._check_finite(metrics)
+                self.save(force=True)
+            if stopped:
+                self.log(f"SIGTERM: stopping at step {self.step}"
+                         + (" (checkpoint saved)" if self.checkpointer is not None else " (no checkpoint.dir)"))
+                final = {}
+            else:
+                final = self.evaluate()
+                writer.write(self.step, final)
+            if self.checkpointer is not None:
+                self.checkpointer.wait()
         finally:
             progress.close()
+            writer.close()
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
-        if self._stop_requested:
-            self.log(f"SIGTERM: saving step {self.step} and stopping")
-        if self.checkpointer is not None and self.checkpointer.latest_step() != self.step:
-            self.save(force=True)
-        final = self.evaluate()
-        writer.write(self.step, final)
-        writer.close()
-        if self.checkpointer is not None:
-            self.checkpointer.wait()
         summary = {"step": self.step, **{k: v for k, v in last.items() if k in ("loss", "tokens_per_s", "mfu")},
                    **final, "flops_per_step": flops, "peak_flops_source": peak_source}
+        if stopped:
+            summary["stopped"] = "SIGTERM"
         return summary
 
     def close(self) -> None:
