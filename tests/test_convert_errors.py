@@ -208,3 +208,70 @@ def test_export_needs_values_and_a_known_model(tmp_path):
         save_pretrained(object(), tmp_path / "b")
     with pytest.raises(ConversionError, match="format must be one of"):
         save_pretrained(object(), tmp_path / "c", format="gguf")
+
+
+# --- temporary files: SIGTERM and killed conversions ------------------------------------------------------------
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_sigterm_during_conversion_removes_the_partial_files(release, tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+    import time
+
+    real = export_mod.write_safetensors
+    seen = []
+
+    def write_then_sigterm(path, plans, metadata=None):
+        real(path, plans[:3], metadata)  # a partial temporary file exists now
+        seen.append(sorted(p.name for p in path.parent.iterdir()))
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler interrupts this
+        raise AssertionError("SIGTERM did not stop the conversion")
+
+    monkeypatch.setattr(export_mod, "write_safetensors", write_then_sigterm)
+    out = tmp_path / "out"
+    assert cli.main([str(release), str(out)]) == 143
+    assert seen and seen[0][0].startswith(".model.safetensors.") and seen[0][0].endswith(".tmp")
+    assert not out.exists()  # created by the conversion → removed with its temporary file
+    err = capsys.readouterr().err.strip()
+    assert err == "jrt convert: terminated by SIGTERM; partial output removed"
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "config.json").write_text("old")
+    assert cli.main([str(release), str(existing), "--overwrite"]) == 143
+    assert sorted(p.name for p in existing.iterdir()) == ["config.json"]  # no temporary file left
+    assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
+
+
+def test_a_killed_conversions_temp_files_are_removed_by_the_next_run(release, tmp_path, capsys):
+    import os
+    import time
+
+    from jrt_jax.convert.io import remove_stale_temp_files, temp_name
+
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = out / f".model.safetensors.{_dead_pid()}-0123abcd.tmp"  # what kill -9 left (pid gone)
+    dead.write_bytes(b"\0" * (1 << 20))
+    legacy = out / ".model.safetensors.89abcdef.tmp"  # the older naming, without a pid, an hour old
+    legacy.write_bytes(b"\0" * 1000)
+    old = time.time() - 3600
+    os.utime(legacy, (old, old))
+    assert cli.main([str(release), str(out)]) == 0, capsys.readouterr().err  # only stale files: "empty"
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    # A temporary file of a live writer, or a fresh one of the older naming, is kept.
+    live = out / temp_name("model.safetensors")
+    live.write_bytes(b"x")
+    fresh = out / ".config.json.fedcba98.tmp"
+    fresh.write_bytes(b"x")
+    assert remove_stale_temp_files(out) == []
+    assert live.exists() and fresh.exists()

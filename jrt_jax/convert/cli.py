@@ -7,14 +7,19 @@
 SRC is anything `jrt_jax.from_pretrained` reads (HF Llama folder, HazyResearch JRT / Based release folder, GGUF
 file); DST a folder that receives ``model.safetensors`` or ``pytorch_model.bin`` plus ``config.json`` (and, for
 GGUF sources, ``tokenizer.json``; for folders, their tokenizer files). Nothing is written unless the whole
-conversion succeeds. Exit status 0 on success, 1 on a conversion error (message on stderr), 2 on bad arguments.
+conversion succeeds: a SIGTERM or Ctrl-C removes the partial files before exiting, and the temporary files of a
+conversion killed outright are removed by the next conversion into that folder. Exit status 0 on success, 1 on a
+conversion error (message on stderr), 2 on bad arguments, 130 on Ctrl-C, 143 on SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import pathlib
+import signal
 import sys
+import threading
 import time
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
@@ -34,8 +39,41 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM so that `AtomicFolder` removes its temporary files on the way out."""
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """Within the block, SIGTERM raises `Terminated` (in the main thread; elsewhere the block is a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        with sigterm_raises():
+            return _convert(args)
+    except Terminated:
+        print("jrt convert: terminated by SIGTERM; partial output removed", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    except KeyboardInterrupt:
+        print("jrt convert: interrupted; partial output removed", file=sys.stderr)
+        return 130
+
+
+def _convert(args) -> int:
     from jrt_jax.convert.errors import ConversionError
     from jrt_jax.convert.export import save_pretrained
     from jrt_jax.convert.loader import from_pretrained, open_checkpoint

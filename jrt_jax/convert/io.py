@@ -17,7 +17,10 @@ Writers take a list of `TensorPlan` (key, shape, dtype, and a function producing
 comes): `write_safetensors` and `write_torch` (a zip that ``torch.load(..., weights_only=True)`` reads, tied
 tensors sharing one storage). `AtomicFolder` writes every file under a temporary name inside the destination
 folder and renames them into place only when all of them are complete; on any error it removes what it wrote
-(and the folder, if it created it).
+(and the folder, if it created it). A process killed outright (kill -9, power loss) cannot clean up: its temporary
+files carry its pid (``.NAME.PID-TAG.tmp``), and the next `AtomicFolder` on that folder deletes those whose
+process is gone (`remove_stale_temp_files`). `jrt convert` turns SIGTERM into an exception, so a terminated
+conversion removes its files itself.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ import math
 import os
 import pathlib
 import pickle
+import re
 import shutil
+import time
 import struct
 import uuid
 import zipfile
@@ -664,6 +669,60 @@ def write_torch(path: PathLike, plans: Sequence[TensorPlan], archive: str = "arc
         zf.writestr(f"{archive}/version", "3\n")
 
 
+_TMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-(?P<tag>[0-9a-f]{8})\.tmp$")
+_LEGACY_TMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<tag>[0-9a-f]{8})\.tmp$")  # before pids were recorded
+_LEGACY_STALE_AFTER_S = 600.0
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # exists (another user's) / cannot tell: keep the file
+    return True
+
+
+def temp_name(name: str) -> str:
+    """The temporary name of `name` while it is being written: ``.NAME.PID-TAG.tmp``."""
+    return f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+
+
+def remove_stale_temp_files(folder: PathLike) -> list[pathlib.Path]:
+    """Delete the temporary files that dead writers left in `folder`; returns what was deleted.
+
+    A file named by `temp_name` is stale when no process with its pid exists on this machine (two conversions
+    into one folder from different machines are not supported). A file of the older ``.NAME.TAG.tmp`` form,
+    which names no pid, is stale once unmodified for 10 minutes.
+    """
+    folder = pathlib.Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    now = time.time()
+    for f in folder.iterdir():
+        m = _TMP_NAME.match(f.name)
+        if m is not None:
+            stale = not _pid_alive(int(m["pid"]))
+        elif _LEGACY_TMP_NAME.match(f.name):
+            try:
+                stale = now - f.stat().st_mtime > _LEGACY_STALE_AFTER_S
+            except FileNotFoundError:
+                continue
+        else:
+            continue
+        if stale and f.is_file():
+            try:
+                f.unlink()
+                removed.append(f)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
 class AtomicFolder:
     """Write several files into `folder` all-or-nothing.
 
@@ -672,9 +731,11 @@ class AtomicFolder:
             out.path("config.json").write_text(...)
 
     Each `path(name)` is a temporary file inside `folder` (same file system, so the final `os.replace` is
-    atomic). On success every temporary file is renamed to its name; on any exception all of them are deleted,
-    and the folder too when this created it. Existing files are replaced only on success, and only with
-    ``overwrite=True``; an existing non-empty folder is otherwise refused.
+    atomic). On success every temporary file is renamed to its name; on any exception (KeyboardInterrupt and
+    SystemExit included) all of them are deleted, and the folder too when this created it. Existing files are
+    replaced only on success, and only with ``overwrite=True``; an existing non-empty folder is otherwise
+    refused. Temporary files left by killed earlier writers are deleted first (`remove_stale_temp_files`) and
+    do not count as content.
     """
 
     def __init__(self, folder: PathLike, *, overwrite: bool = False):
@@ -686,6 +747,7 @@ class AtomicFolder:
     def __enter__(self):
         if self.folder.exists() and not self.folder.is_dir():
             raise ConversionError(f"{self.folder}: exists and is not a folder")
+        remove_stale_temp_files(self.folder)
         if self.folder.is_dir() and any(self.folder.iterdir()) and not self.overwrite:
             raise ConversionError(f"{self.folder}: folder exists and is not empty (pass overwrite=True / "
                                   "--overwrite to replace the files it writes)")
@@ -696,7 +758,7 @@ class AtomicFolder:
 
     def path(self, name: str) -> pathlib.Path:
         final = self.folder / name
-        tmp = self.folder / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
+        tmp = self.folder / temp_name(name)
         self._files.append((tmp, final))
         return tmp
 
