@@ -270,6 +270,17 @@ def test_packed_documents_equal_each_document_alone(name):
         start += len(doc) + 1
 
 
+def test_jrt_pallas_implementation_runs_every_layer():
+    """implementation="pallas" applies to the linear-attention layers; the sliding-window layers (no kernel)
+    take `window_implementation` ("auto") instead of failing, and the logits equal the XLA model's."""
+    cfg = dataclasses.replace(mh.JRT_TEST, implementation="pallas")
+    assert cfg.window_implementation == "auto"
+    assert dataclasses.replace(cfg, implementation="reference").window_implementation == "reference"
+    toks = jnp.asarray(mh.random_prompts([20], 300, seed=5))
+    pallas = JRTLM(cfg, rngs=nnx.Rngs(0))(toks)
+    assert mh.max_abs(pallas, mh.model("jrt")(toks)) <= 1e-4
+
+
 def test_jrt_encoder_is_non_causal_over_the_prefix():
     """Changing a token inside the encoder changes earlier positions' logits (they read the whole prefix);
     with a plain causal model (Based) it does not."""

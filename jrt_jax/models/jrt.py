@@ -47,8 +47,8 @@ class JRTBlock(DecoderBlock):
             self.mixer = nn.CausalLinearAttention(c.d_model, c.num_heads, **la)
         elif mixer == "sliding_window":
             self.mixer = nn.SlidingWindowAttention(
-                c.d_model, c.window_heads, window=c.window, rope_base=c.rope_base, implementation=c.implementation,
-                init_std=c.init_std, out_init_std=out_std, **common)
+                c.d_model, c.window_heads, window=c.window, rope_base=c.rope_base,
+                implementation=c.window_implementation, init_std=c.init_std, out_init_std=out_std, **common)
         elif mixer == "base_conv":
             self.mixer = nn.BaseConv(c.d_model, kernel_size=c.conv_kernel, expand=c.conv_expand,
                                      use_bias=c.conv_bias, init_std=c.init_std, out_init_std=out_std, **common)

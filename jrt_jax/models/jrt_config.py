@@ -43,7 +43,8 @@ class JRTConfig:
       init_std: std of the normal initialisers (output projections are scaled by 1/√(2·n_layers)).
       dtype: compute dtype; param_dtype: storage dtype ("float32", "bfloat16", "float16"). The residual
         stream, norms, linear-attention states and logits are float32 regardless.
-      implementation: the ops' implementation ("auto", "reference", "xla", "pallas").
+      implementation: the linear-attention (PLA / Based) layers' implementation ("auto", "reference", "xla",
+        "pallas"). Sliding-window attention has no kernel: its layers follow `window_implementation`.
       chunk_size: chunk length of the chunked linear-attention path (None: the op's default).
     """
 
@@ -71,6 +72,12 @@ class JRTConfig:
     param_dtype: str = "float32"
     implementation: str = "auto"
     chunk_size: int | None = None
+
+    @property
+    def window_implementation(self) -> str:
+        """The sliding-window layers' implementation: "reference" when `implementation` is, else "auto"
+        (the banded XLA path; there is no sliding-window kernel for "pallas" to pick)."""
+        return "reference" if self.implementation == "reference" else "auto"
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_inner", "num_heads", "feature_dim", "window_heads",
