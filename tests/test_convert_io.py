@@ -9,15 +9,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from jrt_jax.convert.io import (  # noqa: E402
-    AtomicFolder,
-    SafetensorsFile,
-    TensorPlan,
-    TorchZipFile,
-    open_source,
-    write_safetensors,
-    write_torch,
-)
+from jrt_jax.convert.atomic import AtomicFolder  # noqa: E402
+from jrt_jax.convert.formats import SafetensorsFile, TorchZipFile, open_source  # noqa: E402
+from jrt_jax.convert.writers import TensorPlan, write_safetensors, write_torch  # noqa: E402
 from jrt_jax.convert.errors import ConversionError  # noqa: E402
 
 

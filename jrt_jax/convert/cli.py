@@ -15,12 +15,12 @@ conversion error (message on stderr), 2 on bad arguments, 130 on Ctrl-C, 143 on 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import pathlib
 import signal
 import sys
-import threading
 import time
+
+from jrt_jax.convert.atomic import Terminated, sigterm_raises  # noqa: F401 — importable from here as before
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
 
@@ -39,28 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-class Terminated(BaseException):
-    """Raised in the main thread on SIGTERM so that `AtomicFolder` removes its temporary files on the way out."""
-
-
-@contextlib.contextmanager
-def sigterm_raises():
-    """Within the block, SIGTERM raises `Terminated` (in the main thread; elsewhere the block is a no-op)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv=None) -> int:
+    """Run ``jrt convert`` with `argv` (default: sys.argv[1:]); returns the exit status."""
     args = _parser().parse_args(argv)
     try:
         with sigterm_raises():
@@ -85,15 +65,13 @@ def _convert(args) -> int:
         model = from_pretrained(src, dtype=args.dtype, preset=args.preset)
         tokenizer, extra = None, []
         with open_checkpoint(src, preset=args.preset) as ckpt:
-            kind, folder = ckpt.kind, ckpt.folder
-            if kind == "gguf":
-                from jrt_jax.convert.gguf import gguf_tokenizer
-
+            kind, folder, own_tokenizer = ckpt.kind, ckpt.folder, ckpt.architecture.tokenizer_in_weights
+            if own_tokenizer:  # written as tokenizer.json
                 try:
-                    tokenizer = gguf_tokenizer(ckpt.source)
+                    tokenizer = ckpt.architecture.tokenizer(ckpt.source, folder)
                 except ConversionError as e:
                     print(f"jrt convert: note: tokenizer not written ({e})", file=sys.stderr)
-        if kind != "gguf":
+        if not own_tokenizer:  # the folder's tokenizer files are copied
             extra = [folder / n for n in TOKENIZER_FILES if (folder / n).is_file()]
         out = save_pretrained(model, args.dst, format=args.format, overwrite=args.overwrite, tokenizer=tokenizer,
                               extra_files=extra)

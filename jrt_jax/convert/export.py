@@ -24,7 +24,9 @@ import numpy as np
 
 from jrt_jax.convert import hazy, llama_hf
 from jrt_jax.convert.errors import ConversionError
-from jrt_jax.convert.io import WEIGHT_FILES, AtomicFolder, TensorPlan, write_safetensors, write_torch
+from jrt_jax.convert.atomic import AtomicFolder
+from jrt_jax.convert.sources import WEIGHT_FILES
+from jrt_jax.convert.writers import TensorPlan, write_safetensors, write_torch
 from jrt_jax.convert.mapping import flat_params
 from jrt_jax.models import JRTConfig, LlamaConfig
 

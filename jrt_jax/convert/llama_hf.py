@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from jrt_jax.convert.errors import ConversionError
+from jrt_jax.convert.formats import open_source
 from jrt_jax.convert.mapping import Entry, Extra, identity, tied_head_extra, transpose
 from jrt_jax.models import LlamaConfig, param_shapes
 
@@ -82,3 +83,43 @@ def extras(c: LlamaConfig) -> list[Extra]:
 def ignored(key: str) -> bool:
     """Keys transformers itself ignores when loading a Llama."""
     return key.endswith("rotary_emb.inv_freq")
+
+
+class HFLlama:
+    """Hugging Face Llama folders (``config.json`` with model_type "llama"); `jrt_jax.convert.architectures`."""
+
+    name = "llama"
+    tokenizer_in_weights = False
+
+    def detect(self, weights, cfg, config=None) -> bool:
+        if config is not None:
+            return isinstance(config, LlamaConfig)
+        return cfg is not None and is_llama_config(cfg)
+
+    def open(self, weights, cfg, config=None):
+        src = open_source(weights)
+        try:
+            return (config if config is not None else config_from_dict(cfg)), src
+        except Exception:
+            src.close()
+            raise
+
+    def entries(self, config) -> list[Entry]:
+        return entries(config)
+
+    def extras(self, config) -> list[Extra]:
+        return extras(config)
+
+    def ignored(self, key: str) -> bool:
+        return ignored(key)
+
+    def check(self, source, config) -> str:
+        return ""
+
+    def tokenizer(self, source, folder):
+        from jrt_jax.tokenizer import TokenizerFile
+
+        return TokenizerFile(folder / "tokenizer.json") if (folder / "tokenizer.json").is_file() else None
+
+
+HF_LLAMA = HFLlama()

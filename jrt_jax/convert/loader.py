@@ -18,7 +18,6 @@ and placed one at a time — onto the default device, or straight into their sha
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
@@ -27,14 +26,16 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jrt_jax.convert import gguf as gguf_mod
-from jrt_jax.convert import hazy, llama_hf
+from jrt_jax.convert.architectures import Architecture, find
 from jrt_jax.convert.errors import ConversionError
-from jrt_jax.convert.io import RenamedSource, TensorSource, find_weights, open_source
+from jrt_jax.convert.formats import TensorSource
+from jrt_jax.convert.sources import locate as _locate
+from jrt_jax.convert.sources import read_config as _read_config
 from jrt_jax.convert.mapping import Entry, Extra, check_keys, float_dtype_of, flat_params, stream_into
 from jrt_jax.models import JRTConfig, LlamaConfig, abstract_model, config_from_preset
 from jrt_jax.nn.axes import SUGGESTED_RULES
 from jrt_jax.nn.dense import DTYPES
+from jrt_jax.tokenizer import TokenizerFile  # noqa: F401 — importable from here as before
 
 PathLike = str | os.PathLike
 
@@ -43,7 +44,7 @@ PathLike = str | os.PathLike
 class Checkpoint:
     """An opened checkpoint: its architecture, model config, tensor source and key mapping."""
 
-    kind: str  # "hazy" | "llama" | "gguf"
+    kind: str  # the architecture's name: "hazy" | "llama" | "gguf"
     config: JRTConfig | LlamaConfig
     source: TensorSource
     entries: list[Entry]
@@ -51,6 +52,7 @@ class Checkpoint:
     ignore: Callable[[str], bool]
     folder: pathlib.Path
     explicit_config: bool = False  # the caller passed config= (its dtypes are kept when dtype is None)
+    architecture: Architecture | None = None
 
     def close(self) -> None:
         self.source.close()
@@ -76,36 +78,6 @@ def _dtype_name(dtype) -> str | None:
         except TypeError:
             break
     raise ConversionError(f"dtype must be one of {sorted(DTYPES)} or None; got {dtype!r}")
-
-
-def _read_config(folder: pathlib.Path) -> dict | None:
-    p = folder / "config.json"
-    if not p.is_file():
-        return None
-    try:
-        cfg = json.loads(p.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConversionError(f"{p}: not valid JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise ConversionError(f"{p}: must hold a JSON object")
-    return cfg
-
-
-def _locate(path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
-    """(folder, weights file) of a checkpoint path."""
-    if not path.exists():
-        raise ConversionError(f"jrt_jax.from_pretrained: {path} does not exist")
-    if path.is_file():
-        return path.parent, path
-    weights = find_weights(path)
-    if weights is None:
-        ggufs = sorted(path.glob("*.gguf"))
-        if len(ggufs) == 1:
-            return path, ggufs[0]
-        found = sorted(p.name for p in path.iterdir())[:10]
-        raise ConversionError(f"{path}: no weights found (looked for model.safetensors[.index.json], "
-                              f"pytorch_model.bin[.index.json] or one *.gguf); the folder holds {found}")
-    return path, weights
 
 
 def _unknown_architecture(cfg: Mapping, where: pathlib.Path) -> ConversionError:
@@ -136,57 +108,30 @@ def open_checkpoint(path: PathLike, *, preset: str | None = None, config=None) -
         if not isinstance(config, (JRTConfig, LlamaConfig)):
             raise ConversionError(f"config must be a JRTConfig or LlamaConfig; got {type(config).__name__}")
         preset_cfg = config
-        preset = f"config={type(config).__name__}"
-    ckpt = _open(folder, weights, preset_cfg, preset)
+    ckpt = _open(folder, weights, preset_cfg)
     ckpt.explicit_config = config is not None
     return ckpt
 
 
-def _open(folder, weights, preset_cfg, preset) -> Checkpoint:
-    """The `Checkpoint` of a located weights file, with the caller's config (`preset_cfg`) or the file's own."""
-    if weights.suffix == ".gguf":
-        src = gguf_mod.GGUFFile(weights)
-        try:
-            config = preset_cfg if preset_cfg is not None else gguf_mod.config_from_gguf(src)
-            if not isinstance(config, LlamaConfig):
-                raise ConversionError(f"preset {preset!r} is not a Llama shape; a GGUF file holds a Llama")
-            return Checkpoint("gguf", config, src, gguf_mod.entries(config), gguf_mod.extras(config),
-                              lambda k: False, folder)
-        except Exception:
-            src.close()
-            raise
+def _open(folder, weights, preset_cfg) -> Checkpoint:
+    """The `Checkpoint` of a located weights file, with the caller's config (`preset_cfg`) or the file's own.
 
-    cfg = _read_config(folder)
-    if preset_cfg is None and cfg is None:
-        raise ConversionError(f"{folder}: no config.json; pass preset= (--preset) naming the model's shape, "
-                              "e.g. jrt-360m, jrt-1.3b, based-360m, based-1.3b, smollm2-135m")
-    if preset_cfg is not None:
-        kind = "hazy" if isinstance(preset_cfg, JRTConfig) else "llama"
-    elif llama_hf.is_llama_config(cfg):
-        kind = "llama"
-    elif hazy.is_hazy_config(cfg):
-        kind = "hazy"
-    else:
-        raise _unknown_architecture(cfg, folder)
-
-    src = open_source(weights)
-    try:
-        if kind == "hazy":
-            names = hazy.cleaned_names(src.keys())
-            other = [c for c in map(hazy.clean_key, getattr(src, "non_tensor_keys", [])) if c is not None]
-            src = RenamedSource(src, names, other)
-            if preset_cfg is not None:
-                config = preset_cfg
-            else:
-                config = hazy.config_from_dict(cfg, {k: src.info(k).shape for k in src.keys()})
-            return Checkpoint("hazy", config, src, hazy.entries(config), hazy.extras(config),
-                              lambda k: False, folder)
-        config = preset_cfg if preset_cfg is not None else llama_hf.config_from_dict(cfg)
-        return Checkpoint("llama", config, src, llama_hf.entries(config), llama_hf.extras(config),
-                          llama_hf.ignored, folder)
-    except Exception:
-        src.close()
-        raise
+    A ``.gguf`` file is GGUF without reading ``config.json``; otherwise the caller's config, else config.json,
+    decides the architecture.
+    """
+    arch = find(weights, None)
+    cfg = None
+    if arch is None:
+        cfg = _read_config(folder)
+        if preset_cfg is None and cfg is None:
+            raise ConversionError(f"{folder}: no config.json; pass preset= (--preset) naming the model's shape, "
+                                  "e.g. jrt-360m, jrt-1.3b, based-360m, based-1.3b, smollm2-135m")
+        arch = find(weights, cfg, preset_cfg)
+        if arch is None:
+            raise _unknown_architecture(cfg, folder)
+    config, src = arch.open(weights, cfg, preset_cfg)
+    return Checkpoint(arch.name, config, src, arch.entries(config), arch.extras(config), arch.ignored, folder,
+                      architecture=arch)
 
 
 def _with_dtype(ckpt: Checkpoint, dtype) -> JRTConfig | LlamaConfig:
@@ -298,16 +243,7 @@ def make_placer(model, *, mesh=None, rules=None, shardings=None) -> Callable[[st
 
 
 def _check(ckpt: Checkpoint) -> None:
-    if ckpt.kind == "gguf":
-        bad = ckpt.source.unsupported()
-        if bad:
-            raise ConversionError(f"{ckpt.source.name}: unsupported GGUF tensor type(s), cannot dequantize "
-                                  f"{len(bad)} tensor(s): {bad}")
-    hint = ""
-    if ckpt.kind == "hazy":
-        hint = ("  (release keys after cleanup: leading 'model.' stripped, '*metrics*' dropped, 'conv1' → 'conv'; "
-                f"model: {ckpt.config.linear_kind} linear attention at {list(ckpt.config.linear_layers)}, "
-                f"sliding window at {list(ckpt.config.window_layers)})")
+    hint = ckpt.architecture.check(ckpt.source, ckpt.config)
     check_keys(ckpt.source, ckpt.entries, ckpt.extras, ignore=ckpt.ignore, hint=hint)
 
 
@@ -348,37 +284,17 @@ def from_pretrained(path: PathLike, *, dtype=None, mesh=None, shardings=None, pr
 def load_tokenizer(path: PathLike):
     """The tokenizer of a checkpoint: the GGUF file's own, a folder's ``tokenizer.json``, or GPT-2 BPE for the
     JRT / Based releases (which use GPT-2's tokenizer). Same interface as `jrt_jax.tokenizer`."""
-    path = pathlib.Path(path)
-    folder, weights = _locate(path)
-    if weights.suffix == ".gguf":
-        return gguf_mod.gguf_tokenizer(weights)
-    if (folder / "tokenizer.json").is_file():
-        return TokenizerFile(folder / "tokenizer.json")
-    cfg = _read_config(folder)
-    if cfg is not None and hazy.is_hazy_config(cfg):
-        from jrt_jax.tokenizer import gpt2_tokenizer
-
-        return gpt2_tokenizer()
-    raise ConversionError(f"{folder}: no tokenizer found (no tokenizer.json, not a GGUF file or a JRT/Based release)")
-
-
-class TokenizerFile:
-    """A Hugging Face ``tokenizer.json`` with the `jrt_jax.tokenizer` interface (eos from its special tokens)."""
-
-    def __init__(self, path: PathLike):
-        from tokenizers import Tokenizer
-
-        self._tok = Tokenizer.from_file(str(path))
-        self.vocab_size = self._tok.get_vocab_size()
-        self.eos_id = None
-        for name in ("<|im_end|>", "<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>"):
-            i = self._tok.token_to_id(name)
-            if i is not None:
-                self.eos_id = i
-                break
-
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
-
-    def decode(self, ids) -> str:
-        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+    folder, weights = _locate(pathlib.Path(path))
+    arch = find(weights, None)
+    if arch is None:
+        if (folder / "tokenizer.json").is_file():
+            return TokenizerFile(folder / "tokenizer.json")
+        cfg = _read_config(folder)
+        arch = find(weights, cfg) if cfg is not None else None
+    tok = arch.tokenizer(weights, folder) if arch is not None else None
+    if tok is None and (folder / "tokenizer.json").is_file():
+        tok = TokenizerFile(folder / "tokenizer.json")
+    if tok is None:
+        raise ConversionError(f"{folder}: no tokenizer found (no tokenizer.json, not a GGUF file or a JRT/Based "
+                              "release)")
+    return tok

@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from jrt_jax.convert.errors import ConversionError, KeyMismatchError
-from jrt_jax.convert.io import TensorSource
+from jrt_jax.convert.formats import TensorSource
 
 Transform = Callable[[np.ndarray], np.ndarray]
 

@@ -1,8 +1,7 @@
-"""Streaming tensor files: read one tensor at a time, write one tensor at a time, never leave a half file.
+"""Tensor file formats, read one tensor at a time: safetensors, ``torch.save`` zips, sharded indexes.
 
-Readers (`open_source`) expose the same small interface, `TensorSource`: ``keys()``, ``info(key)`` (shape and
-dtype from the file's header, nothing read), ``read(key)`` (one tensor as a C-contiguous numpy array). They
-never map or load the whole file:
+Every reader is a `TensorSource`: ``keys()``, ``info(key)`` (shape and dtype from the file's header, nothing
+read), ``read(key)`` (one tensor as a C-contiguous numpy array). They never map or load the whole file:
 
 * `SafetensorsFile` — parses the JSON header, then seeks and reads each tensor's bytes (bf16 / fp8 through
   `ml_dtypes`, which JAX already depends on). Sizes are checked against the file size up front, so a
@@ -12,15 +11,10 @@ never map or load the whole file:
   ``torch.load(weights_only=True)``) that records where each tensor's bytes are; ``read`` then seeks into the
   uncompressed zip record. torch itself is not needed. Older non-zip files fall back to ``torch.load``.
 * `ShardedSource` — a Hugging Face ``*.index.json`` over several safetensors / bin shards.
+* `RenamedSource` / `DictSource` — a renamed view of another source; in-memory arrays.
 
-Writers take a list of `TensorPlan` (key, shape, dtype, and a function producing the array when its turn
-comes): `write_safetensors` and `write_torch` (a zip that ``torch.load(..., weights_only=True)`` reads, tied
-tensors sharing one storage). `AtomicFolder` writes every file under a temporary name inside the destination
-folder and renames them into place only when all of them are complete; on any error it removes what it wrote
-(and the folder, if it created it). A process killed outright (kill -9, power loss) cannot clean up: its temporary
-files carry its pid (``.NAME.PID-TAG.tmp``), and the next `AtomicFolder` on that folder deletes those whose
-process is gone (`remove_stale_temp_files`). `jrt convert` turns SIGTERM into an exception, so a terminated
-conversion removes its files itself.
+GGUF files are read by `jrt_jax.convert.gguf.GGUFFile` (same interface, through the ``gguf`` package). The
+writers of the first two formats are in `jrt_jax.convert.writers`.
 """
 
 from __future__ import annotations
@@ -32,13 +26,8 @@ import math
 import os
 import pathlib
 import pickle
-import re
-import shutil
-import time
 import struct
-import uuid
 import zipfile
-from collections.abc import Callable, Iterable, Sequence
 
 import ml_dtypes
 import numpy as np
@@ -515,20 +504,6 @@ class RenamedSource(TensorSource):
         self.inner.close()
 
 
-#: File names a Hugging Face style folder may hold weights in, in order of preference.
-WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
-                "pytorch_model.bin")
-
-
-def find_weights(folder: PathLike) -> pathlib.Path | None:
-    """The weights file of a checkpoint folder (see `WEIGHT_FILES`), or None."""
-    folder = pathlib.Path(folder)
-    for name in WEIGHT_FILES:
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
 def open_source(path: PathLike) -> TensorSource:
     """A `TensorSource` for a weights file: ``*.safetensors``, ``*.index.json``, or a torch file."""
     path = pathlib.Path(path)
@@ -539,251 +514,3 @@ def open_source(path: PathLike) -> TensorSource:
     if path.suffix == ".safetensors":
         return SafetensorsFile(path)
     return open_torch_file(path)
-
-
-# ------------------------------------------------------------------------------------------------- writers
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorPlan:
-    """One tensor to write: its key, shape and dtype (known before any data), and how to produce the data.
-
-    `alias_of`: the key of an earlier plan with the same data (tied weights); torch files share the storage,
-    safetensors files (which cannot alias) store the data again.
-    """
-
-    key: str
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    produce: Callable[[], np.ndarray]
-    alias_of: str | None = None
-
-
-def _checked(plan: TensorPlan) -> np.ndarray:
-    arr = np.asarray(plan.produce(), order="C")
-    if tuple(arr.shape) != tuple(plan.shape) or np.dtype(arr.dtype) != np.dtype(plan.dtype):
-        raise ConversionError(f"internal error: {plan.key} produced {arr.shape} {arr.dtype}, planned "
-                              f"{plan.shape} {np.dtype(plan.dtype)}")
-    return arr
-
-
-def _write_array(f, arr: np.ndarray) -> None:
-    if arr.size:
-        f.write(memoryview(arr.reshape(-1).view(np.uint8)))
-
-
-def write_safetensors(path: PathLike, plans: Sequence[TensorPlan], metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file, one tensor in memory at a time (the header comes from the plans)."""
-    header: dict = {}
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    offset = 0
-    for p in plans:
-        dt = np.dtype(p.dtype)
-        if dt not in _SAFETENSORS_NAMES:
-            raise ConversionError(f"{p.key}: dtype {dt} cannot be stored in safetensors")
-        n = _prod(p.shape) * dt.itemsize
-        header[p.key] = {"dtype": _SAFETENSORS_NAMES[dt], "shape": list(p.shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for p in plans:
-            arr = _checked(p)
-            _write_array(f, arr)
-            del arr
-
-
-class _StorageRef:
-    def __init__(self, key: str, dtype: np.dtype, numel: int):
-        self.key, self.dtype, self.numel = key, dtype, numel
-
-
-class _TensorRef:
-    """Pickles as ``torch._utils._rebuild_tensor_v2(storage, 0, shape, stride, False, OrderedDict())``."""
-
-    def __init__(self, storage: _StorageRef, shape: tuple[int, ...], rebuild):
-        self.storage, self.shape, self.rebuild = storage, tuple(shape), rebuild
-
-    def __reduce__(self):
-        stride = tuple(_prod(self.shape[i + 1:]) for i in range(len(self.shape)))
-        return self.rebuild, (self.storage, 0, self.shape, stride, False, collections.OrderedDict())
-
-
-def write_torch(path: PathLike, plans: Sequence[TensorPlan], archive: str = "archive") -> None:
-    """Write a ``torch.save``-compatible zip (loads with ``torch.load(weights_only=True)`` and ``mmap=True``).
-
-    Data records are streamed one tensor at a time and aligned to 64 bytes like torch's own writer; aliases
-    share a storage. torch is imported only for the names the pickle refers to (no tensor is created).
-    """
-    try:
-        import torch
-        from torch._utils import _rebuild_tensor_v2
-    except ImportError:
-        raise ConversionError("format='torch' needs torch installed (use format='safetensors' otherwise)") from None
-    storages: dict[str, _StorageRef] = {}
-    order: list[TensorPlan] = []
-    state = collections.OrderedDict()
-    for p in plans:
-        dt = np.dtype(p.dtype)
-        if dt not in _TORCH_STORAGE_NAMES:
-            raise ConversionError(f"{p.key}: dtype {dt} cannot be stored in a torch file")
-        if p.alias_of is not None:
-            ref = storages[p.alias_of]
-            if ref.numel != _prod(p.shape) or ref.dtype != dt:
-                raise ConversionError(f"internal error: {p.key} aliases {p.alias_of} with another shape/dtype")
-        else:
-            ref = _StorageRef(str(len(order)), dt, _prod(p.shape))
-            order.append(p)
-        storages[p.key] = ref
-        state[p.key] = _TensorRef(ref, p.shape, _rebuild_tensor_v2)
-
-    class _Pickler(pickle.Pickler):
-        def persistent_id(self, obj):
-            if isinstance(obj, _StorageRef):
-                cls = getattr(torch, _TORCH_STORAGE_NAMES[obj.dtype])
-                return ("storage", cls, obj.key, "cpu", obj.numel)
-            return None
-
-    import io as _io
-
-    buf = _io.BytesIO()
-    _Pickler(buf, protocol=2).dump(state)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-        zf.writestr(f"{archive}/data.pkl", buf.getvalue())
-        zf.writestr(f"{archive}/byteorder", "little")
-        for p in order:
-            name = f"{archive}/data/{storages[p.key].key}"
-            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_STORED
-            pos = zf.fp.tell()
-            fixed = 30 + len(name.encode()) + 20 + 4  # local header, name, zip64 extra, our extra's header
-            pad = -(pos + fixed) % 64
-            info.extra = struct.pack("<HH", 0x4246, pad) + b"Z" * pad  # 'FB' padding field, as torch writes
-            arr = _checked(p)
-            with zf.open(info, "w", force_zip64=True) as w:
-                _write_array(w, arr)
-            del arr
-        zf.writestr(f"{archive}/version", "3\n")
-
-
-_TMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-(?P<tag>[0-9a-f]{8})\.tmp$")
-_LEGACY_TMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<tag>[0-9a-f]{8})\.tmp$")  # before pids were recorded
-_LEGACY_STALE_AFTER_S = 600.0
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True  # exists (another user's) / cannot tell: keep the file
-    return True
-
-
-def temp_name(name: str) -> str:
-    """The temporary name of `name` while it is being written: ``.NAME.PID-TAG.tmp``."""
-    return f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-
-
-def remove_stale_temp_files(folder: PathLike) -> list[pathlib.Path]:
-    """Delete the temporary files that dead writers left in `folder`; returns what was deleted.
-
-    A file named by `temp_name` is stale when no process with its pid exists on this machine (two conversions
-    into one folder from different machines are not supported). A file of the older ``.NAME.TAG.tmp`` form,
-    which names no pid, is stale once unmodified for 10 minutes.
-    """
-    folder = pathlib.Path(folder)
-    removed = []
-    if not folder.is_dir():
-        return removed
-    now = time.time()
-    for f in folder.iterdir():
-        m = _TMP_NAME.match(f.name)
-        if m is not None:
-            stale = not _pid_alive(int(m["pid"]))
-        elif _LEGACY_TMP_NAME.match(f.name):
-            try:
-                stale = now - f.stat().st_mtime > _LEGACY_STALE_AFTER_S
-            except FileNotFoundError:
-                continue
-        else:
-            continue
-        if stale and f.is_file():
-            try:
-                f.unlink()
-                removed.append(f)
-            except FileNotFoundError:
-                pass
-    return removed
-
-
-class AtomicFolder:
-    """Write several files into `folder` all-or-nothing.
-
-        with AtomicFolder(dst) as out:
-            write_safetensors(out.path("model.safetensors"), plans)
-            out.path("config.json").write_text(...)
-
-    Each `path(name)` is a temporary file inside `folder` (same file system, so the final `os.replace` is
-    atomic). On success every temporary file is renamed to its name; on any exception (KeyboardInterrupt and
-    SystemExit included) all of them are deleted, and the folder too when this created it. Existing files are
-    replaced only on success, and only with ``overwrite=True``; an existing non-empty folder is otherwise
-    refused. Temporary files left by killed earlier writers are deleted first (`remove_stale_temp_files`) and
-    do not count as content.
-    """
-
-    def __init__(self, folder: PathLike, *, overwrite: bool = False):
-        self.folder = pathlib.Path(folder)
-        self.overwrite = overwrite
-        self._files: list[tuple[pathlib.Path, pathlib.Path]] = []
-        self._created = False
-
-    def __enter__(self):
-        if self.folder.exists() and not self.folder.is_dir():
-            raise ConversionError(f"{self.folder}: exists and is not a folder")
-        remove_stale_temp_files(self.folder)
-        if self.folder.is_dir() and any(self.folder.iterdir()) and not self.overwrite:
-            raise ConversionError(f"{self.folder}: folder exists and is not empty (pass overwrite=True / "
-                                  "--overwrite to replace the files it writes)")
-        if not self.folder.exists():
-            self.folder.mkdir(parents=True)
-            self._created = True
-        return self
-
-    def path(self, name: str) -> pathlib.Path:
-        final = self.folder / name
-        tmp = self.folder / temp_name(name)
-        self._files.append((tmp, final))
-        return tmp
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            for tmp, final in self._files:
-                if not tmp.exists():
-                    raise ConversionError(f"internal error: {final.name} was planned but never written")
-            for tmp, final in self._files:
-                os.replace(tmp, final)
-            return False
-        for tmp, _ in self._files:
-            try:
-                tmp.unlink()
-            except FileNotFoundError:
-                pass
-        if self._created:
-            shutil.rmtree(self.folder, ignore_errors=True)
-        return False
-
-
-def iter_plans(plans: Iterable[TensorPlan]) -> list[TensorPlan]:
-    plans = list(plans)
-    keys = [p.key for p in plans]
-    dup = sorted({k for k in keys if keys.count(k) > 1})
-    if dup:
-        raise ConversionError(f"internal error: duplicate keys {dup}")
-    return plans

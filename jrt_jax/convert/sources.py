@@ -1,0 +1,62 @@
+"""What a checkpoint path holds: its folder, its weights file and its ``config.json``.
+
+A checkpoint is given as a folder, a weights file inside one, or a ``.gguf`` file. `locate` turns any of these
+into (folder, weights file): a folder's weights are the first of `WEIGHT_FILES` present, else its only ``*.gguf``.
+`read_config` reads the folder's ``config.json`` (None when there is none). Which architecture the checkpoint
+is, is decided by `jrt_jax.convert.architectures`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+from jrt_jax.convert.errors import ConversionError
+
+PathLike = str | os.PathLike
+
+#: File names a Hugging Face style folder may hold weights in, in order of preference.
+WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
+                "pytorch_model.bin")
+
+
+def find_weights(folder: PathLike) -> pathlib.Path | None:
+    """The weights file of a checkpoint folder (see `WEIGHT_FILES`), or None."""
+    folder = pathlib.Path(folder)
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def locate(path: PathLike) -> tuple[pathlib.Path, pathlib.Path]:
+    """(folder, weights file) of a checkpoint path: a file is its own weights; a folder's are found inside."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise ConversionError(f"jrt_jax.from_pretrained: {path} does not exist")
+    if path.is_file():
+        return path.parent, path
+    weights = find_weights(path)
+    if weights is None:
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return path, ggufs[0]
+        found = sorted(p.name for p in path.iterdir())[:10]
+        raise ConversionError(f"{path}: no weights found (looked for model.safetensors[.index.json], "
+                              f"pytorch_model.bin[.index.json] or one *.gguf); the folder holds {found}")
+    return path, weights
+
+
+def read_config(folder: PathLike) -> dict | None:
+    """The JSON object in ``folder/config.json``, or None when the folder has none."""
+    p = pathlib.Path(folder) / "config.json"
+    if not p.is_file():
+        return None
+    try:
+        cfg = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConversionError(f"{p}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ConversionError(f"{p}: must hold a JSON object")
+    return cfg
