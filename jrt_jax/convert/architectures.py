@@ -52,6 +52,15 @@ class Architecture(Protocol):
         ...
 
 
+def opened(source, build):
+    """build(source), closing `source` if that raises (a failed open leaves no file handle behind)."""
+    try:
+        return build(source)
+    except Exception:
+        source.close()
+        raise
+
+
 def architectures() -> tuple[Architecture, ...]:
     """Every supported architecture, in detection order."""
     from jrt_jax.convert.gguf import GGUF

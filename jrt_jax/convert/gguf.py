@@ -32,6 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from jrt_jax.convert.architectures import opened
 from jrt_jax.convert.errors import ConversionError
 from jrt_jax.convert.formats import TensorInfo, TensorSource
 from jrt_jax.convert.mapping import Entry, Extra, identity, tied_head_extra, transpose
@@ -357,21 +358,17 @@ class GGUFLlama:
         return weights.suffix == ".gguf"
 
     def open(self, weights, cfg, config=None):
-        src = GGUFFile(weights)
-        try:
-            config = config if config is not None else config_from_gguf(src)
-            if not isinstance(config, LlamaConfig):
+        def llama_config(src):
+            found = config if config is not None else config_from_gguf(src)
+            if not isinstance(found, LlamaConfig):
                 raise ConversionError(f"{weights}: the preset is not a Llama shape; a GGUF file holds a Llama")
-            return config, src
-        except Exception:
-            src.close()
-            raise
+            return found
 
-    def entries(self, config) -> list[Entry]:
-        return entries(config)
+        src = GGUFFile(weights)
+        return opened(src, llama_config), src
 
-    def extras(self, config) -> list[Extra]:
-        return extras(config)
+    entries = staticmethod(entries)
+    extras = staticmethod(extras)
 
     def ignored(self, key: str) -> bool:
         return False

@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 import ml_dtypes
 import numpy as np
 
+from jrt_jax.convert.architectures import opened
 from jrt_jax.convert.errors import ConversionError
 from jrt_jax.convert.formats import RenamedSource, open_source
 from jrt_jax.convert.mapping import (
@@ -421,23 +422,16 @@ class HazyRelease:
         return cfg is not None and is_hazy_config(cfg)
 
     def open(self, weights, cfg, config=None):
-        src = open_source(weights)
-        try:
-            names = cleaned_names(src.keys())
+        def renamed(src):
             other = [c for c in map(clean_key, getattr(src, "non_tensor_keys", [])) if c is not None]
-            src = RenamedSource(src, names, other)
-            if config is None:
-                config = config_from_dict(cfg, {k: src.info(k).shape for k in src.keys()})
-            return config, src
-        except Exception:
-            src.close()
-            raise
+            return RenamedSource(src, cleaned_names(src.keys()), other)
 
-    def entries(self, config) -> list[Entry]:
-        return entries(config)
+        src = opened(open_source(weights), renamed)
+        shapes = lambda s: {k: s.info(k).shape for k in s.keys()}
+        return opened(src, lambda s: config if config is not None else config_from_dict(cfg, shapes(s))), src
 
-    def extras(self, config) -> list[Extra]:
-        return extras(config)
+    entries = staticmethod(entries)
+    extras = staticmethod(extras)
 
     def ignored(self, key: str) -> bool:
         return False

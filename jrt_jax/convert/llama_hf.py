@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from jrt_jax.convert.architectures import opened
 from jrt_jax.convert.errors import ConversionError
 from jrt_jax.convert.formats import open_source
 from jrt_jax.convert.mapping import Entry, Extra, identity, tied_head_extra, transpose
@@ -98,20 +99,12 @@ class HFLlama:
 
     def open(self, weights, cfg, config=None):
         src = open_source(weights)
-        try:
-            return (config if config is not None else config_from_dict(cfg)), src
-        except Exception:
-            src.close()
-            raise
+        return opened(src, lambda _: config if config is not None else config_from_dict(cfg)), src
 
-    def entries(self, config) -> list[Entry]:
-        return entries(config)
+    entries = staticmethod(entries)
+    extras = staticmethod(extras)
 
-    def extras(self, config) -> list[Extra]:
-        return extras(config)
-
-    def ignored(self, key: str) -> bool:
-        return ignored(key)
+    ignored = staticmethod(ignored)
 
     def check(self, source, config) -> str:
         return ""
