@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,3 +32,33 @@ def random_qkv(seed, b, t, h, f, d, m=None, dtype=jnp.float32):
     if m is None:
         return q, k, v
     return q, k, v, jax.random.normal(ks[3], (b, m, h, f), dtype), jax.random.normal(ks[4], (b, m, h, d), dtype)
+
+
+# ------------------------------------------------------------------------------------ exporting for hardware
+
+# The GPU this CPU-only machine exports Triton kernels for. jax 0.10 picked compute capability 9.0 by itself
+# when it saw no GPU ("the minimum CC supported by Triton"); from jax 0.12 the Triton lowering asks
+# `jax._src.pallas.triton.gpu_info.get_gpu_info()`, which reads the device kind of the abstract mesh in context
+# and otherwise raises "No supported GPU devices found, please specify an abstract GPU device using
+# AbstractDevice". An H100 (compute capability 9.0) keeps both versions lowering for the same target.
+CUDA_EXPORT_DEVICE = jax.sharding.AbstractDevice(device_kind="NVIDIA H100", num_cores=132, platform="gpu")
+
+TRITON_CHECKS = (jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton"),)
+
+
+@contextlib.contextmanager
+def gpu_export_target(device=CUDA_EXPORT_DEVICE):
+    """Lower GPU kernels for `device` (an abstract device) inside the block, whatever the local devices."""
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (), abstract_device=device)):
+        yield
+
+
+def export_for(fn, platforms, *args):
+    """`jax.export.export(fn, platforms=platforms)(*args)` from this machine: with "cuda" among the platforms, an
+    abstract H100 as the target of the GPU lowerings and the Triton custom call allowed (it is not one of jax's
+    stable custom calls)."""
+    platforms = list(platforms)
+    cuda = "cuda" in platforms
+    checks = TRITON_CHECKS if cuda else ()
+    with gpu_export_target() if cuda else contextlib.nullcontext():
+        return jax.export.export(fn, platforms=platforms, disabled_checks=checks)(*args)

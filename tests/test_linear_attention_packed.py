@@ -15,7 +15,7 @@ import pytest
 
 import pallas_kernels
 from jrt_jax import ops
-from tests.helpers import assert_rel, random_qkv
+from tests.helpers import assert_rel, export_for, random_qkv
 from tests.segment_helpers import documents, random_segment_ids
 
 IMPLS = ["xla", "pallas"]  # "pallas" runs the kernels in the Pallas interpreter on CPU
@@ -284,9 +284,6 @@ def test_kernels_with_documents_and_unnormalised_output(backend):
     assert_rel(z, sr.z, 1e-5, "z")
 
 
-_GPU_CHECKS = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
-
-
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])
 @pytest.mark.parametrize("normalize", [True, False])
 def test_kernels_with_documents_lower_for_hardware(platform, normalize):
@@ -298,8 +295,7 @@ def test_kernels_with_documents_lower_for_hardware(platform, normalize):
 
     args = [jax.ShapeDtypeStruct((2, 1000, 4, 16), jnp.bfloat16)] * 2
     args += [jax.ShapeDtypeStruct((2, 1000, 4, 64), jnp.bfloat16), jax.ShapeDtypeStruct((2, 1000), jnp.int32)]
-    checks = _GPU_CHECKS if platform == "cuda" else []
-    text = jax.export.export(jax.jit(f), platforms=[platform], disabled_checks=checks)(*args).mlir_module()
+    text = export_for(jax.jit(f), [platform], *args).mlir_module()
     assert ("tpu_custom_call" if platform == "tpu" else "xla.gpu.triton") in text
 
 

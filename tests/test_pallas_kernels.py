@@ -10,7 +10,7 @@ import pytest
 
 import pallas_kernels
 from jrt_jax import ops
-from tests.helpers import assert_rel, random_qkv
+from tests.helpers import assert_rel, export_for, random_qkv
 
 BACKENDS = ["tpu", "gpu"]
 ON_GPU = jax.default_backend() in ("gpu", "cuda")
@@ -91,9 +91,6 @@ def test_ops_pallas_path_and_gradients():
 
 # ----------------------------------------------------------------------------------- lowering for hardware
 
-_GPU_CHECKS = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
-
-
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("emit_output,save_states", [(True, False), (True, True), (False, False)])
@@ -103,9 +100,7 @@ def test_kernels_lower_for_hardware(platform, dtype, emit_output, save_states):
     f = jax.jit(functools.partial(pallas_kernels.linear_attention_prefill, backend=backend, interpret=False,
                                   chunk_size=64, emit_output=emit_output, save_states=save_states))
     args = [jax.ShapeDtypeStruct((2, 1000, 4, 16), dtype)] * 2 + [jax.ShapeDtypeStruct((2, 1000, 4, 64), dtype)]
-    checks = _GPU_CHECKS if platform == "cuda" else []
-    exported = jax.export.export(f, platforms=[platform], disabled_checks=checks)(*args)
-    text = exported.mlir_module()
+    text = export_for(f, [platform], *args).mlir_module()
     assert ("tpu_custom_call" if platform == "tpu" else "xla.gpu.triton") in text
 
 
@@ -116,7 +111,7 @@ def _count_kernels(text):
 @pytest.mark.parametrize("impl", ["pallas", "auto"])
 def test_one_function_exports_for_every_platform(impl):
     """One jitted, differentiable PLA (kernel forward, XLA backward) exported for TPU, CUDA and CPU from this
-    CPU-only machine: each platform's kernel is in it, chosen by platform, no context manager."""
+    CPU-only machine: each platform's kernel is in it, chosen by platform, not by a context manager."""
     def loss(q, k, v, ke, ve, seg):
         y = ops.prefix_linear_attention(q, k, v, ke, ve, segment_ids=seg, implementation=impl, chunk_size=64)
         return jnp.sum(y.astype(jnp.float32))
@@ -124,7 +119,7 @@ def test_one_function_exports_for_every_platform(impl):
     shapes = [(1, 300, 2, 16), (1, 300, 2, 16), (1, 300, 2, 64), (1, 100, 2, 16), (1, 100, 2, 64)]
     args = [jax.ShapeDtypeStruct(s, jnp.bfloat16) for s in shapes] + [jax.ShapeDtypeStruct((1, 300), jnp.int32)]
     fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4)))
-    export = lambda platforms: jax.export.export(fn, platforms=platforms, disabled_checks=_GPU_CHECKS)(*args)
+    export = lambda platforms: export_for(fn, platforms, *args)
     # Packed documents with an encoder: a forward and a backward causal pass over the encoder plus the causal
     # pass itself, three kernel calls per platform.
     assert _count_kernels(export(["tpu", "cuda", "cpu"]).mlir_module()) == (3, 3)
@@ -137,11 +132,11 @@ def test_auto_falls_back_where_a_kernel_cannot_run():
     """F = 8 is no shape for the Triton kernel: "auto" lowers the XLA path for CUDA, "pallas" says why."""
     args = [jax.ShapeDtypeStruct((1, 64, 2, 8), jnp.float32)] * 2 + [jax.ShapeDtypeStruct((1, 64, 2, 16), jnp.float32)]
     auto = jax.jit(functools.partial(ops.linear_attention, implementation="auto"))
-    text = jax.export.export(auto, platforms=["tpu", "cuda"], disabled_checks=_GPU_CHECKS)(*args).mlir_module()
+    text = export_for(auto, ["tpu", "cuda"], *args).mlir_module()
     assert _count_kernels(text) == (1, 0)
     pallas = jax.jit(functools.partial(ops.linear_attention, implementation="pallas"))
     with pytest.raises(ValueError, match="the cuda kernel cannot take these inputs: the GPU kernel needs a power-of-two"):
-        jax.export.export(pallas, platforms=["cuda"], disabled_checks=_GPU_CHECKS)(*args)
+        export_for(pallas, ["cuda"], *args)
 
 
 @pytest.mark.parametrize("impl", ["pallas", "auto"])

@@ -14,6 +14,16 @@ kernel, runs in the Pallas interpreter on CPU for the tests, and exports for CUD
 (`jax.export(..., platforms=["cuda"])`). jax-triton would need a separate Triton-language kernel that can only
 be exercised on a GPU. The choice was not measured against jax-triton: no GPU was available when this kernel
 was written; `benchmarks/kernels.py` is ready to make that measurement.
+
+Exporting without a GPU: jax 0.10 lowered for compute capability 9.0 when it saw none; jax 0.12 asks for the
+target, an abstract GPU device in context, and otherwise raises "No supported GPU devices found":
+
+    gpu = jax.sharding.AbstractDevice(device_kind="NVIDIA H100", num_cores=132, platform="gpu")
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (), abstract_device=gpu)):
+        exported = jax.export.export(f, platforms=["cuda"], disabled_checks=[...])(*args)
+
+(`tests.helpers.export_for` does this). jax 0.12 also marks the Pallas Triton backend deprecated (a
+DeprecationWarning at lowering) in favour of Mosaic GPU.
 """
 
 from __future__ import annotations
