@@ -57,3 +57,15 @@ def documents(seg):
             start, stop = int(where[0]), int(where[-1]) + 1
             out.append((b, start, stop, real[b, start:stop] & (run[b, start:stop] == d)))
     return out
+
+
+def assert_packed_equals_alone(packed, solo, docs, shape, what: str = "") -> None:
+    """Each document's real positions in the packed output equal row n of `solo` (document n run alone, as
+    `documents` lists them); every position outside a document is exactly 0."""
+    from tests.helpers import assert_rel
+
+    covered = np.zeros(shape, bool)
+    for n, (b, start, stop, m) in enumerate(docs):
+        assert_rel(packed[b, start:stop][m], solo[n, : stop - start][m], 1e-5, what)
+        covered[b, start:stop] |= m
+    assert np.all(packed[~covered] == 0)

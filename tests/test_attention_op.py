@@ -12,7 +12,7 @@ import pytest
 
 from jrt_jax.ops.attention import causal_attention
 from tests.helpers import assert_rel
-from tests.segment_helpers import documents, python_document_ids, random_segment_ids
+from tests.segment_helpers import assert_packed_equals_alone, documents, python_document_ids, random_segment_ids
 
 # (implementation, block_q, block_k): blocks shorter and longer than documents, unequal in both directions
 IMPLS = [("xla", 16, 8), ("xla", 8, 32), ("dense", 128, 128)]
@@ -109,11 +109,7 @@ def test_each_document_alone_equals_the_packed_row():
     for impl, bq, bk in IMPLS[:1] + IMPLS[-1:]:
         packed = np.asarray(_attn(impl, bq, bk, q, k, v, segment_ids=jnp.asarray(seg)))
         solo = np.asarray(_attn(impl, bq, bk, *map(jnp.asarray, alone), mask=jnp.asarray(alone_m)))
-        covered = np.zeros(seg.shape, bool)
-        for n, (b, start, stop, m) in enumerate(docs):
-            assert_rel(packed[b, start:stop][m], solo[n, : stop - start][m], 1e-5, impl)
-            covered[b, start:stop] |= m
-        assert np.all(packed[~covered] == 0)
+        assert_packed_equals_alone(packed, solo, docs, seg.shape, impl)
 
 
 def test_nan_in_padding_reaches_nothing():

@@ -12,7 +12,7 @@ import pytest
 from jrt_jax import ops
 from jrt_jax.ops.sliding_window import sliding_window_step
 from tests.helpers import assert_rel, random_qkv
-from tests.segment_helpers import documents, python_document_ids, random_segment_ids
+from tests.segment_helpers import assert_packed_equals_alone, documents, python_document_ids, random_segment_ids
 
 
 def _numpy_loop(q, k, v, window, mask=None, seg=None):
@@ -172,11 +172,7 @@ def test_each_document_alone_equals_the_packed_row():
         kw = dict(window=window, implementation=impl, block_size=8)
         packed = np.asarray(ops.sliding_window_attention(q, k, v, segment_ids=jnp.asarray(seg), **kw))
         solo = np.asarray(ops.sliding_window_attention(*map(jnp.asarray, alone), mask=jnp.asarray(alone_m), **kw))
-        covered = np.zeros(seg.shape, bool)
-        for n, (b, start, stop, m) in enumerate(docs):
-            assert_rel(packed[b, start:stop][m], solo[n, : stop - start][m], 1e-5, impl)
-            covered[b, start:stop] |= m
-        assert np.all(packed[~covered] == 0)
+        assert_packed_equals_alone(packed, solo, docs, seg.shape, impl)
 
 
 def test_nan_in_padding_reaches_nothing():
