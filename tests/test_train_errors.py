@@ -269,3 +269,40 @@ def test_metrics_hold_each_step_once_after_a_resume(tmp_path):
     assert all(r["loss"] == first[r["step"]] for r in rows if r["step"] in first)  # replayed exactly
     text = (logs / "metrics.jsonl").read_text()
     assert all(json.loads(line) for line in text.splitlines())  # no torn line left
+
+
+def test_stderr_filter_drops_only_event_loop_echoes():
+    """The filter `jrt train` puts on stderr: another thread's "Event loop is closed" traceback (written in pieces,
+    interleaved with the main thread, flushed half-way) vanishes; any other traceback and plain text pass intact."""
+    import io
+    import threading
+
+    sink = io.StringIO()
+    out = cli._DropEchoes(sink)
+    echo = ['Traceback (most recent call last):\n', '  File "/x/asyncio/base_events.py", line 806, in call_soon\n',
+            "    self._check_closed()\n", "RuntimeError: Event loop is closed\n"]
+    real = ["Traceback (most recent call last):\n", '  File "a.py", line 1, in f\n', "ValueError: boom\n"]
+    steps = threading.Event()
+
+    def other():
+        for piece in echo[:2]:
+            out.write(piece)
+        steps.set()
+        steps2.wait()
+        for piece in echo[2:]:
+            out.write(piece)
+        for piece in real:
+            out.write(piece)
+
+    steps2 = threading.Event()
+    t = threading.Thread(target=other)
+    t.start()
+    steps.wait()
+    out.write("step 1 loss")
+    out.flush()  # the main thread flushes while the other thread's traceback is open
+    out.write(" 2.5\n")
+    steps2.set()
+    t.join()
+    out.write("partial")
+    out.drain()
+    assert sink.getvalue() == "step 1 loss 2.5\n" + "".join(real) + "partial"

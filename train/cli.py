@@ -51,6 +51,83 @@ def _quiet_orbax() -> None:
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
+class _DropEchoes:
+    """sys.stderr without the "Event loop is closed" tracebacks of a failed orbax write.
+
+    After a background write fails, orbax closes its event loop while tensorstore still completes the other writes;
+    each completion raises "RuntimeError: Event loop is closed" in a tensorstore thread, which prints it with
+    PyErr_Print straight to sys.stderr (sys.excepthook is not consulted). They are echoes of the one failure we
+    report in one line. Each thread's traceback is held from "Traceback (most recent call last):" to its final
+    exception line and dropped only if that line is exactly the echo; everything else passes through unchanged.
+    Why not a logging filter: these tracebacks never pass through logging.
+    """
+
+    _ECHO = "RuntimeError: Event loop is closed"
+    _ECHO_LINES = ("Traceback (most recent call last):", "    self._check_closed()",
+                   "    raise RuntimeError('Event loop is closed')", _ECHO)
+
+    def __init__(self, stream):
+        import threading
+
+        self._stream = stream
+        self._lock = threading.Lock()
+        self._held: dict[int, list[str]] = {}  # thread id -> lines of an open traceback
+        self._partial: dict[int, str] = {}  # thread id -> text written since its last newline
+
+    def write(self, text: str) -> int:
+        import threading
+
+        key = threading.get_ident()
+        with self._lock:
+            *lines, rest = (self._partial.pop(key, "") + text).split("\n")
+            if rest:
+                self._partial[key] = rest
+            out = []
+            for line in lines:
+                held = self._held.get(key)
+                if held is None:
+                    if line == "Traceback (most recent call last):":
+                        self._held[key] = [line]
+                    else:
+                        out.append(line)
+                    continue
+                held.append(line)
+                if line and not line[0].isspace() and not line.startswith(("Traceback", "During handling",
+                                                                           "The above exception")):
+                    del self._held[key]  # the final line of the traceback
+                    if line != self._ECHO:
+                        out.extend(held)
+            if out:
+                self._stream.write("".join(line + "\n" for line in out))
+        return len(text)
+
+    def flush(self) -> None:
+        """Flush what is complete. Another thread's open traceback stays held: flush is called from anywhere
+        (logging flushes after each record), and releasing it half-way would defeat the filter."""
+        import threading
+
+        key = threading.get_ident()
+        with self._lock:
+            if key not in self._held and key in self._partial:
+                self._stream.write(self._partial.pop(key))
+            self._stream.flush()
+
+    def drain(self) -> None:
+        """Write everything held, finished or not (the command is over: nothing is lost), except the beginnings
+        of echoes (a thread cut off mid-traceback by the exit)."""
+        with self._lock:
+            for key in list(self._held):
+                held = self._held.pop(key)
+                if not all(line in self._ECHO_LINES or "asyncio/base_events.py" in line for line in held):
+                    self._stream.write("".join(line + "\n" for line in held))
+            for key in list(self._partial):
+                self._stream.write(self._partial.pop(key))
+            self._stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def _exit_now(code: int) -> int:
     """After a failed checkpoint write, exit without waiting for orbax's background threads: they wait for signals
     that never come (orbax 0.12.8), which kept the process alive for minutes after the error was reported.
@@ -60,7 +137,7 @@ def _exit_now(code: int) -> int:
     stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
     if stuck:
         sys.stdout.flush()
-        sys.stderr.flush()
+        getattr(sys.stderr, "drain", sys.stderr.flush)()
         os._exit(code)
     return code
 
@@ -96,6 +173,9 @@ def _train(argv) -> int:
             print(trainer.sharding_table)
         try:
             summary = trainer.run()
+        except CheckpointError:
+            raise  # orbax's manager is not closed after a failed write: closing its event loop under the
+            # still-running write threads makes each of them print a traceback; _exit_now ends the process.
         except BaseException:
             try:
                 trainer.close()
@@ -170,7 +250,16 @@ def main(argv=None) -> int:
     if command not in COMMANDS:
         print(f"jrt: unknown command {command!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    return COMMANDS[command](rest)
+    if command not in ("train", "eval-checkpoint"):
+        return COMMANDS[command](rest)
+    stream = sys.stderr
+    sys.stderr = _DropEchoes(stream)
+    try:
+        return COMMANDS[command](rest)
+    finally:
+        sys.stderr.drain()
+        if stream is not sys.__stderr__:  # called in-process (tests): give the caller its stream back; a real
+            sys.stderr = stream  # process keeps the filter through interpreter shutdown
 
 
 if __name__ == "__main__":
