@@ -40,7 +40,8 @@ class ModelConfig:
 class DataConfig:
     """Training data.
 
-    kind: "mqar" (multi-query associative recall), "set_disjointness" or "text" (tokenized local files).
+    kind: "mqar" (multi-query associative recall), "set_disjointness", "text" (small local files tokenized in
+      memory) or "tokens" (directories written by `jrt prepare-data`, streamed with grain).
     order: the order of the two parts of a synthetic example — MQAR: "kv_first" (context before the queried
       keys are known: a causal model must store every pair; hard) or "queries_first" (easy); set
       disjointness: "long_first" (hard) or "short_first". None: the hard order of the task.
@@ -50,9 +51,16 @@ class DataConfig:
     short_set, long_set, universe: set-disjointness sizes (one shared element) and the element vocabulary.
     text_files: glob patterns of UTF-8 files for kind="text"; tokenizer "gpt2" or "bytes".
     eval_examples: examples in the held-out evaluation set (generated from a different seed stream).
+    path: kind="tokens": one or more `jrt prepare-data` output directories. weights: their mixture weights (one
+      per path; default equal).
+    packing: kind="tokens": pack whole documents into each sequence with segment ids (state resets at every
+      document boundary, no loss across one; the JRT prefix is each document's first M tokens). False: fixed
+      windows over the concatenated documents, as kind="text".
+    workers: grain worker processes that prepare batches ahead of the step (0: a background thread).
+    prefetch: batches prepared ahead per worker.
     """
 
-    kind: Literal["mqar", "set_disjointness", "text"] = "set_disjointness"
+    kind: Literal["mqar", "set_disjointness", "text", "tokens"] = "set_disjointness"
     order: str | None = None
     seq_len: int = 32
     batch_size: int = 32
@@ -67,6 +75,11 @@ class DataConfig:
     tokenizer: Literal["gpt2", "bytes"] = "gpt2"
     eval_examples: int = 256
     seed: int = 0
+    path: tuple[str, ...] = ()
+    weights: tuple[float, ...] = ()
+    packing: bool = False
+    workers: int = 0
+    prefetch: int = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,6 +215,18 @@ class TrainConfig:
             raise ValueError(f"data.order must be one of {orders[d.kind]} for data.kind={d.kind!r}; got {d.order!r}")
         if d.kind == "text" and not d.text_files:
             raise ValueError("data.text_files must list at least one file pattern for data.kind='text'")
+        if d.kind == "tokens" and not d.path:
+            raise ValueError("data.path must name at least one `jrt prepare-data` directory for data.kind='tokens'")
+        if d.weights and len(d.weights) != len(d.path):
+            raise ValueError(f"data.weights has {len(d.weights)} entries but data.path has {len(d.path)}; give one "
+                             "weight per path (or none for equal weights)")
+        if any(not w > 0 for w in d.weights):
+            raise ValueError(f"data.weights must be positive numbers; got {list(d.weights)}")
+        if d.packing and d.kind != "tokens":
+            raise ValueError(f"data.packing=true needs data.kind='tokens' (documents from `jrt prepare-data`); got "
+                             f"data.kind={d.kind!r}")
+        if d.workers < 0 or d.prefetch < 1:
+            raise ValueError(f"data.workers must be >= 0 and data.prefetch >= 1; got {d.workers} and {d.prefetch}")
         if d.batch_size % o.grad_accum:
             raise ValueError(f"data.batch_size={d.batch_size} must be divisible by optim.grad_accum={o.grad_accum}")
         for axis in ("data", "fsdp", "tensor"):
@@ -228,7 +253,7 @@ def resolved_mlm_prob(cfg: TrainConfig) -> float:
     """objective.mlm_prob, with None resolved: 0.15 on text data, 0.0 on synthetic recall tasks."""
     if cfg.objective.mlm_prob is not None:
         return cfg.objective.mlm_prob
-    return 0.15 if cfg.data.kind == "text" else 0.0
+    return 0.15 if cfg.data.kind in ("text", "tokens") else 0.0
 
 
 def _positive(name, value):

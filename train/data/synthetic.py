@@ -33,7 +33,8 @@ FIRST_CONTENT = 4
 class Batch:
     tokens: np.ndarray  # [rows, seq_len] int32
     labels: np.ndarray  # [rows, seq_len] int32, -1 where no loss
-    enc_len: int  # prefix length M, the same for every example of the task
+    enc_len: int | None  # prefix length M, the same for every example of the task (None: the model's)
+    segment_ids: np.ndarray | None = None  # [rows, seq_len] int32 document ids of a packed batch (0: padding)
 
 
 def _rng(seed: int, split: int, step: int, row: int) -> np.random.Generator:
