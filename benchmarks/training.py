@@ -30,16 +30,17 @@ def measure(preset: str, objective: str, *, seq_len: int, batch: int, steps: int
         "checkpoint.dir=null", f"steps={steps + 1}",
     ])
     trainer = Trainer(cfg, log=lambda *a, **k: None)
-    tokens, labels = trainer._global_batch(0)
-    compiled = trainer.train_step.lower(trainer.state, trainer.rest, tokens, labels, np.int32(0)).compile()
+    tokens, labels, segments = trainer._global_batch(0)
+    compiled = trainer.train_step.lower(trainer.state, trainer.rest, tokens, labels, segments, np.int32(0)).compile()
     mem = compiled.memory_analysis()
     mem_bytes = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
     flops = trainer.flops_per_step()
     times = []
     for step in range(steps + 1):
-        tokens, labels = trainer._global_batch(step)
+        tokens, labels, segments = trainer._global_batch(step)
         start = time.perf_counter()
-        trainer.state, metrics = trainer.train_step(trainer.state, trainer.rest, tokens, labels, np.int32(step))
+        trainer.state, metrics = trainer.train_step(trainer.state, trainer.rest, tokens, labels, segments,
+                                                    np.int32(step))
         jax.block_until_ready(metrics["loss"])
         if step:  # the first call includes compilation
             times.append(time.perf_counter() - start)

@@ -26,15 +26,23 @@ def cross_entropy_sum(logits, labels, mask):
     return jnp.sum(ce), jnp.sum(valid.astype(jnp.float32))
 
 
-def mlm_mask(rng, tokens, enc_len: int, prob: float, mask_id: int, pad_id: int = 0):
-    """Replace each non-pad prefix token (t < enc_len) by `mask_id` with probability `prob`.
+def _positions(shape, positions):
+    """Each token's position within its document: `positions` [B, T] for packed rows, else 0..T-1."""
+    return jnp.arange(shape[1])[None, :] if positions is None else positions
 
+
+def mlm_mask(rng, tokens, enc_len: int, prob: float, mask_id: int, pad_id: int = 0, *, positions=None, real=None):
+    """Replace each non-pad prefix token (position < enc_len) by `mask_id` with probability `prob`.
+
+    Packed rows: `positions` [B, T] is each token's index within its document (`jrt_jax.nn.padding.
+    document_positions`), so the prefix is every document's first enc_len tokens, and `real` [B, T] bool marks
+    the non-padding tokens (it replaces the `pad_id` test, since id 0 is a real token of most tokenizers).
     Returns (masked tokens, mlm_labels) where mlm_labels[:, t] is the original token at masked positions and -1
     elsewhere.
     """
-    t = tokens.shape[1]
-    in_prefix = (jnp.arange(t) < enc_len)[None, :]
-    chosen = jax.random.bernoulli(rng, prob, tokens.shape) & in_prefix & (tokens != pad_id)
+    in_prefix = _positions(tokens.shape, positions) < enc_len
+    not_pad = (tokens != pad_id) if real is None else real
+    chosen = jax.random.bernoulli(rng, prob, tokens.shape) & in_prefix & not_pad
     return jnp.where(chosen, mask_id, tokens), jnp.where(chosen, tokens, -1)
 
 
@@ -43,14 +51,20 @@ def ntp_loss(logits, labels):
     return cross_entropy_sum(logits, labels, jnp.ones(labels.shape, bool))
 
 
-def jrt_loss(logits, labels, mlm_labels, enc_len: int):
+def decoder_positions(labels, enc_len: int, positions=None):
+    """[B, T] bool: the positions that carry the JRT objective's next-token loss (position ≥ enc_len within the
+    document; `positions` as in `mlm_mask`)."""
+    return jnp.broadcast_to(_positions(labels.shape, positions) >= enc_len, labels.shape)
+
+
+def jrt_loss(logits, labels, mlm_labels, enc_len: int, positions=None):
     """The two parts of the JRT loss: NTP on positions ≥ enc_len and MLM on the masked prefix positions.
 
+    `positions`: per-document token positions of packed rows (see `mlm_mask`); None: 0..T-1.
     Returns (ntp (sum, count), mlm (sum, count)); `combine` weights them into
     ntp_sum / ntp_count + weight · mlm_sum / mlm_count.
     """
-    t = labels.shape[1]
-    decoder = (jnp.arange(t) >= enc_len)[None, :]
+    decoder = decoder_positions(labels, enc_len, positions)
     ntp = cross_entropy_sum(logits, labels, jnp.broadcast_to(decoder, labels.shape))
     mlm = cross_entropy_sum(logits, mlm_labels, jnp.broadcast_to(~decoder, labels.shape))
     return ntp, mlm

@@ -172,12 +172,13 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------- steps
 
-    def _forward(self, params, rest, tokens):
+    def _forward(self, params, rest, tokens, segment_ids=None):
         model = nnx.merge(self.graphdef, params, rest)
+        kw = {} if segment_ids is None else {"segment_ids": segment_ids}
         with activation_sharding(self.activation_sharding):
             if isinstance(self.model_config, models.JRTConfig) and self.enc_len is not None:
-                return model(tokens, enc_len=min(self.enc_len, tokens.shape[1]))
-            return model(tokens)
+                return model(tokens, enc_len=min(self.enc_len, tokens.shape[1]), **kw)
+            return model(tokens, **kw)
 
     def _build_steps(self, graphdef):
         cfg = self.cfg
@@ -188,21 +189,23 @@ class Trainer:
         mlm_prob = resolved_mlm_prob(cfg)
         key = jax.random.PRNGKey(cfg.seed)
 
-        def loss_terms(params, rest, tokens, labels, mlm_labels, ntp_count, mlm_count):
-            logits = self._forward(params, rest, tokens)
+        def loss_terms(params, rest, tokens, labels, mlm_labels, segment_ids, ntp_count, mlm_count):
+            logits = self._forward(params, rest, tokens, segment_ids)
             if use_jrt:
-                ntp, mlm = objectives.jrt_loss(logits, labels, mlm_labels, enc_len)
+                ntp, mlm = objectives.jrt_loss(logits, labels, mlm_labels, enc_len, _doc_positions(segment_ids))
                 loss = ntp[0] / jnp.maximum(ntp_count, 1.0) + obj.mlm_weight * mlm[0] / jnp.maximum(mlm_count, 1.0)
                 return loss, (ntp[0], mlm[0])
             ntp = objectives.ntp_loss(logits, labels)
             return ntp[0] / jnp.maximum(ntp_count, 1.0), (ntp[0], jnp.zeros(()))
 
-        def train_step(state, rest, tokens, labels, step):
+        def train_step(state, rest, tokens, labels, segment_ids, step):
             params, opt_state = state["params"], state["opt_state"]
             if use_jrt:
+                positions = _doc_positions(segment_ids)
+                real = None if segment_ids is None else segment_ids != 0
                 tokens, mlm_labels = objectives.mlm_mask(jax.random.fold_in(key, step), tokens, enc_len, mlm_prob,
-                                                         obj.mask_token_id)
-                decoder = jnp.arange(labels.shape[1])[None, :] >= enc_len
+                                                         obj.mask_token_id, positions=positions, real=real)
+                decoder = objectives.decoder_positions(labels, enc_len, positions)
                 ntp_count = jnp.sum(((labels >= 0) & decoder).astype(jnp.float32))
             else:
                 mlm_labels = jnp.full_like(labels, -1)
@@ -216,13 +219,14 @@ class Trainer:
 
             def body(carry, mb):
                 grads, loss, ntp_sum, mlm_sum = carry
-                (l, (n, m)), g = grad_fn(params, rest, mb[0], mb[1], mb[2], ntp_count, mlm_count)
+                (l, (n, m)), g = grad_fn(params, rest, mb[0], mb[1], mb[2], mb[3], ntp_count, mlm_count)
                 return (jax.tree.map(jnp.add, grads, g), loss + l, ntp_sum + n, mlm_sum + m), None
 
             zeros = jax.tree.map(jnp.zeros_like, params)
             init = (zeros, jnp.zeros(()), jnp.zeros(()), jnp.zeros(()))
+            segments = None if segment_ids is None else micro(segment_ids)
             (grads, loss, ntp_sum, mlm_sum), _ = jax.lax.scan(body, init, (micro(tokens), micro(labels),
-                                                                         micro(mlm_labels)))
+                                                                         micro(mlm_labels), segments))
             updates, opt_state = self.tx.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
             metrics = {
@@ -238,29 +242,42 @@ class Trainer:
         state_shardings = {"params": self.param_shardings, "opt_state": self.opt_shardings}
         self.train_step = jax.jit(
             train_step,
-            in_shardings=(state_shardings, self.replicated, self.batch_sharding, self.batch_sharding, None),
+            in_shardings=(state_shardings, self.replicated, self.batch_sharding, self.batch_sharding,
+                          self.batch_sharding, None),
             out_shardings=(state_shardings, None),
             donate_argnums=(0,),
         )
 
-        def eval_step(params, rest, tokens, labels):
-            logits = self._forward(params, rest, tokens)
+        def eval_step(params, rest, tokens, labels, segment_ids):
+            logits = self._forward(params, rest, tokens, segment_ids)
             valid = labels >= 0
             correct = jnp.sum((jnp.argmax(logits, -1) == labels) & valid)
             ce, count = objectives.ntp_loss(logits, labels)
             return correct, count, ce
 
         self.eval_step = jax.jit(eval_step, in_shardings=(self.param_shardings, self.replicated, self.batch_sharding,
-                                                          self.batch_sharding))
+                                                          self.batch_sharding, self.batch_sharding))
 
     # -------------------------------------------------------------------------------------------------- data
 
     def _global_batch(self, step: int, split: int = 0, rows=None):
+        """(tokens, labels, segment_ids or None) of global step `step` as sharded arrays (this process's rows)."""
         rows = self.rows if rows is None else rows
-        batch = self.task.batch(step, rows, split)
+        return self._to_global(self.task.batch(step, rows, split))
+
+    def _to_global(self, batch):
         size = self.cfg.data.batch_size
-        return (meshlib.global_batch_array(batch.tokens, self.mesh, size),
-                meshlib.global_batch_array(batch.labels, self.mesh, size))
+        put = lambda x: None if x is None else meshlib.global_batch_array(x, self.mesh, size)
+        return put(batch.tokens), put(batch.labels), put(batch.segment_ids)
+
+    def _batches(self):
+        """The training batches from the current step on: the task's prefetching iterator when it has one
+        (data.kind=tokens: grain workers), else one batch per step. Either way batch s is the pure function
+        task.batch(s, rows), so the data position saved with a checkpoint is the step."""
+        iterate = getattr(self.task, "iterate", None)
+        if iterate is None:
+            return (self.task.batch(s, self.rows) for s in range(self.step, self.cfg.steps))
+        return iterate(self.step, self.rows)
 
     # ------------------------------------------------------------------------------------------ checkpoints
 
@@ -294,14 +311,14 @@ class Trainer:
         batches = max(1, math.ceil(self.cfg.data.eval_examples / size))
         correct = count = ce = 0.0
         for i in range(batches):
-            tokens, labels = self._global_batch(i, split=1)
-            c, n, e = self.eval_step(self.state["params"], self.rest, tokens, labels)
+            tokens, labels, segments = self._global_batch(i, split=1)
+            c, n, e = self.eval_step(self.state["params"], self.rest, tokens, labels, segments)
             correct, count, ce = correct + float(c), count + float(n), ce + float(e)
         return {"eval_accuracy": correct / max(count, 1.0), "eval_loss": ce / max(count, 1.0)}
 
     def flops_per_step(self) -> float:
-        tokens, labels = self._global_batch(0)
-        compiled = self.train_step.lower(self.state, self.rest, tokens, labels, jnp.int32(0)).compile()
+        tokens, labels, segments = self._global_batch(0)
+        compiled = self.train_step.lower(self.state, self.rest, tokens, labels, segments, jnp.int32(0)).compile()
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         return float(cost.get("flops", float("nan"))) if cost else float("nan")
@@ -335,10 +352,12 @@ class Trainer:
         progress = Progress(cfg.steps, self.step, cfg.logging.progress)
         last, metrics = {}, None
         t0, steps_timed = time.perf_counter(), 0
+        batches = self._batches()
         try:
             while self.step < cfg.steps and not self._stop_requested:
-                tokens, labels = self._global_batch(self.step)
-                self.state, metrics = self.train_step(self.state, self.rest, tokens, labels, jnp.int32(self.step))
+                tokens, labels, segments = self._to_global(next(batches))
+                self.state, metrics = self.train_step(self.state, self.rest, tokens, labels, segments,
+                                                      jnp.int32(self.step))
                 self.step += 1
                 steps_timed += 1
                 if self.step % cfg.logging.every == 0 or self.step == cfg.steps:
@@ -373,6 +392,9 @@ class Trainer:
             if self.checkpointer is not None:
                 self.checkpointer.wait()
         finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()  # stops grain's prefetch workers
             progress.close()
             writer.close()
             if previous is not None:
@@ -386,6 +408,15 @@ class Trainer:
     def close(self) -> None:
         if self.checkpointer is not None:
             self.checkpointer.close()
+
+
+def _doc_positions(segment_ids):
+    """Each token's position within its document for packed rows (None for unpacked ones)."""
+    if segment_ids is None:
+        return None
+    from jrt_jax.nn.padding import document_positions
+
+    return document_positions(None, segment_ids, *segment_ids.shape)
 
 
 def _main_thread() -> bool:

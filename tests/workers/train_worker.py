@@ -45,8 +45,8 @@ def _trainer(overrides):
 def _losses(trainer, steps):
     out = []
     for _ in range(steps):
-        tokens, labels = trainer._global_batch(trainer.step)
-        trainer.state, metrics = trainer.train_step(trainer.state, trainer.rest, tokens, labels,
+        tokens, labels, segments = trainer._global_batch(trainer.step)
+        trainer.state, metrics = trainer.train_step(trainer.state, trainer.rest, tokens, labels, segments,
                                                     np.int32(trainer.step))
         trainer.step += 1
         out.append(float(metrics["loss"]))
