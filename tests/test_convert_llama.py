@@ -72,6 +72,25 @@ def test_hf_llama_matches_transformers(case, tmp_path):
     assert np.abs(want).max() > 1.0
 
 
+@pytest.mark.parametrize("scaling", [None, {"rope_type": "linear", "factor": 2.0},
+                                     {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 24},
+                                     {"rope_type": "llama3", "factor": 2.0, "low_freq_factor": 1.0,
+                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 24}],
+                         ids=["none", "linear", "yarn", "llama3"])
+def test_past_the_trained_window_matches_transformers(scaling, tmp_path):
+    """No length guard: 3x past max_position_embeddings x factor, logits still equal transformers' (fp32)."""
+    hf = ch.tiny_hf_llama(seed=7, tie=False, rope_scaling=scaling, max_position_embeddings=24)
+    hf.save_pretrained(tmp_path)
+    model = from_pretrained(tmp_path)
+    length = 3 * model.trained_length + 5
+    tokens = np.random.default_rng(1).integers(0, 300, (1, length))
+    with pytest.warns(UserWarning, match="extrapolate past the trained context"):
+        got = np.asarray(model(jnp.asarray(tokens)))
+    err = ch.max_abs(got, _logits(hf, tokens))
+    print(f"\n{scaling and scaling['rope_type']}: T={length}, trained {model.trained_length}: max |diff| = {err:.2e}")
+    assert err <= 1e-4
+
+
 def test_sharded_safetensors_bin_and_bf16(tmp_path):
     hf = ch.tiny_hf_llama(seed=3, rope_scaling={"rope_type": "linear", "factor": 2.0})
     tokens = np.random.default_rng(1).integers(0, 300, (1, 50))

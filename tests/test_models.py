@@ -216,14 +216,30 @@ def test_forward_bad_input_is_named():
     with pytest.raises(ValueError, match="mask must have shape"):
         model(jnp.asarray([[1, 2, 3]]), mask=jnp.ones((1, 4), bool))
     llama = mh.model("llama")
-    too_long = jnp.zeros((1, llama.config.max_position_embeddings + 1), jnp.int32)
-    with pytest.raises(ValueError, match=r"sequence length 4097 exceeds the model's maximum length 4096"):
-        llama(too_long)
     with pytest.raises(ValueError, match="LlamaLM has no encoder"):
         llama(jnp.asarray([[1, 2]]), enc_len=1)
     limited = nnx.eval_shape(lambda: JRTLM(dataclasses.replace(mh.JRT_TEST, max_seq_len=8), rngs=nnx.Rngs(0)))
     with pytest.raises(ValueError, match="exceeds the model's maximum length 8"):
         limited(jnp.zeros((1, 9), jnp.int32))
+
+
+def test_llama_runs_past_its_trained_context_and_warns_once():
+    """max_position_embeddings is metadata, as in transformers: longer inputs run; one warning per model config."""
+    import warnings
+
+    llama = LlamaLM(dataclasses.replace(mh.LLAMA_TEST, max_position_embeddings=8, rope_scaling=None),
+                    rngs=nnx.Rngs(0))
+    assert llama.max_length is None and llama.trained_length == 8
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for t in (8, 12, 20):
+            assert llama(jnp.zeros((1, t), jnp.int32)).shape == (1, t, 300)
+    past = [w for w in caught if "extrapolate past the trained context" in str(w.message)]
+    assert len(past) == 1 and "= 8 positions" in str(past[0].message)
+    pi = nnx.eval_shape(lambda: LlamaLM(dataclasses.replace(
+        mh.LLAMA_TEST, max_position_embeddings=8, rope_scaling={"rope_type": "linear", "factor": 4.0}),
+        rngs=nnx.Rngs(0)))
+    assert pi.trained_length == 32
 
 
 # --- forward semantics -----------------------------------------------------------------------------------------------

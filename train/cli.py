@@ -2,6 +2,7 @@
 
     jrt train [--config FILE] [key=value ...]     train (built-in default: tiny JRT-RNN on set disjointness)
     jrt eval-checkpoint --dir DIR [key=value ...]  evaluate the latest (or --step) checkpoint of a run
+    jrt prepare-data --output DIR ... FILE ...     tokenize text into shards for data.kind=tokens
     jrt generate ...                               text generation (jrt_jax.generate.cli)
     jrt convert SRC DST ...                        checkpoint conversion (jrt_jax.convert.cli)
 
@@ -236,6 +237,7 @@ def _delegate(module: str):
 COMMANDS = {
     "train": _train,
     "eval-checkpoint": _eval_checkpoint,
+    "prepare-data": _delegate("train.data.prepare"),
     "generate": _delegate("jrt_jax.generate.cli"),
     "convert": _delegate("jrt_jax.convert.cli"),
 }

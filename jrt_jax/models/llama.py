@@ -11,6 +11,8 @@ transposed); the residual stream and logits are float32.
 
 from __future__ import annotations
 
+import warnings
+
 import jax.numpy as jnp
 from flax import nnx
 
@@ -67,20 +69,28 @@ class LlamaLM(DecoderLM):
             dtype=self.dtype, param_dtype=param_dtype, rngs=rngs)
 
     @property
-    def max_length(self) -> int | None:
-        """Longest sequence accepted: `config.max_position_embeddings`, or None (no limit) under dynamic NTK
-        scaling, which exists to run past that length: RoPE is rescaled to the sequence length, as transformers
-        does."""
-        scaling = self.config.rope_scaling
-        if scaling is not None and scaling.get("rope_type", scaling.get("type")) == "dynamic":
-            return None
-        return self.config.max_position_embeddings
+    def max_length(self) -> None:
+        """No limit: as in transformers, any length runs. `max_position_embeddings` is metadata — the trained
+        context that RoPE scaling refers to — and going past `trained_length` only warns (once)."""
+        return None
+
+    @property
+    def trained_length(self) -> int:
+        """max_position_embeddings × the RoPE scaling factor (1 without one): past it the model extrapolates."""
+        scaling = self.config.rope_scaling or {}
+        factor = float(scaling.get("factor", 1.0)) if scaling.get("rope_type", scaling.get("type")) != "dynamic" \
+            else 1.0
+        return int(self.config.max_position_embeddings * max(factor, 1.0))
 
     def context(self, tokens, mask, enc_len, segment_ids) -> SequenceContext:
         if enc_len is not None:
             raise ValueError(f"enc_len is a JRT-RNN setting; LlamaLM has no encoder (got enc_len={enc_len!r})")
-        check_tokens(tokens, self.config.vocab_size, self.max_length)
+        check_tokens(tokens, self.config.vocab_size, None)
         b, t = tokens.shape
+        if t > self.trained_length:
+            # One warning per distinct message (Python's default filter): the length is left out on purpose.
+            warnings.warn(f"LlamaLM: sequences longer than max_position_embeddings x RoPE factor = "
+                          f"{self.trained_length} positions extrapolate past the trained context", stacklevel=3)
         mask = check_mask_shape(mask, b, t)
         return SequenceContext.for_sequence(b, t, mask=mask, segment_ids=segment_ids)
 

@@ -55,7 +55,8 @@ class LlamaConfig:
       num_key_value_heads: GQA key/value heads (None → num_attention_heads); must divide the query heads.
       head_dim: size of one head (None → hidden_size // num_attention_heads).
       rms_norm_eps, rope_theta, max_position_embeddings, tie_word_embeddings, attention_bias, mlp_bias: as in HF.
-        max_position_embeddings is also the longest sequence the model accepts.
+        max_position_embeddings is metadata (the trained context RoPE scaling refers to): any length runs, as in
+        transformers; past max_position_embeddings x factor the model warns once.
       rope_scaling: None or a HF rope_scaling dict ("linear" = Position Interpolation, "dynamic", "yarn",
         "llama3", "longrope"), validated by `ops.rope_frequencies`; stored as an immutable mapping.
       initializer_range: std of the normal initialisers.

@@ -1,4 +1,5 @@
-"""Training data: synthetic recall tasks generated per step, and tokenized text packed into sequences."""
+"""Training data: synthetic recall tasks generated per step, tokenized text packed into sequences, and
+pre-tokenized `jrt prepare-data` directories streamed with grain (`train.data.tokens`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ def make_task(cfg: DataConfig, model_config=None):
     elif cfg.kind == "set_disjointness":
         task = SetDisjointness(seq_len=cfg.seq_len, short_set=cfg.short_set, long_set=cfg.long_set,
                                universe=cfg.universe, order=cfg.order or "long_first", seed=cfg.seed)
+    elif cfg.kind == "tokens":
+        from train.data.tokens import TokenData
+
+        task = TokenData(cfg, model_config)
     else:
         from train.data.text import TextData
 
