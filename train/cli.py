@@ -4,6 +4,7 @@
     jrt eval-checkpoint --dir DIR [key=value ...]  evaluate the latest (or --step) checkpoint of a run
     jrt prepare-data --output DIR ... FILE ...     tokenize text into shards for data.kind=tokens
     jrt generate ...                               text generation (jrt_jax.generate.cli)
+    jrt eval perplexity|... --model M ...          evaluations (jrt_jax.evals.cli)
     jrt convert SRC DST ...                        checkpoint conversion (jrt_jax.convert.cli)
 
 The dispatcher lives in `train` because imports go train → jrt_jax, never the other way.
@@ -239,6 +240,7 @@ COMMANDS = {
     "eval-checkpoint": _eval_checkpoint,
     "prepare-data": _delegate("train.data.prepare"),
     "generate": _delegate("jrt_jax.generate.cli"),
+    "eval": _delegate("jrt_jax.evals.cli"),
     "convert": _delegate("jrt_jax.convert.cli"),
 }
 

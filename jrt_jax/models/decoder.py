@@ -66,11 +66,18 @@ class DecoderLM(nnx.Module):
           segment_ids: optional [B, T] int packed-document ids (0 = padding): no mixer crosses a document
             boundary, positions restart per document, and each document has its own PLA encoder.
         """
+        return self.output_logits(self.hidden_states(tokens, enc_len=enc_len, mask=mask, segment_ids=segment_ids))
+
+    def hidden_states(self, tokens: jax.Array, *, enc_len=None, mask: jax.Array | None = None,
+                      segment_ids: jax.Array | None = None) -> jax.Array:
+        """The last layer's output [B, T, d] (float32) before the final norm and head: `output_logits` of it is
+        `__call__`. Scoring long sequences applies the head a slice at a time (`jrt_jax.evals.scoring`) rather
+        than materialising [B, T, V] logits (16k tokens x 49k vocabulary = 3.2 GB in float32)."""
         ctx = self.context(tokens, mask, enc_len, segment_ids)
         x = constrain(self.embed_input(tokens))
         for layer in self.layers:
             x = constrain(layer(x, ctx)[0])
-        return self.output_logits(x)
+        return x
 
     def init_cache(self, batch: int, cache_len: int | None = None) -> tuple:
         """Empty per-layer caches; `cache_len` is the capacity of KV caches (prompt + tokens to generate)."""

@@ -1,0 +1,158 @@
+"""`jrt_jax.evals`: sliding-window perplexity (windows, chunked scoring, equality with transformers' strided
+recipe) and the `jrt eval` command's output and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jrt_jax.evals import perplexity, target_logprobs, windows
+from tests import model_helpers as mh
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("length,context,stride", [(10, 4, 4), (10, 4, 3), (11, 4, 1), (9, 9, 9), (100, 32, 7)])
+def test_windows_score_each_token_at_most_once(length, context, stride):
+    scored, unscored, prev = [], {0}, 0
+    ws = windows(length, context, stride)
+    for w in ws:
+        assert 0 <= w.begin < w.end <= length and w.end - w.begin <= context
+        scored += list(range(w.first_scored, w.end))
+        if w.begin >= prev and w.begin > 0:
+            unscored.add(w.begin)  # a window starting where the last one ended cannot score its first token
+        prev = w.end
+    assert len(scored) == len(set(scored)) and set(scored) | unscored == set(range(length))
+    if stride < context:
+        assert sorted(scored) == list(range(1, length))
+    # The recipe: window k starts at k·stride and scores its last end_k − end_{k−1} tokens.
+    prev = 0
+    for k, w in enumerate(ws):
+        assert w.begin == k * stride and w.end == min(k * stride + context, length)
+        assert w.first_scored == max(prev, w.begin + 1)
+        prev = w.end
+
+
+def test_windows_errors():
+    with pytest.raises(ValueError, match="stride=5 > context=4"):
+        windows(10, 4, 5)
+    with pytest.raises(ValueError, match="context must be a positive int; got 0"):
+        windows(10, 0, 1)
+    with pytest.raises(ValueError, match="at least 2"):
+        windows(1, 4, 4)
+
+
+@pytest.mark.parametrize("name", ["jrt", "llama"])
+def test_target_logprobs_equal_log_softmax_of_the_logits(name):
+    model = mh.model(name)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, model.config.vocab_size, (2, 37))
+    targets = np.where(rng.random((2, 37)) < 0.7, rng.integers(0, model.config.vocab_size, (2, 37)), -1)
+    logp, greedy = target_logprobs(model, tokens, targets, chunk=8)  # 8 does not divide 37
+    full = np.asarray(jax.nn.log_softmax(model(jnp.asarray(tokens)), axis=-1))
+    b, t = np.nonzero(targets >= 0)
+    np.testing.assert_allclose(logp[b, t], full[b, t, targets[b, t]], atol=2e-5)
+    assert (logp[targets < 0] == 0).all() and not greedy[targets < 0].any()
+    np.testing.assert_array_equal(greedy[b, t], full[b, t].argmax(-1) == targets[b, t])
+
+
+def _reference_perplexity(model, ids, context, stride):
+    """The recipe with full logits, window by window, in float64."""
+    nll, n, prev = 0.0, 0, 0
+    for begin in range(0, len(ids), stride):
+        end = min(begin + context, len(ids))
+        logp = np.asarray(jax.nn.log_softmax(model(jnp.asarray(ids[None, begin:end])), -1), np.float64)[0]
+        for j in range(max(prev, begin + 1), end):
+            nll -= logp[j - 1 - begin, ids[j]]
+            n += 1
+        prev = end
+        if end == len(ids):
+            break
+    return nll / n, n
+
+
+@pytest.mark.parametrize("stride,batch", [(16, 1), (5, 3)])
+def test_perplexity_equals_the_recipe_with_full_logits(stride, batch):
+    model = mh.model("llama")
+    ids = np.random.default_rng(1).integers(0, 300, 70)
+    got = perplexity(model, ids, context=16, stride=stride, batch_size=batch, chunk=6)
+    want, n = _reference_perplexity(model, ids, 16, stride)
+    assert got.tokens == n == (69 if stride < 16 else 70 - 5)
+    np.testing.assert_allclose(got.nll, want, rtol=1e-5)
+    np.testing.assert_allclose(got.perplexity, np.exp(want), rtol=1e-5)
+
+
+def test_perplexity_equals_transformers_strided_recipe(tmp_path):
+    """transformers' LlamaForCausalLM with labels = -100 outside each window's new tokens (its loss averages over
+    the shifted labels), summed as the recipe does, against ours on the same converted weights."""
+    torch = pytest.importorskip("torch")
+    from jrt_jax.convert import from_pretrained
+    from tests import convert_helpers as ch
+
+    hf = ch.tiny_hf_llama(seed=3, max_position_embeddings=64)
+    hf.save_pretrained(tmp_path)
+    model = from_pretrained(tmp_path)
+    ids = np.random.default_rng(2).integers(0, 300, 200)
+    context, stride = 48, 20
+    nll_sum, n_tokens, prev = 0.0, 0, 0
+    for begin in range(0, len(ids), stride):
+        end = min(begin + context, len(ids))
+        trg = end - prev
+        inp = torch.tensor(ids[None, begin:end])
+        labels = inp.clone()
+        labels[:, :-trg] = -100
+        with torch.no_grad():
+            loss = hf(inp, labels=labels).loss
+        valid = int((labels[:, 1:] != -100).sum())  # transformers shifts labels left: position 0 is never scored
+        nll_sum += float(loss) * valid
+        n_tokens += valid
+        prev = end
+        if end == len(ids):
+            break
+    got = perplexity(model, ids, context=context, stride=stride)
+    assert got.tokens == n_tokens == len(ids) - 1
+    np.testing.assert_allclose(got.nll_sum, nll_sum, rtol=1e-4)
+    print(f"\nperplexity ours {got.perplexity:.6f} vs transformers {np.exp(nll_sum / n_tokens):.6f}")
+
+
+def _cli(args, **kw):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "train.cli", "eval"] + args, capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=600, **kw)
+
+
+def test_cli_json_is_one_object(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 8)
+    r = _cli(["perplexity", "--model", "llama-tiny", "--text", str(text), "--context", "64", "--stride", "32",
+              "--json", "--max-tokens", "150"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)  # exactly one JSON document
+    assert out["tokens"] == 149 and out["windows"] == 4 and out["perplexity"] > 1
+    assert np.isclose(out["perplexity"], np.exp(out["nll"]))
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--text", "MISSING.txt", "--context", "8"], "--text MISSING.txt: no such file"),
+    (["--text", "TEXT", "--context", "100000"], "--context 100000 is longer than the text"),
+    (["--text", "TEXT", "--context", "8", "--rope-scaling", '{"rope_type": "warp", "factor": 2}'], "warp"),
+    (["--text", "TEXT", "--context", "8", "--rope-scaling", "{bad"], "--rope-scaling is not valid JSON"),
+    (["--text", "shakespeare:nosuchplay", "--context", "8"], "no play matches 'nosuchplay'"),
+])
+def test_cli_errors_are_one_line(args, expect, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("a small text " * 20)
+    args = [str(text) if a == "TEXT" else a for a in args]
+    model = "llama-tiny"
+    r = _cli(["perplexity", "--model", model] + args)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and r.stdout == "", r.stderr[-2000:]
+    assert len(lines) == 1 and expect in lines[0] and lines[0].startswith("jrt eval perplexity: error:"), r.stderr
