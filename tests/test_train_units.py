@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -171,3 +173,46 @@ def test_mlm_prob_defaults_by_data_kind():
     text = load_config(None, ["data.kind=text", "data.text_files=[shakespeare]"])
     assert resolved_mlm_prob(text) == 0.15  # the release's rate on text
     assert resolved_mlm_prob(load_config(None, ["objective.mlm_prob=0.3"])) == 0.3
+
+
+def _events(directory):
+    """Every Event record of the TensorBoard files in `directory` (TFRecord framing, CRCs not checked)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = []
+    for f in sorted(directory.glob("events.out.tfevents.*")):
+        data, pos = f.read_bytes(), 0
+        while pos < len(data):
+            (n,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event()
+            event.ParseFromString(data[pos + 12:pos + 12 + n])
+            out.append((f.name, event))
+            pos += 12 + n + 4
+    return out
+
+
+def test_resumed_metrics_purge_the_replayed_tensorboard_steps(tmp_path):
+    from train.metrics import MetricsWriter
+
+    first = MetricsWriter(str(tmp_path), start_step=0)
+    for step in range(1, 11):
+        first.write(step, {"loss": float(step)})
+    first.close()
+    import time
+
+    time.sleep(1.1)  # tensorboardX names event files by the second: a real resume is never this quick
+    resumed = MetricsWriter(str(tmp_path), start_step=6)  # the checkpoint was at step 6; steps 7.. are replayed
+    for step in range(7, 9):
+        resumed.write(step, {"loss": 100.0 + step})
+    resumed.close()
+    events = _events(tmp_path)
+    files = sorted({name for name, _ in events})
+    assert len(files) == 2
+    purges = [e for name, e in events if e.HasField("session_log") and e.session_log.status == e.session_log.START]
+    assert [e.step for e in purges] == [7]  # TensorBoard hides the first life's events from step 7 on
+    first_life = [e.step for name, e in events if name == files[0] and e.summary.value]
+    assert first_life == list(range(1, 11)) and not any(e.session_log.status for n, e in events if n == files[0])
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3, 4, 5, 6, 7, 8] and lines[-1]["loss"] == 108.0

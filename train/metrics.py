@@ -42,7 +42,8 @@ class MetricsWriter:
     start_step: the step the run starts from. A resumed run (start_step > 0) first drops the rows after
     start_step that an earlier life of the run wrote after its last checkpoint (the resumed run writes them
     again, with identical values), so metrics.jsonl holds every step once; a torn last line of a killed run is
-    dropped too. A new run (start_step 0) that finds a non-empty metrics.jsonl renames it to
+    dropped too; the TensorBoard events of the earlier life past start_step are purged (a SessionLog START
+    with purge_step, which TensorBoard honours). A new run (start_step 0) that finds a non-empty metrics.jsonl renames it to
     metrics.previous-<time>.jsonl rather than appending another run's steps to it.
     """
 
@@ -59,7 +60,9 @@ class MetricsWriter:
             self._jsonl = open(path / "metrics.jsonl", "a")
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(path))
+            # A resumed run replays the steps after its last checkpoint: purge_step makes TensorBoard hide the
+            # earlier life's events from start_step + 1 on, so each curve holds every step once.
+            self._tb = SummaryWriter(str(path), purge_step=start_step + 1 if start_step > 0 else None)
 
     def write(self, step: int, scalars: dict) -> None:
         if not self.enabled:
