@@ -156,3 +156,39 @@ def test_cli_errors_are_one_line(args, expect, tmp_path):
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2 and r.stdout == "", r.stderr[-2000:]
     assert len(lines) == 1 and expect in lines[0] and lines[0].startswith("jrt eval perplexity: error:"), r.stderr
+
+
+# ------------------------------------------------------------------------------------------------- passkey
+
+
+def test_passkey_prompt_fits_its_length_and_places_the_key_at_its_depth():
+    from jrt_jax.evals.passkey import FILLER, QUESTION, TASK, first_integer, key_line, prompt
+    from jrt_jax.tokenizer import ByteTokenizer
+
+    tok = ByteTokenizer()
+    for length, depth in [(600, 0.0), (600, 0.5), (1000, 1.0), (777, 0.3)]:
+        ids = prompt(tok, length, depth, 12345)
+        text = tok.decode(ids)
+        assert len(ids) == length
+        assert text.startswith(TASK) and text.endswith(QUESTION) and key_line(12345) in text
+        before = text.index(key_line(12345)) - len(TASK) - 1
+        filler = len(ids) - len(tok.encode(TASK + "\n" + "\n" + key_line(12345) + "\n" + "\n" + QUESTION))
+        assert abs(before - depth * filler) <= 1
+        assert FILLER[:40] in text
+    assert first_integer(" 12345. Remember") == 12345 and first_integer("no digits") is None
+    with pytest.raises(ValueError, match="leaves no room for filler"):
+        prompt(tok, 100, 0.5, 12345)
+    with pytest.raises(ValueError, match=r"depth must be in \[0, 1\]"):
+        prompt(tok, 600, 1.5, 12345)
+
+
+def test_passkey_cli_reports_every_trial(tmp_path):
+    r = _cli(["passkey", "--model", "llama-tiny", "--lengths", "512,600", "--trials", "2", "--json"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    assert out["lengths"] == [512, 600] and len(out["accuracy"]) == 2 and len(out["rows"]) == 4
+    assert {row["prompt_tokens"] for row in out["rows"]} <= {512, 600}
+    assert all(row["finish"] in ("length", "stop_token", "stop_string") for row in out["rows"])
+    r = _cli(["passkey", "--model", "llama-tiny", "--lengths", "5x"])
+    assert r.returncode == 2 and r.stderr.strip() == "jrt eval passkey: error: --lengths must be comma-separated " \
+                                                    "integers; got '5x'"
