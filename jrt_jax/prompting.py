@@ -221,16 +221,23 @@ class Example:
 
 def evaluate(model, examples: Sequence[Example], tokenizer, *, repeat: bool = True, max_prompt_tokens: int = 1024,
              max_new_tokens: int = 48, batch_size: int = 8,
-             progress: Callable[[int, int], None] | None = None) -> dict:
+             progress: Callable[[int, int], None] | None = None,
+             wrap: Callable[[list[int]], list[int]] | None = None) -> dict:
     """Accuracy of greedy generation (stop at newline, contains-answer) on `examples` with any model here.
 
-    Returns {"accuracy": float, "correct": int, "total": int, "generations": [str]}.
+    `wrap` maps each prompt's ids to the ids actually fed (e.g. a chat template around them); the budget
+    `max_prompt_tokens` applies to the prompt before wrapping.
+    Returns {"accuracy": float, "correct": int, "total": int, "generations": [str], "finish_reasons": [str],
+    "prompt_tokens": [int]} with finish reasons "newline", "eos" or "length".
     """
     from jrt_jax.generate import Generator
 
     gen = Generator(model)
     generations: list[str] = []
+    finishes: list[str] = []
+    lengths: list[int] = []
     correct = 0
+    names = {"stop_string": "newline", "stop_token": "eos", "length": "length"}
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         prompts = []
@@ -238,13 +245,18 @@ def evaluate(model, examples: Sequence[Example], tokenizer, *, repeat: bool = Tr
             build = qa_prompt_tokens if ex.kind == "qa" else document_prompt_tokens
             prompts.append(build(ex.question, ex.context, tokenizer, answer=ex.answers[0] if ex.answers else None,
                                  max_tokens=max_prompt_tokens, repeat=repeat))
+        if wrap is not None:
+            prompts = [wrap(list(p)) for p in prompts]
+        lengths += [len(p) for p in prompts]
+        stops = [tokenizer.eos_id] if getattr(tokenizer, "eos_id", None) is not None else []
         result = gen.generate(prompts, max_new_tokens=max_new_tokens, stop_strings=["\n"],
-                              detokenize=tokenizer.decode, stop_tokens=[tokenizer.eos_id])
-        for ex, text in zip(chunk, result.texts):
+                              detokenize=tokenizer.decode, stop_tokens=stops)
+        for ex, text, why in zip(chunk, result.texts, result.finish_reasons):
             generations.append(text)
+            finishes.append(names.get(why, why))
             correct += contains_answer(text, ex.answers)
         if progress is not None:
             progress(min(start + batch_size, len(examples)), len(examples))
     total = len(examples)
     return {"accuracy": correct / total if total else 0.0, "correct": correct, "total": total,
-            "generations": generations}
+            "generations": generations, "finish_reasons": finishes, "prompt_tokens": lengths}

@@ -192,3 +192,61 @@ def test_passkey_cli_reports_every_trial(tmp_path):
     r = _cli(["passkey", "--model", "llama-tiny", "--lengths", "5x"])
     assert r.returncode == 2 and r.stderr.strip() == "jrt eval passkey: error: --lengths must be comma-separated " \
                                                     "integers; got '5x'"
+
+
+# ------------------------------------------------------------------------------------------------ qa, recall
+
+
+def test_qa_rows_templates_and_errors(tmp_path):
+    from jrt_jax.evals.qa import load_rows
+
+    f = tmp_path / "rows.jsonl"
+    f.write_text('{"document": "Acme was founded in 1901.", "key": "founded", "answer": "1901"}\n\n'
+                 '{"document": "B", "key": "k", "answer": ["x", "y"]}\n')
+    examples, template = load_rows(f)
+    assert template == "document" and [e.kind for e in examples] == ["document"] * 2
+    assert examples[1].answers == ["x", "y"]
+    f.write_text('{"context": "c", "question": "q", "answer": "a"}\n{"context": "c", "answer": "a"}\n')
+    with pytest.raises(ValueError, match=r"rows.jsonl:2: missing field 'question'"):
+        load_rows(f)
+    f.write_text('{"context": "c", "question": "q", "answer": "a"}\n{oops\n')
+    with pytest.raises(ValueError, match=r"rows.jsonl:2: not valid JSON"):
+        load_rows(f)
+    with pytest.raises(ValueError, match="no such file"):
+        load_rows(tmp_path / "none.jsonl")
+
+
+def test_chat_wrapper_puts_the_prompt_in_the_user_turn():
+    from jrt_jax.evals.qa import chat_wrapper
+    from jrt_jax.tokenizer import ByteTokenizer
+
+    class ChatBytes(ByteTokenizer):
+        chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}"
+                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+
+    tok = ChatBytes()
+    wrap = chat_wrapper(tok)
+    assert tok.decode(wrap(tok.encode("Q: 2+2?"))) == "<user>Q: 2+2?</user><assistant>"
+    with pytest.raises(ValueError, match="has no chat template"):
+        chat_wrapper(ByteTokenizer())
+
+
+@pytest.mark.parametrize("jrt_prompt", [False, True])
+def test_recall_accuracy_is_the_greedy_accuracy_at_the_labels(jrt_prompt):
+    from jrt_jax.evals.recall import FRESH_SPLIT, make_task, recall
+
+    model = mh.model("jrt")
+    task = make_task("set_disjointness", seq_len=24, short_set=3, long_set=8, universe=40)
+    out = recall(model, task, examples=12, batch_size=5, jrt_prompt=jrt_prompt)
+    batch = task.batch(0, range(12), FRESH_SPLIT)
+    tokens, labels, m = batch.tokens, batch.labels, task.enc_len
+    if jrt_prompt:
+        tokens = np.concatenate([tokens[:, :m], tokens], 1)
+        labels = np.concatenate([np.full((12, m), -1), labels], 1)
+        m *= 2
+    logits = np.asarray(model(jnp.asarray(tokens), enc_len=m))
+    at = labels >= 0
+    assert out["positions"] == at.sum() == 12 and out["enc_len"] == m
+    assert out["correct"] == int((logits.argmax(-1) == labels)[at].sum())
+    with pytest.raises(ValueError, match=r"do not apply to --task set_disjointness"):
+        make_task("set_disjointness", num_pairs=3)

@@ -296,7 +296,7 @@ class GGUFTokenizer:
     """
 
     def __init__(self, tokens: Sequence[str], merges: Sequence[str], token_types: Sequence[int] | None,
-                 *, pre: str | None, eos_id: int | None, bos_id: int | None):
+                 *, pre: str | None, eos_id: int | None, bos_id: int | None, chat_template: str | None = None):
         from tokenizers import AddedToken, Tokenizer, decoders, models
 
         vocab = {t: i for i, t in enumerate(tokens)}
@@ -314,6 +314,7 @@ class GGUFTokenizer:
         self.vocab_size = len(tokens)
         self.eos_id = eos_id
         self.bos_id = bos_id
+        self.chat_template = chat_template  # the file's Jinja chat template (tokenizer.chat_template), if any
 
     @property
     def backend(self):
@@ -345,7 +346,8 @@ def gguf_tokenizer(path_or_file: str | os.PathLike | GGUFFile) -> GGUFTokenizer:
     eos = src.field("tokenizer.ggml.eos_token_id")
     bos = src.field("tokenizer.ggml.bos_token_id")
     return GGUFTokenizer(tokens, merges, src.field("tokenizer.ggml.token_type"), pre=src.field("tokenizer.ggml.pre"),
-                         eos_id=None if eos is None else int(eos), bos_id=None if bos is None else int(bos))
+                         eos_id=None if eos is None else int(eos), bos_id=None if bos is None else int(bos),
+                         chat_template=src.field("tokenizer.chat_template"))
 
 
 class GGUFLlama:

@@ -2,6 +2,8 @@
 
     jrt eval perplexity --model M --text FILE|shakespeare[:PLAY] … --context N [--stride S] [--rope-scaling JSON]
     jrt eval passkey --model M --lengths 1024,4096,8192 --trials K [--plot accuracy.png]
+    jrt eval qa --model M --data FILE.jsonl [--jrt-prompt] [--template qa|document] [--chat]
+    jrt eval recall --model M --task mqar|set_disjointness [--seq-len N …] [--jrt-prompt]
 
 M is a converted folder, a .gguf file, a `jrt train` run directory or a preset (`jrt_jax.evals.loading`).
 `--json` prints exactly one JSON object on stdout; a progress bar goes to stderr. Errors are one line on stderr
@@ -29,7 +31,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jrt eval", description="Evaluate a model.")
-    sub = p.add_subparsers(dest="task", required=True)
+    sub = p.add_subparsers(dest="command", required=True)
     ppl = sub.add_parser("perplexity", help="sliding-window perplexity (each token scored once)")
     _common(ppl)
     ppl.add_argument("--text", nargs="+", required=True,
@@ -44,6 +46,29 @@ def build_parser() -> argparse.ArgumentParser:
     pk.add_argument("--trials", type=int, default=5, help="random (key, depth) trials per length")
     pk.add_argument("--seed", type=int, default=0)
     pk.add_argument("--plot", default=None, metavar="PNG", help="write accuracy vs length to this PNG")
+
+    qa = sub.add_parser("qa", help="QA / extraction accuracy from a JSONL file (JRT paper templates)")
+    _common(qa)
+    qa.add_argument("--data", required=True, help='JSONL rows {"context","question","answer"} or '
+                    '{"document","key","answer"}')
+    qa.add_argument("--template", choices=["qa", "document"], default=None, help="default: from the first row")
+    qa.add_argument("--jrt-prompt", action="store_true", help="read the context twice (JRT-Prompt)")
+    qa.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
+    qa.add_argument("--max-prompt-tokens", type=int, default=1024, help="budget; the context is cut around "
+                    "the answer to fit")
+    qa.add_argument("--max-new-tokens", type=int, default=48)
+    qa.add_argument("--batch-size", type=int, default=8)
+
+    rc = sub.add_parser("recall", help="accuracy on fresh synthetic recall examples (the trainer's tasks)")
+    _common(rc)
+    rc.add_argument("--task", required=True, help="mqar or set_disjointness")
+    for flag in ("seq-len", "num-pairs", "num-queries", "num-keys", "num-values", "short-set", "long-set",
+                 "universe"):
+        rc.add_argument(f"--{flag}", type=int, default=None, help="task option (default: the trainer's)")
+    rc.add_argument("--order", default=None, help="task order (default: the hard one)")
+    rc.add_argument("--examples", type=int, default=256)
+    rc.add_argument("--seed", type=int, default=0)
+    rc.add_argument("--jrt-prompt", action="store_true", help="read each example's prefix twice")
     return p
 
 
@@ -91,6 +116,48 @@ def _passkey(args) -> dict:
     return out
 
 
+def _qa(args) -> dict:
+    from jrt_jax.evals import loading, qa
+
+    scaling = loading.parse_rope_scaling(args.rope_scaling)
+    examples, template = qa.load_rows(args.data, args.template)
+    model, tok, described = loading.load_model(args.model, rope_scaling=scaling, dtype=args.dtype)
+    bar = _bar(args, len(examples), "qa")
+    t0 = time.perf_counter()
+    try:
+        out = qa.run(model, tok, examples, jrt_prompt=args.jrt_prompt, chat=args.chat,
+                     max_prompt_tokens=args.max_prompt_tokens, max_new_tokens=args.max_new_tokens,
+                     batch_size=args.batch_size, progress=None if bar is None else bar.update)
+    finally:
+        if bar is not None:
+            bar.close()
+    return {"task": "qa", "model": described, "data": args.data, "template": template,
+            "jrt_prompt": args.jrt_prompt, "chat": args.chat, **out, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _recall(args) -> dict:
+    from jrt_jax.evals import loading, recall
+
+    options = {k.replace("-", "_"): getattr(args, k.replace("-", "_")) for k in
+               ("seq-len", "num-pairs", "num-queries", "num-keys", "num-values", "short-set", "long-set", "universe",
+                "order")}
+    task = recall.make_task(args.task, seed=args.seed, **options)
+    scaling = loading.parse_rope_scaling(args.rope_scaling)
+    model, _, described = loading.load_model(args.model, rope_scaling=scaling, dtype=args.dtype)
+    if args.examples < 1:
+        raise ValueError(f"--examples must be >= 1; got {args.examples}")
+    bar = _bar(args, args.examples, "recall")
+    t0 = time.perf_counter()
+    try:
+        out = recall.recall(model, task, examples=args.examples, jrt_prompt=args.jrt_prompt,
+                            progress=None if bar is None else bar.update)
+    finally:
+        if bar is not None:
+            bar.close()
+    return {"task": "recall", "recall_task": args.task, "model": described, **out,
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
 def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
@@ -126,9 +193,9 @@ def _perplexity(args) -> dict:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    prog = f"jrt eval {args.task}"
+    prog = f"jrt eval {args.command}"
     try:
-        out = {"perplexity": _perplexity, "passkey": _passkey}[args.task](args)
+        out = {"perplexity": _perplexity, "passkey": _passkey, "qa": _qa, "recall": _recall}[args.command](args)
     except (ValueError, OSError) as e:  # ConversionError is a ValueError
         text = str(e).strip().splitlines()
         print(f"{prog}: error: {text[0] if text else type(e).__name__}", file=sys.stderr)

@@ -16,10 +16,10 @@ import numpy as np
 from flax import nnx
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "chunk"))
-def _score(graphdef, state, tokens, targets, chunk: int):
+@functools.partial(jax.jit, static_argnames=("graphdef", "chunk", "enc_len"))
+def _score(graphdef, state, tokens, targets, chunk: int, enc_len=None):
     model = nnx.merge(graphdef, state)
-    x = model.hidden_states(tokens)
+    x = model.hidden_states(tokens) if enc_len is None else model.hidden_states(tokens, enc_len=enc_len)
     b, t, d = x.shape
     n = -(-t // chunk)
     pad = n * chunk - t
@@ -40,7 +40,8 @@ def _score(graphdef, state, tokens, targets, chunk: int):
     return unchunk(logp), unchunk(greedy)
 
 
-def target_logprobs(model, tokens, targets, *, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+def target_logprobs(model, tokens, targets, *, chunk: int = 512, enc_len: int | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """(log-probabilities [B, T] float32, greedy-correct [B, T] bool) of `targets` under `model`.
 
     Args:
@@ -49,6 +50,7 @@ def target_logprobs(model, tokens, targets, *, chunk: int = 512) -> tuple[np.nda
       targets: int [B, T]: the token to score at each position (the next token), -1 where nothing is scored
         (those positions get log-probability 0 and greedy False).
       chunk: positions per application of the head.
+      enc_len: JRT-RNN only: the encoder length of the forward (default the model's).
     """
     tokens = np.asarray(tokens)
     targets = np.asarray(targets)
@@ -59,5 +61,5 @@ def target_logprobs(model, tokens, targets, *, chunk: int = 512) -> tuple[np.nda
         raise ValueError(f"chunk must be a positive int; got {chunk!r}")
     graphdef, state = nnx.split(model)
     logp, greedy = _score(graphdef, state, jnp.asarray(tokens, jnp.int32), jnp.asarray(targets, jnp.int32),
-                          chunk=min(chunk, tokens.shape[1]))
+                          chunk=min(chunk, tokens.shape[1]), enc_len=enc_len)
     return np.asarray(logp), np.asarray(greedy)

@@ -1,0 +1,101 @@
+"""Question answering / information extraction from a JSONL file, with or without JRT-Prompt.
+
+Rows are ``{"context", "question", "answer"}`` (template "qa") or ``{"document", "key", "answer"}`` (template
+"document"); "answer" is a string or a list of accepted strings. Prompts, the budget cut around the answer,
+greedy decoding stopped at a newline and case-insensitive containment scoring are `jrt_jax.prompting`'s (the
+JRT paper's templates). With `chat`, the prompt is placed as the user message of the tokenizer's own chat
+template (rendered with Jinja, as transformers does) and generation starts after the assistant header.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+from jrt_jax import prompting
+
+FIELDS = {"qa": ("context", "question"), "document": ("document", "key")}
+
+
+def load_rows(path, template: str | None = None) -> tuple[list[prompting.Example], str]:
+    """(examples, template) from a JSONL file; the template is inferred from the first row when None."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ValueError(f"--data {path}: no such file")
+    if template is not None and template not in FIELDS:
+        raise ValueError(f"--template must be 'qa' or 'document'; got {template!r}")
+    examples = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{n}: a row must be a JSON object")
+            if template is None:
+                template = "document" if "document" in row or "key" in row else "qa"
+            ctx_field, q_field = FIELDS[template]
+            for field in (ctx_field, q_field, "answer"):
+                if field not in row:
+                    raise ValueError(f"{path}:{n}: missing field {field!r} (template {template!r} needs "
+                                     f"{ctx_field!r}, {q_field!r} and 'answer')")
+            answers = row["answer"] if isinstance(row["answer"], list) else [row["answer"]]
+            if not all(isinstance(a, str) for a in answers) or not isinstance(row[ctx_field], str) \
+                    or not isinstance(row[q_field], str):
+                raise ValueError(f"{path}:{n}: {ctx_field!r}, {q_field!r} and 'answer' must be strings")
+            examples.append(prompting.Example(context=row[ctx_field], question=row[q_field], answers=answers,
+                                              kind=template))
+    if not examples:
+        raise ValueError(f"--data {path}: no rows")
+    return examples, template
+
+
+def chat_wrapper(tokenizer):
+    """ids → ids inside the tokenizer's chat template as the user's message, ending with the assistant header."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        raise ValueError("--chat: the model's tokenizer has no chat template")
+    import jinja2
+
+    marker = "\x00PROMPT\x00"
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    bos = eos = ""
+    for attr in ("bos_id", "eos_id"):
+        i = getattr(tokenizer, attr, None)
+        if i is not None:
+            if attr == "bos_id":
+                bos = tokenizer.decode([i])
+            else:
+                eos = tokenizer.decode([i])
+    try:
+        text = env.from_string(template).render(messages=[{"role": "user", "content": marker}],
+                                                add_generation_prompt=True, bos_token=bos, eos_token=eos)
+    except jinja2.TemplateError as e:
+        raise ValueError(f"--chat: the tokenizer's chat template does not render: {e}") from None
+    before, after = text.split(marker)
+    head, tail = tokenizer.encode(before), tokenizer.encode(after)
+    return lambda ids: head + list(ids) + tail
+
+
+def run(model, tokenizer, examples, *, jrt_prompt: bool, chat: bool = False, max_prompt_tokens: int = 1024,
+        max_new_tokens: int = 48, batch_size: int = 8, progress=None) -> dict:
+    """Accuracy, and per row the prompt size, prediction, finish reason ("newline", "eos", "length") and score."""
+    wrap = chat_wrapper(tokenizer) if chat else None
+    seen = [0]
+
+    def step(done, total):  # prompting reports a running count; `progress` takes increments
+        if progress is not None:
+            progress(done - seen[0])
+        seen[0] = done
+
+    out = prompting.evaluate(model, examples, tokenizer, repeat=jrt_prompt, max_prompt_tokens=max_prompt_tokens,
+                             max_new_tokens=max_new_tokens, batch_size=batch_size, wrap=wrap, progress=step)
+    rows = [{"question": ex.question, "answers": list(ex.answers), "prediction": prompting.first_line(text),
+             "finish": why, "prompt_tokens": n, "correct": prompting.contains_answer(text, ex.answers)}
+            for ex, text, why, n in zip(examples, out["generations"], out["finish_reasons"], out["prompt_tokens"])]
+    finishes = {k: sum(r["finish"] == k for r in rows) for k in ("newline", "eos", "length")}
+    return {"accuracy": out["accuracy"], "correct": out["correct"], "total": out["total"], "finishes": finishes,
+            "rows": rows}
