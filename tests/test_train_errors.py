@@ -306,3 +306,15 @@ def test_stderr_filter_drops_only_event_loop_echoes():
     out.write("partial")
     out.drain()
     assert sink.getvalue() == "step 1 loss 2.5\n" + "".join(real) + "partial"
+
+
+def test_version_and_help(capsys):
+    assert cli.main(["--version"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("jrt-jax ") and "jax " in out
+    assert cli.main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for command in cli.COMMANDS:
+        assert f"  {command} " in text
+    assert "dispatcher" not in text and "import" not in text  # no notes about the code in the user's help
+    assert cli.main([]) == 2

@@ -2,6 +2,7 @@
 
     jrt train [--config FILE] [key=value ...]     train (built-in default: tiny JRT-RNN on set disjointness)
     jrt eval-checkpoint --dir DIR [key=value ...]  evaluate the latest (or --step) checkpoint of a run
+    jrt export RUN_DIR DST [--step N] [--format F] a run's checkpoint → a from_pretrained / transformers folder
     jrt prepare-data --output DIR ... FILE ...     tokenize text into shards for data.kind=tokens
     jrt generate ...                               text generation (jrt_jax.generate.cli)
     jrt eval perplexity|... --model M ...          evaluations (jrt_jax.evals.cli)
@@ -238,6 +239,7 @@ def _delegate(module: str):
 COMMANDS = {
     "train": _train,
     "eval-checkpoint": _eval_checkpoint,
+    "export": _delegate("train.export"),
     "prepare-data": _delegate("train.data.prepare"),
     "generate": _delegate("jrt_jax.generate.cli"),
     "eval": _delegate("jrt_jax.evals.cli"),
@@ -245,11 +247,38 @@ COMMANDS = {
 }
 
 
+USAGE = """usage: jrt COMMAND [options]   (jrt COMMAND --help for each command's options)
+
+commands:
+  train            train a model (default: a micro JRT-RNN on set disjointness); options are key=value
+  eval-checkpoint  evaluate a training checkpoint with the config it was saved with
+  prepare-data     tokenize text files once into shards for data.kind=tokens
+  generate         generate text from a checkpoint, a .gguf file or a preset
+  eval             perplexity, passkey, qa, recall (and lm-eval) on a model
+  convert          convert checkpoints (Hugging Face Llama, JRT/Based releases, GGUF) to and from jrt-jax
+
+  jrt --version    print the version"""
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("jrt-jax")
+    except metadata.PackageNotFoundError:  # running from a source tree that was not installed
+        return "unknown (not installed)"
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip())
+        print(USAGE)
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        import jax
+
+        print(f"jrt-jax {_version()} (jax {jax.__version__})")
+        return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         print(f"jrt: unknown command {command!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
