@@ -14,21 +14,23 @@ documents (split 0) and the held-out ones (split 1):
   windows of seq_len + 1 tokens (consecutive windows share one token, as kind="text"); tokens = w[:-1],
   labels = w[1:]. The held-out stream is read cyclically, so a small held-out split still fills a window.
 * packing=true: each document followed by its EOS is a unit; a unit longer than seq_len is cut into seq_len
-  pieces (each piece its own segment). The units, in a seeded shuffled document order, are packed IN ORDER
-  (next-fit): a piece goes into the current row if it fits, else it starts a new row. A row is therefore a
-  contiguous run of the piece list, and the whole plan is three piece arrays and the row starts — computed
-  from the document lengths alone with numpy (one `searchsorted` per row), deterministic in the seed, random
-  access by row. Next-fit rather than first-fit: first-fit's rows are arbitrary sets of pieces (a list per
-  row, and a per-piece Python loop to build); next-fit's padding is within a few percent of first-fit's when
-  documents are long or short relative to seq_len (measured on Shakespeare with gpt2 at seq_len 256: 0.1 %;
-  see `benchmarks/data.py` for a synthetic short-document mix) and it is worst for documents of about
-  seq_len / 2 … seq_len tokens. segment_ids are 1, 2, 3 … within a row and 0 on padding; labels are the
-  next token within the same segment, -1 at each segment's last token and on padding; padding tokens are 0.
+  pieces (each piece its own segment). The pieces, in a seeded shuffled document order, are packed greedily by
+  FIRST-FIT over the last 32 open rows (`pack_plan`): a piece goes into the oldest open row with room for it,
+  else it opens a new row (closing the oldest when 32 are open). The plan (piece arrays in row order and the
+  row starts) is computed from the document lengths alone, deterministically from the seed, once per TokenData
+  (2-3 µs a piece: 0.24 s for 100 000 documents; grain workers get it with the pickle); any row is then random
+  access. Why first-fit: in-order packing (next-fit, window 1) left 16-18 % padding on lognormal documents of
+  median 300 tokens at seq_len 2048 and 25 % on 20-250-token documents at 256; first-fit over 32 open rows
+  0.7-0.8 % and 7 %, first-fit over all rows 0.65 % and 5 % (`benchmarks/data.py`, section 3). The Shakespeare
+  plays (gpt2) are many rows long each: 0.03 % padding at seq_len 256, 0.46 % at 2048 (all 42 plays).
+  segment_ids are 1, 2, 3 … within a row and 0 on padding; labels are the next token within the same segment,
+  -1 at each segment's last token and on padding; padding tokens are 0.
 
 Order. The global sequence index g = step · batch_size + row goes through a deterministic weighted interleave
-of the datasets (an exact, stateless Beatty-sequence split: in every prefix of the global order dataset i
-holds floor(prefix · w_i / Σw) ± 1 sequences), giving dataset d and its own index k; k = epoch · n_d + pos reads
-sequence perm_{d,epoch}[pos] of a permutation seeded by (seed, d, epoch), new every epoch. Held-out batches
+of the datasets (an exact, stateless Beatty-sequence split, `interleave`: every prefix of m global positions
+holds m · w_i / Σw sequences of dataset i to within i + 1), giving dataset d and its own index k;
+k = epoch · n_d + pos reads sequence perm_{d,epoch}[pos] of a permutation seeded by (seed, d, epoch), new every
+epoch. Held-out batches
 (split 1) read the held-out sequences in plan order, cyclically. Why not grain.MapDataset.mix: its length is
 finite (the shortest dataset over its weight) while training runs through many epochs of each dataset at
 different rates, it rounds float weights to integers scaled from the smallest (100), and the data position must
@@ -40,12 +42,18 @@ Files open lazily: memory maps are opened per process on first read and dropped 
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import fractions
+import functools
 import importlib.util
 import math
+import os
 import pathlib
 import shutil
+import threading
+import time
+import weakref
 
 import numpy as np
 
@@ -54,6 +62,7 @@ from train.data.synthetic import Batch
 _GRAIN_MISSING = "data.kind='tokens' needs grain: pip install 'jrt-jax[data]'"
 _MAX_STEP = 1 << 62
 _PERM_CACHE = 4  # epoch permutations kept per process
+PACK_WINDOW = 32  # open rows that first-fit packing considers (benchmarks/data.py measures 1 … all)
 
 
 def _grain():
@@ -62,6 +71,15 @@ def _grain():
     except ImportError:
         raise ValueError(_GRAIN_MISSING) from None
     return grain
+
+
+def _absl_flags_parsed() -> None:
+    """grain reads absl flags (with their defaults) when it starts worker processes; a program that is not an
+    absl app never parsed them, and reading one then raises UnparsedFlagAccessError."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 # ------------------------------------------------------------------------------------------------ plans
@@ -83,12 +101,12 @@ class WindowPlan:
 
 @dataclasses.dataclass
 class PackPlan:
-    """packing=true: rows of whole pieces, next-fit in a seeded shuffled document order."""
+    """packing=true: rows of whole pieces (see `pack_plan`); the piece arrays are in row order."""
 
     piece_doc: np.ndarray  # [pieces] global document index
     piece_off: np.ndarray  # [pieces] start of the piece within the document's unit (tokens + EOS)
     piece_len: np.ndarray  # [pieces] tokens of the piece (<= seq_len)
-    row_start: np.ndarray  # [rows + 1] first piece of each row
+    row_start: np.ndarray  # [rows + 1] the first piece of each row (row r = pieces row_start[r]:row_start[r+1])
     seq_len: int
 
     @property
@@ -109,9 +127,16 @@ def window_plan(docs: np.ndarray, lengths: np.ndarray, seq_len: int, *, cyclic: 
     return WindowPlan(np.asarray(docs, np.int64), cum, count, cyclic)
 
 
-def pack_plan(docs: np.ndarray, lengths: np.ndarray, seq_len: int, rng: np.random.Generator) -> PackPlan:
-    """Next-fit packing of the units (document + EOS, cut into seq_len pieces) in a shuffled order."""
-    order = rng.permutation(len(docs))
+def pack_plan(docs: np.ndarray, lengths: np.ndarray, seq_len: int, rng: np.random.Generator | None = None, *,
+              window: int = PACK_WINDOW) -> PackPlan:
+    """Pack the units (document + EOS, cut into seq_len pieces) into rows: first-fit over the last `window` open
+    rows, in a shuffled document order (`rng`; None keeps the given order).
+
+    Each piece goes into the first (oldest) open row with room for it; if none has room it opens a new row,
+    closing the oldest open row when `window` are open. A full piece (seq_len tokens) is a row by itself and leaves
+    the open rows open (so window=1 is next-fit but for that). Rows are numbered in the order they were opened;
+    the pieces of a row keep the shuffled order."""
+    order = rng.permutation(len(docs)) if rng is not None else np.arange(len(docs))
     docs = np.asarray(docs, np.int64)[order]
     units = np.asarray(lengths, np.int64)[order] + 1
     pieces = (units + seq_len - 1) // seq_len
@@ -119,15 +144,32 @@ def pack_plan(docs: np.ndarray, lengths: np.ndarray, seq_len: int, rng: np.rando
     first = np.repeat(np.cumsum(pieces) - pieces, pieces)
     piece_off = (np.arange(total, dtype=np.int64) - first) * seq_len
     piece_len = np.minimum(seq_len, np.repeat(units, pieces) - piece_off)
-    cum = np.zeros(total + 1, np.int64)
-    np.cumsum(piece_len, out=cum[1:])
-    starts = [0]
-    p = 0
-    while p < total:  # one step per row: the last piece whose end fits in this row
-        p = int(np.searchsorted(cum, cum[p] + seq_len, side="right")) - 1
-        starts.append(p)
-    return PackPlan(np.repeat(docs, pieces), piece_off, piece_len.astype(np.int32), np.asarray(starts, np.int64),
-                    seq_len)
+    row = np.empty(total, np.int64)
+    free, ids = [], []  # the open rows, oldest first: room left, row number
+    rows = 0
+    for p, n in enumerate(piece_len.tolist()):
+        if n < seq_len and free and n <= max(free):
+            j = 0
+            while free[j] < n:
+                j += 1
+            row[p] = ids[j]
+            if free[j] == n:
+                del free[j], ids[j]
+            else:
+                free[j] -= n
+            continue
+        row[p] = rows
+        if n < seq_len:
+            if len(free) >= window:
+                del free[0], ids[0]
+            free.append(seq_len - n)
+            ids.append(rows)
+        rows += 1
+    by_row = np.argsort(row, kind="stable")
+    row_start = np.zeros(rows + 1, np.int64)
+    np.cumsum(np.bincount(row, minlength=rows), out=row_start[1:])
+    return PackPlan(np.repeat(docs, pieces)[by_row], piece_off[by_row], piece_len[by_row].astype(np.int32),
+                    row_start, seq_len)
 
 
 # ------------------------------------------------------------------------------------------------ mixture
@@ -149,7 +191,7 @@ def interleave(g: int, weights: tuple[int, ...]) -> tuple[int, int]:
 
     Dataset 0 takes the slots where floor(m · w_0 / W) steps up (m = slots so far); the slots it leaves are
     renumbered and split the same way between the other datasets. So over any prefix of m slots dataset i gets
-    its share of the slots the earlier ones left, to within one."""
+    m · w_i / W of them to within i + 1, and its own sequences in order, none skipped."""
     remaining = sum(weights)
     m = g
     for i, w in enumerate(weights):
@@ -183,7 +225,12 @@ class _Dataset:
             shard.append(np.full(len(offsets) - 1, i, np.int32))
             start.append(offsets[:-1])
             length.append(np.diff(offsets))
-            self.shards.append((self.folder / s["file"], int(offsets[-1])))
+            path, size = self.folder / s["file"], int(offsets[-1])
+            if not path.is_file() or path.stat().st_size != size * self.dtype.itemsize:
+                found = f"{path.stat().st_size} bytes" if path.is_file() else "missing"
+                raise ValueError(f"data.path {self.folder}: {s['file']} should hold {size} {self.dtype} tokens "
+                                 f"({size * self.dtype.itemsize} bytes) but is {found}; rerun `jrt prepare-data`")
+            self.shards.append((path, size))
         self.doc_shard = np.concatenate(shard)
         self.doc_start = np.concatenate(start).astype(np.int64)
         self.doc_len = np.concatenate(length).astype(np.int64)
@@ -264,8 +311,9 @@ class TokenData:
                 else:
                     plans.append(window_plan(docs, lengths, self.seq_len, cyclic=split == 1))
             if plans[0].count < 1:
-                raise ValueError(f"data.path {ds.folder}: its training documents hold {int(ds.doc_len[ds.split_docs[0]].sum())} "
-                                 f"tokens: too few for one sequence of data.seq_len={self.seq_len}")
+                held = int(ds.doc_len[ds.split_docs[0]].sum())
+                raise ValueError(f"data.path {ds.folder}: its training documents hold {held} tokens: too few for one "
+                                 f"sequence of data.seq_len={self.seq_len}")
             self.plans.append(plans)
         self._eval_datasets = [d for d in range(len(self.datasets)) if self.plans[d][1].count > 0]
         if not self._eval_datasets:
@@ -299,8 +347,11 @@ class TokenData:
         perm = self._perms.get(key)
         if perm is None:
             perm = np.random.default_rng([self.seed, d, epoch]).permutation(self.plans[d][0].count)
-            if len(self._perms) >= _PERM_CACHE:
-                self._perms.pop(next(iter(self._perms)))
+            try:  # evict the oldest; tolerant of another thread (data.workers=0 prefetch) doing the same
+                while len(self._perms) >= _PERM_CACHE:
+                    self._perms.pop(next(iter(self._perms)), None)
+            except (RuntimeError, StopIteration):
+                pass
             self._perms[key] = perm
         return perm
 
@@ -378,13 +429,16 @@ class TokenData:
         grain: a background thread (data.workers=0) or data.workers processes, data.prefetch batches ahead each.
         Close the iterator (or use it as a context manager) to stop the workers."""
         grain = _grain()
+        _close_at_exit()
         rows = tuple(range(self.batch_size)) if rows is None else tuple(int(r) for r in rows)
         ds = grain.MapDataset.range(int(start_step), _MAX_STEP).map(_StepBatch(self, rows, split))
         read = grain.ReadOptions(num_threads=1, prefetch_buffer_size=self.prefetch)
         it = ds.to_iter_dataset(read)
         if self.workers > 0:
+            _absl_flags_parsed()
             it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers,
-                                                             per_worker_buffer_size=self.prefetch))
+                                                             per_worker_buffer_size=self.prefetch),
+                                worker_init_fn=_exit_with_parent)
         return BatchIterator(iter(it))
 
     # -------------------------------------------------------------------------------------------- tokenizer
@@ -401,6 +455,19 @@ class TokenData:
         return dest
 
 
+def _exit_with_parent(worker_index: int = 0, worker_count: int = 1) -> None:
+    """In a grain worker: exit when the parent process is gone. grain's workers wait on their output queue
+    until told to stop; after a kill -9 of the trainer nobody tells them, and they would live on as orphans."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="jrt-exit-with-parent", daemon=True).start()
+
+
 class _StepBatch:
     """The grain map function: step -> TokenData.batch(step, rows, split) (picklable for worker processes)."""
 
@@ -411,11 +478,32 @@ class _StepBatch:
         return self.data.batch(int(step), self.rows, self.split)
 
 
+_OPEN: weakref.WeakSet = weakref.WeakSet()  # BatchIterators not closed yet
+
+
+def _close_open_iterators() -> None:
+    """At exit, before the interpreter tears modules down: grain iterators closed later by the garbage collector
+    print "Exception ignored in __del__" tracebacks (their modules are gone by then)."""
+    for it in list(_OPEN):
+        try:
+            it.close()
+        except Exception:
+            pass
+
+
+@functools.cache
+def _close_at_exit() -> None:
+    """Register the hook once, after grain (and multiprocessing) registered theirs: atexit runs it first."""
+    atexit.register(_close_open_iterators)
+
+
 class BatchIterator:
-    """An iterator of Batches over a grain iterator; `close()` (or leaving a `with` block) stops its workers."""
+    """An iterator of Batches over a grain iterator; `close()` (or leaving a `with` block) stops its workers.
+    Iterators still open when the program exits are closed by an atexit hook."""
 
     def __init__(self, it):
         self._it = it
+        _OPEN.add(self)
 
     def __iter__(self):
         return self
@@ -427,6 +515,7 @@ class BatchIterator:
 
     def close(self) -> None:
         it, self._it = self._it, None
+        _OPEN.discard(self)
         if it is not None:
             it.close()
 
