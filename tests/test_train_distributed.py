@@ -104,6 +104,45 @@ def test_two_processes_train_save_and_restore_one_job(tmp_path):
         assert r["summary"]["eval_loss"] == pytest.approx(single["summary"]["eval_loss"], rel=1e-5)
 
 
+def _token_data(tmp_path) -> pathlib.Path:
+    """A prepare-data directory of 40 short documents (bytes tokenizer: no network)."""
+    from train.data.prepare import prepare
+
+    src = tmp_path / "src"
+    src.mkdir()
+    words = "to be or not that is the question whether tis nobler in the mind suffer slings".split()
+    rng = __import__("random").Random(0)
+    for i in range(40):
+        (src / f"doc{i:02d}.txt").write_text(" ".join(rng.choice(words) for _ in range(rng.randint(5, 40))))
+    prepare([str(src / "*.txt")], tmp_path / "tokens", tokenizer="bytes", workers=1, eval_fraction=0.1)
+    return tmp_path / "tokens"
+
+
+def _tokens_config(data: pathlib.Path, workers: int = 0) -> list[str]:
+    return ["model.preset=jrt-micro", "data.kind=tokens", f"data.path=[{data}]", "data.packing=true",
+            "data.seq_len=96", "data.batch_size=8", "model.overrides={enc_len: 16}", f"data.workers={workers}",
+            "optim.warmup_steps=2", "data.eval_examples=8"]
+
+
+@pytest.mark.slow
+def test_two_processes_read_disjoint_packed_documents_and_match_one_process(tmp_path):
+    data = _token_data(tmp_path)
+    common = _tokens_config(data) + ["mesh.data=4", "steps=4", "logging.dir=null", "checkpoint.dir=null"]
+    two = _two_processes(tmp_path, common, "tokens")
+    _worker("run", tmp_path / "single", common, devices=4)
+    single = json.loads((tmp_path / "single.0").read_text())
+    mine = [set(map(tuple, r["spans"])) for r in two]
+    docs = [{s[:2] for s in m} for m in mine]
+    print(f"\nrows {two[0]['rows']} | {two[1]['rows']}; token spans read {len(mine[0])} | {len(mine[1])} "
+          f"(one process: {len(single['spans'])}); documents {len(docs[0])} | {len(docs[1])}, "
+          f"{len(docs[0] & docs[1])} split across both")
+    assert two[0]["rows"] == [0, 1, 2, 3] and two[1]["rows"] == [4, 5, 6, 7]
+    assert not mine[0] & mine[1] and mine[0] | mine[1] == set(map(tuple, single["spans"]))
+    for r in two:
+        assert r["checksum"] == pytest.approx(single["checksum"], rel=1e-6)
+        assert r["summary"]["eval_loss"] == pytest.approx(single["summary"]["eval_loss"], rel=1e-5)
+
+
 def _metrics(path):
     rows = {}
     for line in pathlib.Path(path).read_text().splitlines():
@@ -114,9 +153,11 @@ def _metrics(path):
 
 
 @pytest.mark.slow
-def test_kill_minus_9_then_resume_follows_the_same_trajectory(tmp_path):
-    train = [sys.executable, "-m", "train.cli", "train"] + SMALL + ["steps=16", "logging.every=1",
-                                                                    "checkpoint.every=4"]
+@pytest.mark.parametrize("data", ["mqar", "tokens-workers"])
+def test_kill_minus_9_then_resume_follows_the_same_trajectory(tmp_path, data):
+    config = SMALL if data == "mqar" else _tokens_config(_token_data(tmp_path), workers=1)
+    train = [sys.executable, "-m", "train.cli", "train"] + config + ["steps=16", "logging.every=1",
+                                                                     "checkpoint.every=4"]
     ref_dir = tmp_path / "ref"
     subprocess.run(train + [f"logging.dir={ref_dir}", f"checkpoint.dir={tmp_path / 'ref_ckpt'}"], env=_env(1),
                    cwd=ROOT, check=True, capture_output=True, timeout=600)

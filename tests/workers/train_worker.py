@@ -99,7 +99,9 @@ def main(argv):
         params = _flat_params(t)
         result = {"summary": summary, "checksum": float(sum(np.sum(np.abs(v), dtype=np.float64) for v in params.values())),
                   "process_index": jax.process_index(), "process_count": jax.process_count(),
-                  "device_count": jax.device_count()}
+                  "device_count": jax.device_count(), "rows": [int(r) for r in t.rows]}
+        if hasattr(t.task, "spans_read"):  # which token spans this process's rows read, step by step
+            result["spans"] = sorted({d for s in range(summary["step"]) for d in t.task.spans_read(s, t.rows)})
     elif scenario == "kill_in_save":
         t = _trainer(base)
         _losses(t, 2)

@@ -415,11 +415,16 @@ class TokenData:
 
     def documents_read(self, step: int, rows, split: int = 0) -> set[tuple[int, int]]:
         """{(dataset, document index)} that `batch(step, rows, split)` reads; from the plan, without reading data."""
+        return {(d, doc) for d, doc, _, _ in self.spans_read(step, rows, split)}
+
+    def spans_read(self, step: int, rows, split: int = 0) -> set[tuple[int, int, int, int]]:
+        """{(dataset, document index, start, length)}: the token spans `batch(step, rows, split)` reads (a long
+        document split over several rows appears once per piece); from the plan, without reading data."""
         out = set()
         for r in rows:
             d, seq = self.locate(step, r, split)
             spans = self._pieces(d, seq, split) if self.packed else self._window_spans(d, seq, split)
-            out.update((d, doc) for doc, _, _ in spans)
+            out.update((d, int(doc), int(start), int(length)) for doc, start, length in spans)
         return out
 
     # -------------------------------------------------------------------------------------------- streaming
