@@ -76,6 +76,10 @@ class GPT2Tokenizer:
         """Ids → text; an incomplete UTF-8 sequence at the end decodes to U+FFFD."""
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
+    def save(self, path: str | os.PathLike) -> None:
+        """Write it as a Hugging Face ``tokenizer.json`` (`TokenizerFile` reads it back with the same ids)."""
+        self._tok.save(str(path))
+
 
 class TokenizerFile:
     """A Hugging Face ``tokenizer.json`` with the `jrt_jax.tokenizer` interface (eos from its special tokens)."""
@@ -97,6 +101,10 @@ class TokenizerFile:
 
     def decode(self, ids) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write it as a ``tokenizer.json``."""
+        self._tok.save(str(path))
 
 
 class ByteTokenizer:

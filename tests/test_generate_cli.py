@@ -42,8 +42,6 @@ def test_jrt_prompt_flags(capsys):
         (["--preset", "llama-tiny", "--tokenizer", "bytes"], "give --prompt"),
         (["--preset", "llama-tiny", "--jrt-prompt", "--question", "q", "--tokenizer", "bytes"], "--context"),
         (["--preset", "llama-tiny", "--prompt", "x", "--top-p", "0", "--tokenizer", "bytes"], "top_p"),
-        (["--preset", "llama-tiny", "--prompt", "x" * 4090, "--max-new-tokens", "10", "--tokenizer", "bytes"],
-         "maximum length 4096"),
     ],
 )
 def test_cli_errors(capsys, argv, message):

@@ -52,14 +52,15 @@ import pathlib
 import uuid
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from jax import lax
 
-OWNER_FILE = "jrt_run.json"
+# The digest and the metadata's SHA-256 live with the reading side of this format, `jrt_jax.convert.run` (jrt_jax
+# reads run directories without importing train), so that writer and readers cannot drift apart.
+from jrt_jax.convert.run import META_FORMAT, OWNER_FILE, array_digests  # noqa: F401 — re-exported
+from jrt_jax.convert.run import meta_sha256 as _meta_sha
+
 SET_ASIDE = "set-aside"
-META_FORMAT = 2  # 1 (implicit): no digests; 2: array digests + meta_sha256
 TRAJECTORY_SECTIONS = ("seed", "model", "data", "objective", "optim")
 
 
@@ -93,76 +94,6 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     first = text[0] if text else ""
     first = first if len(first) <= limit else first[: limit - 3] + "..."
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-
-
-# ------------------------------------------------------------------------------------------------ digests
-
-_U32 = jnp.uint32
-
-
-def _bits(x):
-    """The bits of every element as uint32 words (a trailing axis for 8-byte dtypes)."""
-    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-        x = jax.random.key_data(x)
-    dt = np.dtype(x.dtype)
-    if dt == np.bool_:
-        return x.astype(_U32)
-    if dt.itemsize == 4:
-        return lax.bitcast_convert_type(x, _U32)
-    if dt.itemsize == 2:
-        return lax.bitcast_convert_type(x, jnp.uint16).astype(_U32)
-    if dt.itemsize == 1:
-        return lax.bitcast_convert_type(x, jnp.uint8).astype(_U32)
-    return lax.bitcast_convert_type(x, _U32)  # 8 bytes → [..., 2]
-
-
-def _flat_index(shape):
-    """The row-major flat index of every element, modulo 2**32."""
-    index = jnp.zeros(shape, _U32)
-    stride = 1
-    for axis in reversed(range(len(shape))):
-        index = index + lax.broadcasted_iota(_U32, shape, axis) * _U32(stride % 2**32)
-        stride *= shape[axis]
-    return index
-
-
-def _digest(x):
-    """(uint32[2] digest, all-finite flag) of one array; see the module docstring."""
-    b = _bits(x)
-    i = _flat_index(b.shape)
-    h1 = jnp.sum((b ^ (i * _U32(0x9E3779B9) + _U32(0x7F4A7C15))) * _U32(0x85EBCA6B), dtype=_U32)
-    t = (b + i * _U32(0xC2B2AE35) + _U32(0x165667B1)) * _U32(0x27D4EB2F)
-    h2 = jnp.sum((t << _U32(13)) | (t >> _U32(19)), dtype=_U32)
-    finite = jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.array(True)
-    return jnp.stack([h1, h2]), finite
-
-
-_digest_jit = jax.jit(_digest)  # one compilation per (shape, dtype, sharding), shared by all arrays alike
-
-
-def _host(x) -> np.ndarray:
-    """A small replicated jit output as a host array, on every process."""
-    return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x)
-
-
-def array_digests(flat: dict) -> tuple[dict, list[str]]:
-    """({key: "xxxxxxxxxxxxxxxx" (64-bit hex)}, [keys holding non-finite values]) of a flat dict of arrays.
-
-    Computed on the arrays' devices (all processes must call it in multi-process jobs, like any jit).
-    """
-    out = {k: _digest_jit(v) for k, v in flat.items()}
-    digests, nonfinite = {}, []
-    for key, (digest, finite) in out.items():
-        h = _host(digest).astype(np.uint64)
-        digests[key] = f"{int(h[0]):08x}{int(h[1]):08x}"
-        if not bool(_host(finite)):
-            nonfinite.append(key)
-    return digests, nonfinite
-
-
-def _meta_sha(meta: dict) -> str:
-    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def fingerprint(config: dict) -> str:

@@ -252,6 +252,7 @@ USAGE = """usage: jrt COMMAND [options]   (jrt COMMAND --help for each command's
 commands:
   train            train a model (default: a micro JRT-RNN on set disjointness); options are key=value
   eval-checkpoint  evaluate a training checkpoint with the config it was saved with
+  export           turn a training run into a from_pretrained folder (weights, config, tokenizer)
   prepare-data     tokenize text files once into shards for data.kind=tokens
   generate         generate text from a checkpoint, a .gguf file or a preset
   eval             perplexity, passkey, qa, recall (and lm-eval) on a model

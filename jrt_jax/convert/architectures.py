@@ -4,7 +4,9 @@
 tensors under the model's key names and give its model config (`open`), the key mapping (`entries`, `extras`,
 `ignored`), checks beyond the key names (`check`), and its tokenizer (`tokenizer`). The three implementations
 live with their mappings: `jrt_jax.convert.gguf.GGUF`, `jrt_jax.convert.llama_hf.HF_LLAMA` and
-`jrt_jax.convert.hazy.HAZY`. `find` tries them in that order (a ``.gguf`` file is GGUF whatever else is given).
+`jrt_jax.convert.hazy.HAZY`; training run directories are `jrt_jax.convert.run.RUN`. `find` tries the run
+first (a folder with ``jrt_run.json``), then the others in that order (a ``.gguf`` file is GGUF whatever else is
+given).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from jrt_jax.convert.mapping import Entry, Extra
 class Architecture(Protocol):
     """One source architecture (see the module docstring)."""
 
-    #: short name reported by ``jrt convert`` and kept in `Checkpoint.kind`: "gguf" | "llama" | "hazy"
+    #: short name reported by ``jrt convert`` and kept in `Checkpoint.kind`: "run" | "gguf" | "llama" | "hazy"
     name: str
     #: whether the weights file carries the tokenizer (``jrt convert`` then writes it as tokenizer.json; otherwise
     #: it copies the folder's tokenizer files)
@@ -66,8 +68,9 @@ def architectures() -> tuple[Architecture, ...]:
     from jrt_jax.convert.gguf import GGUF
     from jrt_jax.convert.hazy import HAZY
     from jrt_jax.convert.llama_hf import HF_LLAMA
+    from jrt_jax.convert.run import RUN
 
-    return (GGUF, HF_LLAMA, HAZY)
+    return (RUN, GGUF, HF_LLAMA, HAZY)
 
 
 def find(weights: pathlib.Path, cfg: Mapping | None, config=None) -> Architecture | None:

@@ -3,9 +3,12 @@
 * `LlamaLM` → Hugging Face ``LlamaForCausalLM`` keys and ``config.json``: loads with
   ``LlamaForCausalLM.load_state_dict(strict=True)`` and ``LlamaForCausalLM.from_pretrained``. With tied
   embeddings ``lm_head.weight`` is written too (as ``state_dict()`` has it): a shared storage in torch files, a
-  copy in safetensors.
+  copy in safetensors — unless ``tied_head="once"``: then safetensors files omit it, as transformers' own
+  ``save_pretrained`` does (``from_pretrained`` ties it again; ``load_state_dict(strict=True)`` would call it
+  missing).
 * `JRTLM` → the HazyResearch release's key names (without the training wrapper's ``model.`` prefix) and a
-  release-style GPT2 ``config.json``; ``lm_head.weight`` (tied) included, as the release model's state dict has it.
+  release-style GPT2 ``config.json``; ``lm_head.weight`` (tied) included, as the release model's state dict has it
+  (omitted from safetensors with ``tied_head="once"``; `from_pretrained` does not need it).
 
 Everything is written under temporary names in the destination folder and renamed into place at the end
 (`AtomicFolder`): a failure leaves nothing behind.
@@ -17,7 +20,7 @@ import json
 import os
 import pathlib
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
@@ -31,6 +34,7 @@ from jrt_jax.convert.mapping import flat_params
 from jrt_jax.models import JRTConfig, LlamaConfig
 
 FORMATS = {"safetensors": "model.safetensors", "torch": "pytorch_model.bin"}
+TIED_HEAD = ("copy", "once")
 
 
 def _host(value) -> np.ndarray:
@@ -76,7 +80,9 @@ def export_plans(model) -> tuple[list[TensorPlan], dict]:
 
 
 def save_pretrained(model, path: str | os.PathLike, format: str = "safetensors", *, overwrite: bool = False,
-                    tokenizer=None, extra_files: Sequence[str | os.PathLike] = ()) -> pathlib.Path:
+                    tokenizer=None, extra_files: Sequence[str | os.PathLike] = (), tied_head: str = "copy",
+                    config_updates: Mapping | None = None,
+                    json_files: Mapping[str, Mapping] | None = None) -> pathlib.Path:
     """Write `model` to the folder `path` in a PyTorch-loadable layout and return the weights file's path.
 
     Args:
@@ -87,9 +93,19 @@ def save_pretrained(model, path: str | os.PathLike, format: str = "safetensors",
         ``torch.save`` zip; needs torch installed to name its classes).
       tokenizer: optional object with ``save(path)`` (e.g. `GGUFTokenizer`), written as ``tokenizer.json``.
       extra_files: files copied into the folder as they are (e.g. a source checkpoint's tokenizer files).
+      tied_head: "copy" (a tied output head is written under its own key too) or "once" (safetensors files hold
+        the tied embedding once; torch files share one storage either way).
+      config_updates: fields merged into ``config.json`` (e.g. ``bos_token_id`` / ``eos_token_id``).
+      json_files: more JSON files to write, {file name: object} (e.g. ``generation_config.json``).
     """
     if format not in FORMATS:
         raise ConversionError(f"format must be one of {sorted(FORMATS)}; got {format!r}")
+    if tied_head not in TIED_HEAD:
+        raise ConversionError(f"tied_head must be one of {list(TIED_HEAD)}; got {tied_head!r}")
+    json_files = dict(json_files or {})
+    reserved = sorted({"config.json", FORMATS[format]} & set(json_files))
+    if reserved:
+        raise ConversionError(f"json_files may not replace {reserved}; use config_updates for config.json")
     path = pathlib.Path(path)
     weights_name = FORMATS[format]
     if path.is_dir():
@@ -103,6 +119,9 @@ def save_pretrained(model, path: str | os.PathLike, format: str = "safetensors",
         if not pathlib.Path(f).is_file():
             raise ConversionError(f"extra file {f} does not exist")
     plans, cfg_dict = export_plans(model)
+    if tied_head == "once" and format == "safetensors":
+        plans = [p for p in plans if p.alias_of is None]
+    cfg_dict.update(config_updates or {})
     with AtomicFolder(path, overwrite=overwrite) as out:
         if format == "safetensors":
             write_safetensors(out.path(weights_name), plans, metadata={"format": "pt"})
@@ -112,5 +131,7 @@ def save_pretrained(model, path: str | os.PathLike, format: str = "safetensors",
             shutil.copyfile(f, out.path(pathlib.Path(f).name))
         if tokenizer is not None:
             tokenizer.save(out.path("tokenizer.json"))
+        for name, obj in json_files.items():
+            out.path(name).write_text(json.dumps(obj, indent=2) + "\n")
         out.path("config.json").write_text(json.dumps(cfg_dict, indent=2) + "\n")
     return path / weights_name

@@ -5,6 +5,8 @@ The architecture comes from the checkpoint itself:
 * a ``.gguf`` file (or a folder holding exactly one, and no other weights) → llama.cpp Llama (`gguf`);
 * a folder (or a weights file inside it) whose ``config.json`` is a Hugging Face Llama config
   (``model_type: "llama"`` / ``LlamaForCausalLM``) → `llama_hf`;
+* a training run directory (``jrt_run.json``; `jrt_jax.convert.run`), or a step folder inside one → the model
+  its saved training config builds, with the step's verified parameters;
 * a ``config.json`` in HazyResearch's GPT2 style with ``mixer`` / ``alt_mixer`` fields → `hazy` (JRT-RNN when the
   weights hold prefix-linear-attention encoder projections ``proj_k_enc``, Based otherwise);
 * ``preset=`` (a name of `jrt_jax.models.PRESETS`) or ``config=`` (a config object) instead of the file's own
@@ -18,6 +20,7 @@ and placed one at a time — onto the default device, or straight into their sha
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
@@ -147,6 +150,12 @@ def load_config(path: PathLike, preset: str | None = None, *, dtype=None) -> JRT
 
     `dtype` None takes the checkpoint's floating dtype (float32 for GGUF, and when tensors disagree).
     """
+    from jrt_jax.convert.run import run_config, split_run_path
+
+    if preset is None and split_run_path(path) is not None:  # a training run: its saved config, no array read
+        config = run_config(path)
+        name = _dtype_name(dtype) or config.param_dtype  # the parameters are stored in param_dtype
+        return dataclasses.replace(config, dtype=name, param_dtype=name)
     with open_checkpoint(path, preset=preset) as ckpt:
         return _with_dtype(ckpt, dtype)
 
@@ -254,7 +263,8 @@ def from_pretrained(path: PathLike, *, dtype=None, mesh=None, shardings=None, pr
     Args:
       path: a checkpoint folder (``config.json`` + ``model.safetensors`` / ``model.safetensors.index.json`` /
         ``pytorch_model.bin``; Hugging Face Llama or HazyResearch JRT / Based release), a weights file inside
-        one, or a ``.gguf`` file.
+        one, a ``.gguf`` file, or a training run directory (``jrt train ... checkpoint.dir=RUN``: its newest
+        step that verifies; ``RUN/<step>`` for another step).
       dtype: parameter and compute dtype ("float32", "bfloat16", "float16" or a jnp dtype); None keeps the
         checkpoint's (float32 for GGUF, which is dequantized).
       mesh: place parameters sharded over this `jax.sharding.Mesh` by their logical axis names and `rules`
@@ -281,14 +291,38 @@ def from_pretrained(path: PathLike, *, dtype=None, mesh=None, shardings=None, pr
         return model
 
 
+def _exported_tokenizer(folder: pathlib.Path):
+    """The tokenizer `jrt export` recorded in ``jrt_export.json`` (a folder without tokenizer.json): the byte
+    tokenizer, or a ConversionError saying why there is none (synthetic-task runs). None without a record."""
+    from jrt_jax.convert.run import EXPORT_FILE
+    from jrt_jax.tokenizer import ByteTokenizer
+
+    f = folder / EXPORT_FILE
+    if not f.is_file():
+        return None
+    try:
+        record = json.loads(f.read_text()).get("tokenizer") or {}
+    except (OSError, ValueError, AttributeError) as e:
+        raise ConversionError(f"{f}: unreadable ({e})") from None
+    if record.get("kind") == "bytes":
+        return ByteTokenizer()
+    if record.get("kind") is None:
+        raise ConversionError(f"{folder}: no tokenizer ({record.get('note') or f'{EXPORT_FILE} records none'})")
+    return None
+
+
 def load_tokenizer(path: PathLike):
-    """The tokenizer of a checkpoint: the GGUF file's own, a folder's ``tokenizer.json``, or GPT-2 BPE for the
-    JRT / Based releases (which use GPT-2's tokenizer). Same interface as `jrt_jax.tokenizer`."""
+    """The tokenizer of a checkpoint: the GGUF file's own, a folder's ``tokenizer.json``, the one a training run
+    used (run directory, or what `jrt export` recorded in ``jrt_export.json``), or GPT-2 BPE for the JRT / Based
+    releases (which use GPT-2's tokenizer). Same interface as `jrt_jax.tokenizer`."""
     folder, weights = _locate(pathlib.Path(path))
     arch = find(weights, None)
     if arch is None:
         if (folder / "tokenizer.json").is_file():
             return TokenizerFile(folder / "tokenizer.json")
+        exported = _exported_tokenizer(folder)
+        if exported is not None:
+            return exported
         cfg = _read_config(folder)
         arch = find(weights, cfg) if cfg is not None else None
     tok = arch.tokenizer(weights, folder) if arch is not None else None

@@ -2,6 +2,8 @@
 
 A checkpoint is given as a folder, a weights file inside one, or a ``.gguf`` file. `locate` turns any of these
 into (folder, weights file): a folder's weights are the first of `WEIGHT_FILES` present, else its only ``*.gguf``.
+A training run directory (``jrt_run.json``, see `jrt_jax.convert.run`) is its own "weights": (run, run); a step
+folder inside one gives (run, step folder).
 `read_config` reads the folder's ``config.json`` (None when there is none). Which architecture the checkpoint
 is, is decided by `jrt_jax.convert.architectures`.
 """
@@ -32,11 +34,16 @@ def find_weights(folder: PathLike) -> pathlib.Path | None:
 
 def locate(path: PathLike) -> tuple[pathlib.Path, pathlib.Path]:
     """(folder, weights file) of a checkpoint path: a file is its own weights; a folder's are found inside."""
+    from jrt_jax.convert.run import split_run_path
+
     path = pathlib.Path(path)
     if not path.exists():
         raise ConversionError(f"jrt_jax.from_pretrained: {path} does not exist")
     if path.is_file():
         return path.parent, path
+    run = split_run_path(path)
+    if run is not None:
+        return run[0], path
     weights = find_weights(path)
     if weights is None:
         ggufs = sorted(path.glob("*.gguf"))
@@ -44,7 +51,8 @@ def locate(path: PathLike) -> tuple[pathlib.Path, pathlib.Path]:
             return path, ggufs[0]
         found = sorted(p.name for p in path.iterdir())[:10]
         raise ConversionError(f"{path}: no weights found (looked for model.safetensors[.index.json], "
-                              f"pytorch_model.bin[.index.json] or one *.gguf); the folder holds {found}")
+                              f"pytorch_model.bin[.index.json], one *.gguf, or a training run's jrt_run.json); the "
+                              f"folder holds {found}")
     return path, weights
 
 

@@ -7,8 +7,9 @@
 
 Presets are initialised at random (``--init-seed``): the text is gibberish but every code path — bucketing,
 prefill, constant-memory decoding, sampling, stop strings, streaming — is the real one. ``--checkpoint`` loads a
-checkpoint with `jrt_jax.from_pretrained` (Hugging Face Llama folder, JRT / Based release folder, GGUF file) and,
-with ``--tokenizer auto``, its own tokenizer (`jrt_jax.convert.load_tokenizer`).
+checkpoint with `jrt_jax.from_pretrained` (Hugging Face Llama folder, JRT / Based release folder, GGUF file, a
+``jrt train`` run directory or a ``jrt export`` folder) and, with ``--tokenizer auto``, its own tokenizer
+(`jrt_jax.convert.load_tokenizer`: for a run, the one its data were encoded with).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--preset", default=None,
                      help="model preset, randomly initialised (default jrt-tiny); see --list-presets")
     src.add_argument("--checkpoint", type=pathlib.Path, default=None,
-                     help="checkpoint folder or .gguf file, loaded with jrt_jax.from_pretrained")
+                     help="checkpoint folder, .gguf file or training run directory, loaded with "
+                          "jrt_jax.from_pretrained")
     p.add_argument("--list-presets", action="store_true", help="print the presets with parameter counts and exit")
     p.add_argument("--init-seed", type=int, default=0, help="seed of the random initialisation of a preset")
     p.add_argument("--tokenizer", choices=("auto", "gpt2", "bytes"), default="auto",

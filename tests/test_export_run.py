@@ -1,0 +1,366 @@
+"""A trained run → every tool: `jrt export RUN DST`, `jrt_jax.from_pretrained(RUN)` and `jrt generate --checkpoint
+RUN` (run directory or exported folder, no extra flags), with the run's tokenizer and token ids.
+
+Three tiny runs: a Llama trained by the `jrt train` command on a local text file with the byte tokenizer (exported
+folder loaded by transformers, logits within 1e-4), a tied-embedding Llama and a JRT-RNN (jrt-micro, synthetic
+set disjointness: no text tokenizer) trained in-process, whose exported and run-directory models give the
+trained parameters' logits exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import jrt_jax
+from jrt_jax.convert import ConversionError, load_tokenizer
+from jrt_jax.convert.run import EXPORT_FILE, run_model_config, run_tokenizer_record
+from jrt_jax.tokenizer import ByteTokenizer
+from tests import convert_helpers as ch
+from train import cli
+from jrt_jax.convert import load_config as model_config
+from train.config import load_config, to_dict
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TEXT = "It was the best of times, it was the worst of times, it was the age of wisdom. " * 40
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _torch_one_thread():
+    yield from ch.torch_single_thread()
+
+
+def _train_cli(run: pathlib.Path, text_file: pathlib.Path, cache: pathlib.Path):
+    """`jrt train` of the issue's command (plus small batch / eval sizes) in a subprocess on the CPU."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JRT_JAX_CACHE=str(cache))
+    cmd = [sys.executable, "-m", "train.cli", "train", "model.preset=llama-tiny",
+           "model.overrides={num_hidden_layers: 1}", "data.kind=text", f"data.text_files=[{text_file}]",
+           "data.tokenizer=bytes", "steps=3", f"checkpoint.dir={run}", "logging.dir=null", "data.batch_size=4",
+           "data.seq_len=32", "data.eval_examples=4"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def _train_inprocess(run: pathlib.Path, overrides: list[str]):
+    """A run trained with train.trainer.Trainer; returns (trained model, trainer config)."""
+    from train.trainer import Trainer
+
+    cfg = load_config(None, ["logging.dir=null", "data.batch_size=4", "data.eval_examples=4",
+                             "checkpoint.async_save=false", f"checkpoint.dir={run}", *overrides])
+    trainer = Trainer(cfg, log=lambda *a, **k: None)
+    trainer.run()
+    trainer.close()
+    model = nnx.merge(trainer.graphdef, trainer.state["params"], trainer.rest)
+    return model, cfg
+
+
+@pytest.fixture(scope="module")
+def llama_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("llama")
+    text = root / "text.txt"
+    text.write_text(TEXT)
+    _train_cli(root / "run", text, root / "cache")
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def jrt_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("jrt")
+    # jrt-micro cut to 3 layers (BaseConv, prefix linear attention, sliding window) to halve the compile time
+    model, cfg = _train_inprocess(root / "run", [
+        "model.preset=jrt-micro", "model.overrides={n_layers: 3, linear_layers: [1], window_layers: [2]}",
+        "steps=2", "data.seq_len=32", "checkpoint.every=1"])
+    return root / "run", model, cfg
+
+
+def _export(*args) -> tuple[int, str, str]:
+    """`jrt export ...` in-process: (exit status, stdout, stderr)."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["export", *map(str, args)])
+    return code, out.getvalue(), err.getvalue()
+
+
+def _hf_logits(folder, tokens):
+    import torch
+    import transformers
+
+    hf = transformers.LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return hf(torch.tensor(tokens)).logits.numpy()
+
+
+TOKENS = np.asarray([list(b"It was the best of times"), list(b"the age of wisdom, it wa")], np.int32)
+
+
+# ------------------------------------------------------------------------------------------------ Llama
+
+
+def test_llama_run_exports_to_a_transformers_folder(llama_run, tmp_path):
+    code, out, err = _export(llama_run, tmp_path / "out")
+    assert code == 0, err
+    assert out.startswith(f"exported {llama_run} step 3 (LlamaLM, ")
+    assert "tokenizer: bytes (bos 256, eos 256, pad 257)" in out
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["config.json", "generation_config.json", EXPORT_FILE, "model.safetensors"]
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (256, 256, 257)
+    assert config["num_hidden_layers"] == 1
+    gen = json.loads((tmp_path / "out" / "generation_config.json").read_text())
+    assert gen == {"bos_token_id": 256, "eos_token_id": 256, "pad_token_id": 257}
+    record = json.loads((tmp_path / "out" / EXPORT_FILE).read_text())
+    assert record["step"] == 3 and record["run"] == str(llama_run) and record["tokenizer"]["kind"] == "bytes"
+    assert record["train_config"]["data"]["tokenizer"] == "bytes"
+
+    ours = jrt_jax.from_pretrained(llama_run)  # the run directory itself
+    want = np.asarray(ours(jnp.asarray(TOKENS)))
+    hf = _hf_logits(tmp_path / "out", TOKENS)
+    diff = ch.max_abs(hf, want)
+    print(f"Llama run: max |transformers - JAX| logits = {diff:.3g}")
+    assert diff <= 1e-4
+    ch.assert_bit_identical(ch.params_of(ours), ch.params_of(jrt_jax.from_pretrained(tmp_path / "out")))
+    assert isinstance(load_tokenizer(llama_run), ByteTokenizer)
+    assert isinstance(load_tokenizer(tmp_path / "out"), ByteTokenizer)
+
+
+def test_tied_llama_stores_the_embedding_once(tmp_path):
+    from safetensors import safe_open
+
+    model, _ = _train_inprocess(tmp_path / "run", [
+        "model.preset=llama-tiny", "model.overrides={num_hidden_layers: 1, tie_word_embeddings: true}",
+        "data.kind=mqar", "steps=2", "data.seq_len=48"])
+    want = np.asarray(model(jnp.asarray(TOKENS)))
+    for fmt in ("safetensors", "torch"):
+        code, _, err = _export(tmp_path / "run", tmp_path / fmt, "--format", fmt)
+        assert code == 0, err
+        if fmt == "safetensors":
+            with safe_open(tmp_path / fmt / "model.safetensors", "np") as f:
+                keys = set(f.keys())
+            assert "lm_head.weight" not in keys and "model.embed_tokens.weight" in keys
+        diff = ch.max_abs(_hf_logits(tmp_path / fmt, TOKENS), want)
+        print(f"tied Llama ({fmt}): max |transformers - trained JAX| logits = {diff:.3g}")
+        assert diff <= 1e-4
+        np.testing.assert_array_equal(np.asarray(jrt_jax.from_pretrained(tmp_path / fmt)(jnp.asarray(TOKENS))), want)
+    # synthetic data: no tokenizer, no token ids, and a note saying so
+    config = json.loads((tmp_path / "safetensors" / "config.json").read_text())
+    assert "eos_token_id" not in config and not (tmp_path / "safetensors" / "generation_config.json").exists()
+    note = json.loads((tmp_path / "safetensors" / EXPORT_FILE).read_text())["tokenizer"]
+    assert note["kind"] is None and "synthetic" in note["note"]
+
+
+# -------------------------------------------------------------------------------------------------- JRT
+
+
+def test_jrt_run_export_and_run_dir_give_the_trained_logits(jrt_run, tmp_path):
+    run, trained, _ = jrt_run
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 40)), jnp.int32)
+    want = np.asarray(trained(tokens))
+    code, out, err = _export(run, tmp_path / "out")
+    assert code == 0, err
+    assert "(JRTLM, " in out and "tokenizer: none" in out and "synthetic task" in err
+    from_run = jrt_jax.from_pretrained(run)
+    from_export = jrt_jax.from_pretrained(tmp_path / "out")
+    assert isinstance(from_run, jrt_jax.JRTLM) and from_run.config == from_export.config == model_config(run)
+    np.testing.assert_array_equal(np.asarray(from_run(tokens)), want)
+    np.testing.assert_array_equal(np.asarray(from_export(tokens)), want)
+    ch.assert_bit_identical(ch.params_of(trained), ch.params_of(from_export))
+    with pytest.raises(ConversionError, match="synthetic"):
+        load_tokenizer(tmp_path / "out")  # not GPT-2, the default of a release-style folder without a tokenizer
+    with pytest.raises(ConversionError, match="synthetic"):
+        load_tokenizer(run)
+
+
+def test_a_step_folder_and_an_older_step(jrt_run, tmp_path):
+    """RUN/<step> selects a step; `--step` too; the newest step is the default."""
+    run, trained, cfg = jrt_run
+    assert jrt_jax.from_pretrained(run / "2").config == jrt_jax.from_pretrained(run).config
+    code, _, err = _export(run, tmp_path / "out", "--step", "2")
+    assert code == 0, err
+    assert json.loads((tmp_path / "out" / EXPORT_FILE).read_text())["step"] == 2
+
+
+# --------------------------------------------------------------------------------------------- generate
+
+
+def _generate(checkpoint, monkeypatch, capsys) -> str:
+    import jrt_jax.tokenizer as tk
+
+    def no_fallback(vocab_size):
+        raise AssertionError("the run's own tokenizer should have been used")
+
+    monkeypatch.setattr(tk, "tokenizer_for_vocab", no_fallback)
+    code = cli.main(["generate", "--checkpoint", str(checkpoint), "--prompt", "It was the", "--max-new-tokens",
+                     "5", "--no-eos-stop"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return captured.out
+
+
+def test_generate_reads_the_run_dir_and_the_export(llama_run, tmp_path, monkeypatch, capsys):
+    assert _export(llama_run, tmp_path / "out")[0] == 0
+    from_run = _generate(llama_run, monkeypatch, capsys)
+    from_export = _generate(tmp_path / "out", monkeypatch, capsys)
+    assert from_run == from_export
+    # the text is the byte tokenizer's decoding of the model's greedy continuation
+    model = jrt_jax.from_pretrained(llama_run)
+    ids = list(b"It was the")
+    for _ in range(5):
+        ids.append(int(jnp.argmax(model(jnp.asarray([ids]))[0, -1])))
+    assert from_run == ByteTokenizer().decode(ids[10:]) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+def _assert_one_line_error(code, out, err, *needles):
+    assert code != 0 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("jrt export: error: "), err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_errors_are_one_line_and_write_nothing(jrt_run, tmp_path):
+    run = jrt_run[0]
+    dst = tmp_path / "dst"
+    _assert_one_line_error(*_export(tmp_path / "missing", dst), "does not exist")
+    assert not dst.exists()
+    (tmp_path / "plain").mkdir()
+    _assert_one_line_error(*_export(tmp_path / "plain", dst), "not a training run directory")
+    assert not dst.exists()
+    # a run that saved no checkpoint yet: its owner file only
+    (tmp_path / "empty").mkdir()
+    shutil.copy(run / "jrt_run.json", tmp_path / "empty" / "jrt_run.json")
+    _assert_one_line_error(*_export(tmp_path / "empty", dst), "no checkpoint")
+    assert not dst.exists()
+    _assert_one_line_error(*_export(run, dst, "--step", "7"), "step 7 does not exist", "steps: [1, 2]")
+    assert not dst.exists()
+    dst.mkdir()
+    (dst / "keep.txt").write_text("mine")
+    _assert_one_line_error(*_export(run, dst), "not empty")
+    assert sorted(p.name for p in dst.iterdir()) == ["keep.txt"] and (dst / "keep.txt").read_text() == "mine"
+    code, _, err = _export(run, dst, "--overwrite")
+    assert code == 0, err and (dst / "keep.txt").is_file()
+
+
+def _edit_meta(step_dir: pathlib.Path) -> None:
+    meta = step_dir / "meta" / "metadata"
+    data = json.loads(meta.read_text())
+    data["data_position"] = 5  # valid JSON, a plausible value: only its SHA-256 tells
+    meta.write_text(json.dumps(data))
+
+
+def _alter_a_parameter(step_dir: pathlib.Path) -> None:
+    """Rewrite the step's arrays with one element of one parameter changed (a well-formed orbax checkpoint: orbax
+    restores it without complaint; only the digest in the metadata tells)."""
+    import warnings
+
+    import orbax.checkpoint as ocp
+
+    with ocp.PyTreeCheckpointer() as ckpt, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Sharding info not provided when restoring": one CPU device here
+        state = {k: np.asarray(v) for k, v in ckpt.restore(step_dir / "state").items()}
+        key = sorted(k for k in state if k.startswith("['params']"))[0]
+        state[key] = state[key].copy()
+        state[key].flat[0] += 1.0
+        shutil.rmtree(step_dir / "state")
+        ckpt.save(step_dir / "state", state)
+
+
+@pytest.mark.parametrize("damage, reason", [(_edit_meta, "SHA-256"), (_alter_a_parameter, "digest")],
+                         ids=["metadata", "parameters"])
+def test_a_corrupt_newest_step_falls_back_unless_asked_for(jrt_run, tmp_path, damage, reason):
+    run = tmp_path / "run"
+    shutil.copytree(jrt_run[0], run)
+    damage(run / "2")
+    before = {str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    _assert_one_line_error(*_export(run, tmp_path / "a", "--step", "2"), "step 2", reason)
+    assert not (tmp_path / "a").exists()
+    code, _, err = _export(run, tmp_path / "b")
+    assert code == 0 and "warning" in err and "step 2" in err and reason in err
+    assert json.loads((tmp_path / "b" / EXPORT_FILE).read_text())["step"] == 1
+    after = {str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before  # the run is only read
+
+
+# ------------------------------------------------------------------------------ config and tokenizer rules
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model.preset=jrt-micro"],
+    ["model.preset=based-micro", "model.overrides={n_layers: 3, linear_layers: [1], window_layers: [2]}"],
+    ["model.preset=llama-tiny", "optim.param_dtype=bfloat16", "optim.compute_dtype=bfloat16"],
+    ["model.preset=llama-tiny", "model.rope_scaling={rope_type: linear, factor: 4.0}", "data.seq_len=8192"],
+    ["model.preset=llama-tiny", "model.rope_scaling={rope_type: yarn, factor: 2.0}", "data.seq_len=64"],
+    ["model.preset=llama-tiny", "model.rope_scaling={rope_type: dynamic, factor: 2.0}", "data.seq_len=8192"],
+], ids=["jrt", "based-overrides", "bf16", "pi-linear", "yarn", "dynamic"])
+def test_model_config_rule_matches_the_trainer(overrides):
+    """jrt_jax rebuilds a run's model config without importing train: the same rules as build_model_config."""
+    from train.trainer import build_model_config
+
+    cfg = load_config(None, overrides)
+    assert run_model_config(json.loads(json.dumps(to_dict(cfg)))) == build_model_config(cfg)
+
+
+def test_model_config_of_a_fine_tune(tmp_path):
+    from train.trainer import build_model_config
+
+    base = dataclasses.replace(jrt_jax.models.config_from_preset("llama-tiny"), max_position_embeddings=32)
+    jrt_jax.save_pretrained(jrt_jax.models.build(base, seed=1), tmp_path / "base")
+    cfg = load_config(None, [f"model.checkpoint={tmp_path / 'base'}", "model.preset=llama-tiny",
+                             "model.rope_scaling={rope_type: linear, factor: 2.0}", "data.seq_len=64"])
+    assert run_model_config(to_dict(cfg)) == build_model_config(cfg)
+    gone = dict(to_dict(cfg), model=dict(to_dict(cfg)["model"], checkpoint=str(tmp_path / "gone")))
+    with pytest.raises(ConversionError, match="fine-tuned from model.checkpoint=.*does not exist"):
+        run_model_config(gone, tmp_path / "run")
+
+
+def test_tokenizer_records(tmp_path):
+    def record(overrides, run=tmp_path / "run"):
+        return run_tokenizer_record(to_dict(load_config(None, overrides)), run)
+
+    r = record(["data.kind=text", "data.text_files=[x.txt]", "data.tokenizer=gpt2"])
+    assert (r.kind, r.bos, r.eos, r.pad) == ("gpt2", 50256, 50256, None)
+    r = record(["data.kind=text", "data.text_files=[x.txt]", "data.tokenizer=bytes"])
+    assert (r.kind, r.bos, r.eos, r.pad) == ("bytes", 256, 256, 257) and isinstance(r.load(), ByteTokenizer)
+    r = record(["data.kind=mqar"])
+    assert r.kind is None and "synthetic" in r.note
+    # prepared token data: the directory's tokenizer.json (here a tiny word-level one) and its eos id
+    from tokenizers import Tokenizer, models
+
+    data = tmp_path / "data"
+    data.mkdir()
+    Tokenizer(models.WordLevel({"a": 0, "</s>": 1, "[UNK]": 2}, unk_token="[UNK]")).save(str(data / "tokenizer.json"))
+    (data / "index.json").write_text(json.dumps({"tokenizer": {"name": "tokenizer.json", "vocab_size": 3,
+                                                               "eos_id": 1, "file": "tokenizer.json"}}))
+    r = record(["data.kind=tokens", f"data.path=[{data}]"])
+    assert (r.kind, r.eos, r.file) == ("file", 1, str(data / "tokenizer.json")) and r.load().eos_id == 1
+    # a tokenizer.json in the run directory comes before the data's
+    (tmp_path / "run").mkdir()
+    shutil.copy(data / "tokenizer.json", tmp_path / "run" / "tokenizer.json")
+    assert record(["data.kind=mqar"]).kind == "file"
+    # a fine-tune: the base checkpoint's tokenizer when it has one
+    base = tmp_path / "base"
+    jrt_jax.save_pretrained(jrt_jax.models.build(jrt_jax.models.config_from_preset("llama-tiny")), base)
+    shutil.copy(data / "tokenizer.json", base / "tokenizer.json")
+    r = record([f"model.checkpoint={base}", "data.kind=text", "data.text_files=[x.txt]", "data.tokenizer=bytes"],
+               tmp_path / "other")
+    assert (r.kind, r.eos) == ("checkpoint", 1)
+    # … with the ids its config.json / generation_config.json name, when they name them
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps(dict(config, bos_token_id=0, eos_token_id=1)))
+    (base / "generation_config.json").write_text(json.dumps({"eos_token_id": [1, 2], "pad_token_id": 2}))
+    r = record([f"model.checkpoint={base}", "data.kind=mqar"], tmp_path / "other")
+    assert (r.kind, r.bos, r.eos, r.pad) == ("checkpoint", 0, [1, 2], 2)

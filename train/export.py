@@ -1,0 +1,147 @@
+"""`jrt export RUN_DIR DST`: a training run's checkpoint → a folder `from_pretrained` loads (transformers too).
+
+    jrt export runs/llama DST                        # the newest step that verifies, model.safetensors
+    jrt export runs/llama DST --step 200 --format torch
+
+The run directory is only read (`jrt_jax.convert.run`: the step's parameters, verified against their saved
+digests; the optimizer state is not read). DST receives what `jrt_jax.save_pretrained` writes — the weights
+(``model.safetensors`` with a tied embedding stored once, or ``pytorch_model.bin``) and ``config.json`` — and:
+
+* ``config.json`` / ``generation_config.json``: bos / eos / pad token ids of the tokenizer the run used
+  (GPT-2: 50256 / 50256 / none; bytes: 256 / 256 / 257 — documents are separated by end-of-text in the training
+  data, so that is also the begin-of-text id);
+* the tokenizer: ``tokenizer.json`` for GPT-2 BPE and tokenizer.json-based data; the fine-tuned checkpoint's
+  tokenizer files for a ``model.checkpoint`` run; for the byte tokenizer (which has no file) the record in
+  ``jrt_export.json`` from which `jrt_jax.convert.load_tokenizer` rebuilds it; none for the synthetic tasks;
+* ``jrt_export.json``: the run, run id, step, tokenizer record (with a note when there is none) and the full
+  training config.
+
+Nothing is written unless everything succeeds (`jrt_jax.convert.atomic.AtomicFolder`); an existing non-empty DST
+is refused unless --overwrite. Errors are one line on stderr, exit status 1 (2 for bad arguments, 130 on Ctrl-C,
+143 on SIGTERM, which also removes the partial output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import signal
+import sys
+import time
+import warnings
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jrt export", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", help="the run's checkpoint.dir (holds jrt_run.json)")
+    p.add_argument("dst", help="output folder (new or empty)")
+    p.add_argument("--step", type=int, help="which step (default: the newest that verifies)")
+    p.add_argument("--format", choices=("safetensors", "torch"), default="safetensors",
+                   help="weights format (default: safetensors)")
+    p.add_argument("--overwrite", action="store_true", help="replace the files in an existing non-empty DST")
+    return p
+
+
+def _tokenizer_files(record):
+    """(object to save as tokenizer.json or None, files to copy) for a `TokenizerRecord`."""
+    from jrt_jax.convert.sources import locate
+
+    if record.kind in ("bytes", None):
+        return None, []
+    if record.kind == "file":
+        return None, [pathlib.Path(record.file)]
+    if record.kind == "checkpoint":
+        folder, _ = locate(record.file)
+        if (folder / "tokenizer.json").is_file():
+            return None, [folder / n for n in TOKENIZER_FILES if (folder / n).is_file()]
+    tok = record.load()  # gpt2, or a checkpoint's tokenizer without a file (GGUF, the releases' GPT-2)
+    if not hasattr(tok, "save"):
+        return None, []
+    return tok, []
+
+
+def export_run(run_dir, dst, *, step: int | None = None, format: str = "safetensors",
+               overwrite: bool = False) -> dict:
+    """Export step `step` (default: the newest that verifies) of a run to `dst`; returns a summary dict.
+
+    Raises `jrt_jax.convert.ConversionError` (a ValueError; one-line message) on any failure, with nothing
+    written to `dst`.
+    """
+    from jrt_jax.convert import ConversionError, save_pretrained
+    from jrt_jax.convert.run import EXPORT_FILE, open_run
+    from jrt_jax.models import count_params
+
+    dst = pathlib.Path(dst)
+    if dst.exists() and not dst.is_dir():
+        raise ConversionError(f"{dst}: exists and is not a folder")
+    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
+        raise ConversionError(f"{dst}: folder exists and is not empty (pass --overwrite to replace the files it "
+                              "writes)")
+    opened = open_run(run_dir, step)
+    record = opened.tokenizer
+    tokenizer, files = _tokenizer_files(record)
+    model = opened.model()
+    ids = {} if record.kind is None else {"bos_token_id": record.bos, "eos_token_id": record.eos,
+                                          "pad_token_id": record.pad}
+    json_files = {EXPORT_FILE: {
+        "format": 1,
+        "run": str(opened.path),
+        "run_id": opened.run_id,
+        "step": opened.step,
+        "skipped_steps": opened.skipped,
+        "model": type(model).__name__,
+        "tokenizer": record.to_json(),
+        "train_config": opened.meta["config"],
+    }}
+    if ids:
+        json_files["generation_config.json"] = dict(ids)
+    weights = save_pretrained(model, dst, format=format, overwrite=overwrite, tokenizer=tokenizer,
+                              extra_files=files, tied_head="once", config_updates=ids, json_files=json_files)
+    return {"run": str(opened.path), "step": opened.step, "model": type(model).__name__,
+            "parameters": count_params(model), "dtype": model.config.param_dtype, "weights": str(weights),
+            "tokenizer": record.kind, "bos_token_id": record.bos, "eos_token_id": record.eos,
+            "pad_token_id": record.pad, "note": record.note}
+
+
+def main(argv=None) -> int:
+    """Run ``jrt export`` with `argv` (default: sys.argv[1:]); returns the exit status."""
+    from jrt_jax.convert.atomic import Terminated, sigterm_raises
+
+    args = _parser().parse_args(argv)
+    prog = "jrt export"
+    t0 = time.perf_counter()
+    try:
+        with sigterm_raises(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                summary = export_run(args.run_dir, args.dst, step=args.step, format=args.format,
+                                     overwrite=args.overwrite)
+            finally:
+                for w in caught:
+                    print(f"{prog}: warning: {str(w.message).splitlines()[0]}", file=sys.stderr)
+    except Terminated:
+        print(f"{prog}: terminated by SIGTERM; partial output removed", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; partial output removed", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, RuntimeError) as exc:  # ConversionError is a ValueError
+        text = str(exc).strip().splitlines()
+        print(f"{prog}: error: {text[0] if text else type(exc).__name__}", file=sys.stderr)
+        return 1
+    tok = summary["tokenizer"] or "none"
+    ids = ("" if summary["tokenizer"] is None else f" (bos {summary['bos_token_id']}, eos {summary['eos_token_id']}, "
+           f"pad {summary['pad_token_id']})")
+    print(f"exported {args.run_dir} step {summary['step']} ({summary['model']}, {summary['parameters']:,} "
+          f"parameters, {summary['dtype']}) → {summary['weights']} in {time.perf_counter() - t0:.1f} s; "
+          f"tokenizer: {tok}{ids}")
+    if summary["note"]:
+        print(f"{prog}: note: {summary['note']}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
