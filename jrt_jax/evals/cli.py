@@ -4,6 +4,7 @@
     jrt eval passkey --model M --lengths 1024,4096,8192 --trials K [--plot accuracy.png]
     jrt eval qa --model M --data FILE.jsonl [--jrt-prompt] [--template qa|document] [--chat]
     jrt eval recall --model M --task mqar|set_disjointness [--seq-len N …] [--jrt-prompt]
+    jrt eval lm-eval --model jrt-jax --model_args pretrained=M --tasks T …   (lm-eval's own arguments)
 
 M is a converted folder, a .gguf file, a `jrt train` run directory or a preset (`jrt_jax.evals.loading`).
 `--json` prints exactly one JSON object on stdout; a progress bar goes to stderr. Errors are one line on stderr
@@ -69,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--examples", type=int, default=256)
     rc.add_argument("--seed", type=int, default=0)
     rc.add_argument("--jrt-prompt", action="store_true", help="read each example's prefix twice")
+    sub.add_parser("lm-eval", add_help=False, help="lm-evaluation-harness with --model jrt-jax (every argument "
+                   "goes to lm-eval's CLI; see jrt_jax.evals.lm_eval_adapter)")
     return p
 
 
@@ -192,6 +195,14 @@ def _perplexity(args) -> dict:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lm-eval"]:  # the rest is lm-eval's own command line, not parsed here
+        try:
+            from jrt_jax.evals.lm_eval_adapter import main as lm_eval_main
+        except ImportError as e:
+            print(f"jrt eval lm-eval: error: {e} (pip install 'jrt-jax[eval]')", file=sys.stderr)
+            return 2
+        return lm_eval_main(argv[1:], prog="jrt eval lm-eval")
     args = build_parser().parse_args(argv)
     prog = f"jrt eval {args.command}"
     try:
