@@ -250,3 +250,29 @@ def test_recall_accuracy_is_the_greedy_accuracy_at_the_labels(jrt_prompt):
     assert out["correct"] == int((logits.argmax(-1) == labels)[at].sum())
     with pytest.raises(ValueError, match=r"do not apply to --task set_disjointness"):
         make_task("set_disjointness", num_pairs=3)
+
+
+def test_jrt_perplexity_never_scores_a_token_its_encoder_has_read():
+    """A JRT-RNN window's encoder covers only context it does not score: changing a scored token changes no
+    log-probability of an earlier scored token (causality), and the numbers equal a full forward with the same
+    per-window encoder."""
+    model = mh.model("jrt")
+    m = model.config.enc_len
+    ids = np.random.default_rng(4).integers(0, 300, 3 * m)
+    context, stride = 2 * m, m // 2
+    base = perplexity(model, ids, context=context, stride=stride)
+    want_sum = 0.0
+    for w in windows(len(ids), context, stride):
+        enc = max(1, min(m, w.first_scored - w.begin))
+        logp = np.asarray(jax.nn.log_softmax(model(jnp.asarray(ids[None, w.begin:w.end]), enc_len=enc), -1))[0]
+        want_sum -= sum(logp[j - 1 - w.begin, ids[j]] for j in range(w.first_scored, w.end))
+    np.testing.assert_allclose(base.nll_sum, want_sum, rtol=1e-5)
+    # Causality: the first window's score of token t does not depend on tokens after t.
+    cut = 10
+    first = windows(len(ids), context, stride)[0]
+    changed = ids.copy()
+    changed[cut:first.end] = (changed[cut:first.end] + 1) % 300
+    a = target_logprobs(model, ids[None, :first.end], np.r_[ids[1:first.end], -1][None], enc_len=np.array([1]))[0]
+    b = target_logprobs(model, changed[None, :first.end], np.r_[changed[1:first.end], -1][None],
+                        enc_len=np.array([1]))[0]
+    np.testing.assert_allclose(a[0, :cut - 1], b[0, :cut - 1], atol=1e-6)

@@ -7,6 +7,11 @@ token has nothing before it inside the window and is not scored: so the text's f
 stride = context (disjoint windows) neither is the first token of every window — exactly as in the recipe,
 whose `num_valid_tokens − batch_size` count drops them. stride < context scores every token but the first;
 stride 1 gives every token the full context (one forward per token).
+
+JRT-RNN models read their first M positions non-causally (the PLA encoder), so an output inside the encoder has
+seen the tokens it would be scored on. Each window's encoder is therefore cut to the context it does not score:
+M_window = min(M, first scored − begin) ≥ 1 (per row, one compilation). The first window's encoder is then its
+first token alone: the scores are those of a causal reading, never of a peek at the answer.
 """
 
 from __future__ import annotations
@@ -97,7 +102,11 @@ def perplexity(model, ids: Sequence[int] | np.ndarray, *, context: int, stride: 
             # input position i (absolute w.begin + i) predicts token w.begin + i + 1
             first = w.first_scored - 1 - w.begin
             targets[row, first:n - 1] = ids[w.first_scored:w.end]
-        logp, greedy = target_logprobs(model, tokens, targets, chunk=chunk)
+        enc = None
+        if getattr(model.config, "linear_kind", None) == "prefix":  # JRT-RNN: keep scored tokens out of the encoder
+            m = int(model.config.enc_len)
+            enc = np.asarray([max(1, min(m, w.first_scored - w.begin)) for w in group], np.int32)
+        logp, greedy = target_logprobs(model, tokens, targets, chunk=chunk, enc_len=enc)
         count = int((targets >= 0).sum())
         nll_sum -= float(logp.sum(dtype=np.float64))
         correct += int(greedy.sum())

@@ -17,8 +17,10 @@ from flax import nnx
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "chunk", "enc_len"))
-def _score(graphdef, state, tokens, targets, chunk: int, enc_len=None):
+def _score(graphdef, state, tokens, targets, enc_lens, chunk: int, enc_len=None):
     model = nnx.merge(graphdef, state)
+    if enc_lens is not None:
+        enc_len = enc_lens
     x = model.hidden_states(tokens) if enc_len is None else model.hidden_states(tokens, enc_len=enc_len)
     b, t, d = x.shape
     n = -(-t // chunk)
@@ -40,8 +42,7 @@ def _score(graphdef, state, tokens, targets, chunk: int, enc_len=None):
     return unchunk(logp), unchunk(greedy)
 
 
-def target_logprobs(model, tokens, targets, *, chunk: int = 512, enc_len: int | None = None
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def target_logprobs(model, tokens, targets, *, chunk: int = 512, enc_len=None) -> tuple[np.ndarray, np.ndarray]:
     """(log-probabilities [B, T] float32, greedy-correct [B, T] bool) of `targets` under `model`.
 
     Args:
@@ -50,7 +51,8 @@ def target_logprobs(model, tokens, targets, *, chunk: int = 512, enc_len: int | 
       targets: int [B, T]: the token to score at each position (the next token), -1 where nothing is scored
         (those positions get log-probability 0 and greedy False).
       chunk: positions per application of the head.
-      enc_len: JRT-RNN only: the encoder length of the forward (default the model's).
+      enc_len: JRT-RNN only: the encoder length of the forward — an int, or one per row (int array [B]; one
+        compilation for all values); default the model's.
     """
     tokens = np.asarray(tokens)
     targets = np.asarray(targets)
@@ -60,6 +62,8 @@ def target_logprobs(model, tokens, targets, *, chunk: int = 512, enc_len: int | 
     if not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive int; got {chunk!r}")
     graphdef, state = nnx.split(model)
+    per_row = enc_len is not None and np.ndim(enc_len) == 1
     logp, greedy = _score(graphdef, state, jnp.asarray(tokens, jnp.int32), jnp.asarray(targets, jnp.int32),
-                          chunk=min(chunk, tokens.shape[1]), enc_len=enc_len)
+                          jnp.asarray(enc_len, jnp.int32) if per_row else None, chunk=min(chunk, tokens.shape[1]),
+                          enc_len=None if per_row or enc_len is None else int(enc_len))
     return np.asarray(logp), np.asarray(greedy)
