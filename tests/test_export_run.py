@@ -355,9 +355,11 @@ def test_tokenizer_records(tmp_path):
     base = tmp_path / "base"
     jrt_jax.save_pretrained(jrt_jax.models.build(jrt_jax.models.config_from_preset("llama-tiny")), base)
     shutil.copy(data / "tokenizer.json", base / "tokenizer.json")
+    r = record([f"model.checkpoint={base}", "data.kind=text", "data.text_files=[x.txt]"], tmp_path / "other")
+    assert (r.kind, r.eos) == ("checkpoint", 1)  # data.tokenizer=auto: the text was read with the base's tokenizer
     r = record([f"model.checkpoint={base}", "data.kind=text", "data.text_files=[x.txt]", "data.tokenizer=bytes"],
                tmp_path / "other")
-    assert (r.kind, r.eos) == ("checkpoint", 1)
+    assert r.kind == "bytes"  # an explicit data tokenizer is what the ids were made with
     # … with the ids its config.json / generation_config.json name, when they name them
     config = json.loads((base / "config.json").read_text())
     (base / "config.json").write_text(json.dumps(dict(config, bos_token_id=0, eos_token_id=1)))

@@ -216,3 +216,29 @@ def test_resumed_metrics_purge_the_replayed_tensorboard_steps(tmp_path):
     assert first_life == list(range(1, 11)) and not any(e.session_log.status for n, e in events if n == files[0])
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3, 4, 5, 6, 7, 8] and lines[-1]["loss"] == 108.0
+
+
+def test_text_data_tokenizer_auto_is_the_checkpoints_own(tmp_path):
+    """data.tokenizer=auto (the default) reads text with model.checkpoint's tokenizer; without one, GPT-2's."""
+    from tokenizers import Tokenizer, models as tk_models, pre_tokenizers
+
+    import jrt_jax
+    from jrt_jax.tokenizer import TokenizerFile
+
+    base = tmp_path / "base"
+    jrt_jax.save_pretrained(jrt_jax.models.build(jrt_jax.models.config_from_preset("llama-tiny")), base)
+    tok = Tokenizer(tk_models.WordLevel({"</s>": 0, "to": 1, "be": 2, "or": 3, "not": 4, "[UNK]": 5},
+                                        unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(base / "tokenizer.json"))
+    text = tmp_path / "t.txt"
+    text.write_text("to be or not to be " * 40)
+    cfg = load_config(None, ["data.kind=text", f"data.text_files=[{text}]", "data.seq_len=8", "data.batch_size=2"])
+    assert cfg.data.tokenizer == "auto"
+    task = make_task(cfg.data, None, checkpoint=str(base))
+    assert isinstance(task.tokenizer, TokenizerFile) and task.vocab_needed == 6
+    batch = task.batch(0, range(2))
+    assert set(np.unique(batch.tokens)) <= {0, 1, 2, 3, 4}
+    assert make_task(cfg.data, None).tokenizer.vocab_size == 50257  # no checkpoint: GPT-2
+    with pytest.raises(ValueError, match="data.tokenizer=auto: model.checkpoint .* has no tokenizer"):
+        make_task(cfg.data, None, checkpoint=str(tmp_path / "nothing-here"))

@@ -49,7 +49,9 @@ class DataConfig:
     num_pairs, num_queries: MQAR key-value pairs and queries per example.
     num_keys, num_values: MQAR key and value vocabularies (disjoint token ranges after 4 special tokens).
     short_set, long_set, universe: set-disjointness sizes (one shared element) and the element vocabulary.
-    text_files: glob patterns of UTF-8 files for kind="text"; tokenizer "gpt2" or "bytes".
+    text_files: glob patterns of UTF-8 files for kind="text"; tokenizer "gpt2", "bytes" or "auto" (the model
+      checkpoint's own tokenizer when model.checkpoint is set — fine-tuning must read the ids the model was
+      trained on — else gpt2).
     eval_examples: examples in the held-out evaluation set (generated from a different seed stream).
     path: kind="tokens": one or more `jrt prepare-data` output directories. weights: their mixture weights (one
       per path; default equal).
@@ -72,7 +74,7 @@ class DataConfig:
     long_set: int = 16
     universe: int = 64
     text_files: tuple[str, ...] = ()
-    tokenizer: Literal["gpt2", "bytes"] = "gpt2"
+    tokenizer: Literal["auto", "gpt2", "bytes"] = "auto"
     eval_examples: int = 256
     seed: int = 0
     path: tuple[str, ...] = ()
@@ -159,7 +161,8 @@ class CheckpointConfig:
 class LoggingConfig:
     """Metrics every `every` steps to `dir`/metrics.jsonl and TensorBoard event files ("{preset}" in `dir` is
     replaced by model.preset); evaluation every
-    `eval_every` steps (0: only at the end); a progress bar when stdout is a terminal (or progress=True)."""
+    `eval_every` steps (0: only at the end; otherwise also before the first step of a new run, the baseline a
+    fine-tune starts from); a progress bar when stdout is a terminal (or progress=True)."""
 
     dir: str | None = "runs/{preset}"
     every: int = 10

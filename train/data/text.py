@@ -31,24 +31,36 @@ def _files(patterns) -> list[pathlib.Path]:
     return out
 
 
-def _tokenizer(name: str):
+def _tokenizer(name: str, checkpoint: str | None = None):
+    """data.tokenizer: "auto" is the checkpoint's own tokenizer when fine-tuning one (else GPT-2)."""
     from jrt_jax import tokenizer
 
-    if name == "gpt2":
+    if name == "auto" and checkpoint is not None:
+        from jrt_jax.convert import ConversionError, load_tokenizer
+
+        try:
+            return load_tokenizer(checkpoint)
+        except ConversionError as e:
+            raise ValueError(f"data.tokenizer=auto: model.checkpoint {checkpoint} has no tokenizer ({e}); set "
+                             "data.tokenizer=gpt2 or bytes") from None
+    if name in ("gpt2", "auto"):
         return tokenizer.gpt2_tokenizer()
     return tokenizer.ByteTokenizer()
 
 
 class TextData:
-    def __init__(self, cfg, model_config=None):
+    def __init__(self, cfg, model_config=None, *, checkpoint: str | None = None):
         self.seq_len = cfg.seq_len
         self.seed = cfg.seed
         self.batch_size = cfg.batch_size
         files = _files(cfg.text_files)
-        tok = _tokenizer(cfg.tokenizer)
+        tok = _tokenizer(cfg.tokenizer, checkpoint)
+        self.tokenizer = tok
         self.vocab_needed = tok.vocab_size
+        which = f"auto:{checkpoint}" if cfg.tokenizer == "auto" and checkpoint is not None else \
+            ("gpt2" if cfg.tokenizer == "auto" else cfg.tokenizer)
         key = hashlib.sha256("|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
-                             .encode() + cfg.tokenizer.encode()).hexdigest()[:16]
+                             .encode() + which.encode()).hexdigest()[:16]
         cached = cache_dir() / "tokens" / f"{key}.npy"
         if cached.is_file():
             ids = np.load(cached)
@@ -56,7 +68,7 @@ class TextData:
             parts = []
             for path in files:
                 parts.append(np.asarray(tok.encode(path.read_text(encoding="utf-8", errors="replace")), np.int32))
-                parts.append(np.asarray([tok.eos_id], np.int32))
+                parts.append(np.asarray([tok.eos_id if tok.eos_id is not None else 0], np.int32))
             ids = np.concatenate(parts)
             cached.parent.mkdir(parents=True, exist_ok=True)
             tmp = cached.with_suffix(".tmp.npy")
