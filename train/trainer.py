@@ -431,5 +431,5 @@ def _main_thread() -> bool:
 
 
 def _line(step, metrics) -> str:
-    keys = ("loss", "ntp_loss", "mlm_loss", "grad_norm", "lr", "tokens_per_s", "mfu", "eval_accuracy")
+    keys = ("loss", "ntp_loss", "mlm_loss", "grad_norm", "lr", "tokens_per_s", "mfu", "eval_accuracy", "eval_loss")
     return f"step {step:>6}  " + "  ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
