@@ -187,8 +187,6 @@ def test_generation_bad_input():
     with pytest.raises(ValueError, match=r"prompt 0 has 15 tokens; with max_new_tokens=8 that is 23 > the model's "
                                          r"maximum length 20"):
         limited.generate([list(range(15))], max_new_tokens=8)
-    llama = Generator(mh.model("llama"))  # max_position_embeddings = 4096
-    with pytest.raises(ValueError, match="4100 > the model's maximum length 4096"):
-        llama.generate([[1] * 4000], max_new_tokens=100)
+    assert Generator(mh.model("llama")).max_length is None  # Llama runs past max_position_embeddings (warns)
     with pytest.raises(TypeError, match="encode text"):
         gen.generate("hello", max_new_tokens=4)

@@ -41,8 +41,8 @@ up to powers of two so that a handful of compilations serve a whole task. Right 
 layer reading a position only reads earlier ones — except JRT-RNN's prefix linear attention, whose encoder
 (the first enc_len tokens) is read non-causally. For those models the encoder length is passed explicitly:
 loglikelihood — the context's tokens (at most config.enc_len), the prompt `jrt_jax.generate` would prefill, so
-no continuation token is read by the encoder; loglikelihood_rolling — min(config.enc_len, window length), the
-default of the unpadded forward that `perplexity` runs.
+no continuation token is read by the encoder; loglikelihood_rolling — perplexity()'s rule: min(config.enc_len,
+the window's unscored context), at least 1, so no scored token is read by the encoder either.
 
 loglikelihood_rolling: -`jrt_jax.evals.perplexity.perplexity([prefix] + ids, context=max_length,
 stride=stride).nll_sum` of the document's token ids, computed with the same windows (`perplexity.windows`) but
@@ -255,7 +255,8 @@ class JRTJaxLM(TemplateLM):
                 targets = np.full(n, -1, np.int64)
                 # input position i (absolute w.begin + i) predicts token w.begin + i + 1, as in perplexity()
                 targets[w.first_scored - 1 - w.begin:n - 1] = ids[w.first_scored:w.end]
-                enc_len = None if self._enc_len is None else min(self._enc_len, n)
+                # the encoder holds only context the window does not score, as perplexity() does
+                enc_len = None if self._enc_len is None else max(1, min(self._enc_len, w.first_scored - w.begin))
                 rows.append((ids[w.begin:w.end], targets, enc_len))
                 owner.append(k)
         totals = [0.0] * len(requests)
