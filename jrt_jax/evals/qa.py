@@ -9,10 +9,10 @@ template (rendered with Jinja, as transformers does) and generation starts after
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 from jrt_jax import prompting
+from jrt_jax.datasets import jsonl_objects
 
 FIELDS = {"qa": ("context", "question"), "document": ("document", "key")}
 
@@ -25,29 +25,20 @@ def load_rows(path, template: str | None = None) -> tuple[list[prompting.Example
     if template is not None and template not in FIELDS:
         raise ValueError(f"--template must be 'qa' or 'document'; got {template!r}")
     examples = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{n}: a row must be a JSON object")
-            if template is None:
-                template = "document" if "document" in row or "key" in row else "qa"
-            ctx_field, q_field = FIELDS[template]
-            for field in (ctx_field, q_field, "answer"):
-                if field not in row:
-                    raise ValueError(f"{path}:{n}: missing field {field!r} (template {template!r} needs "
-                                     f"{ctx_field!r}, {q_field!r} and 'answer')")
-            answers = row["answer"] if isinstance(row["answer"], list) else [row["answer"]]
-            if not all(isinstance(a, str) for a in answers) or not isinstance(row[ctx_field], str) \
-                    or not isinstance(row[q_field], str):
-                raise ValueError(f"{path}:{n}: {ctx_field!r}, {q_field!r} and 'answer' must be strings")
-            examples.append(prompting.Example(context=row[ctx_field], question=row[q_field], answers=answers,
-                                              kind=template))
+    for n, row in jsonl_objects(path):
+        if template is None:
+            template = "document" if "document" in row or "key" in row else "qa"
+        ctx_field, q_field = FIELDS[template]
+        for field in (ctx_field, q_field, "answer"):
+            if field not in row:
+                raise ValueError(f"{path}:{n}: missing field {field!r} (template {template!r} needs "
+                                 f"{ctx_field!r}, {q_field!r} and 'answer')")
+        answers = row["answer"] if isinstance(row["answer"], list) else [row["answer"]]
+        if not all(isinstance(a, str) for a in answers) or not isinstance(row[ctx_field], str) \
+                or not isinstance(row[q_field], str):
+            raise ValueError(f"{path}:{n}: {ctx_field!r}, {q_field!r} and 'answer' must be strings")
+        examples.append(prompting.Example(context=row[ctx_field], question=row[q_field], answers=answers,
+                                          kind=template))
     if not examples:
         raise ValueError(f"--data {path}: no rows")
     return examples, template

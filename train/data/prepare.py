@@ -181,20 +181,15 @@ def input_files(patterns) -> list[pathlib.Path]:
 
 def _jsonl_texts(path: pathlib.Path, field: str):
     """The FIELD strings of a JSON-lines file, with file:line errors."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PrepareError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict) or field not in obj:
-                raise PrepareError(f"{path}:{number}: no field {field!r} in this JSON line")
-            text = obj[field]
-            if not isinstance(text, str):
-                raise PrepareError(f"{path}:{number}: field {field!r} is a {type(text).__name__}, not a string")
-            yield text
+    from jrt_jax.datasets import jsonl_objects
+
+    for number, obj in jsonl_objects(path, error=PrepareError, errors="replace"):
+        if field not in obj:
+            raise PrepareError(f"{path}:{number}: no field {field!r} in this JSON line")
+        text = obj[field]
+        if not isinstance(text, str):
+            raise PrepareError(f"{path}:{number}: field {field!r} is a {type(text).__name__}, not a string")
+        yield text
 
 
 def _tasks(files, jsonl_field):
