@@ -67,7 +67,7 @@ def main(argv=None) -> None:
     pick = random.Random(args.seed)
     for trial in range(args.trials):
         run, ckpt = tmp / f"run{trial}", tmp / f"ckpt{trial}"
-        cmd = train + [f"logging.dir={run}", f"checkpoint.dir={ckpt}"]
+        cmd = train + [f"logging.dir={run}", f"checkpoint.dir={ckpt}", "checkpoint.resume=true"]  # as requeued
         kill_after = pick.randint(3, args.steps - 4)
         proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while max(_losses(run / "metrics.jsonl"), default=0) < kill_after and proc.poll() is None:

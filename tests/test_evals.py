@@ -189,6 +189,8 @@ def test_passkey_cli_reports_every_trial(tmp_path):
     assert out["lengths"] == [512, 600] and len(out["accuracy"]) == 2 and len(out["rows"]) == 4
     assert {row["prompt_tokens"] for row in out["rows"]} <= {512, 600}
     assert all(row["finish"] in ("length", "stop_token", "stop_string") for row in out["rows"])
+    r = _cli(["passkey", "--model", "llama-tiny", "--lengths", "512", "--plot", str(tmp_path / "no" / "p.png")])
+    assert r.returncode == 2 and "folder" in r.stderr and "does not exist" in r.stderr  # before any scoring
     r = _cli(["passkey", "--model", "llama-tiny", "--lengths", "5x"])
     assert r.returncode == 2 and r.stderr.strip() == "jrt eval passkey: error: --lengths must be comma-separated " \
                                                     "integers; got '5x'"

@@ -307,11 +307,26 @@ def test_a_corrupt_newest_step_falls_back_unless_asked_for(jrt_run, tmp_path, da
     ["model.preset=llama-tiny", "model.rope_scaling={rope_type: dynamic, factor: 2.0}", "data.seq_len=8192"],
 ], ids=["jrt", "based-overrides", "bf16", "pi-linear", "yarn", "dynamic"])
 def test_model_config_rule_matches_the_trainer(overrides):
-    """jrt_jax rebuilds a run's model config without importing train: the same rules as build_model_config."""
+    """A saved training config (JSON round trip) rebuilds the model config the trainer trained."""
     from train.trainer import build_model_config
 
     cfg = load_config(None, overrides)
     assert run_model_config(json.loads(json.dumps(to_dict(cfg)))) == build_model_config(cfg)
+
+
+def test_model_config_rules_for_rope_scaling():
+    base = jrt_jax.models.config_from_preset("llama-tiny").max_position_embeddings
+    linear = run_model_config(to_dict(load_config(None, ["model.preset=llama-tiny", "data.seq_len=8192",
+                                                         "model.rope_scaling={rope_type: linear, factor: 4.0}"])))
+    assert linear.max_position_embeddings == max(base, 8192) and linear.rope_scaling["factor"] == 4.0
+    yarn = run_model_config(to_dict(load_config(None, ["model.preset=llama-tiny", "data.seq_len=64",
+                                                       "model.rope_scaling={rope_type: yarn, factor: 2.0}"])))
+    assert yarn.rope_scaling["original_max_position_embeddings"] == base
+    dynamic = run_model_config(to_dict(load_config(None, ["model.preset=llama-tiny", "data.seq_len=8192",
+                                                          "model.rope_scaling={rope_type: dynamic, factor: 2.0}"])))
+    assert dynamic.max_position_embeddings == base  # dynamic NTK reads it as the pre-trained context
+    bf16 = run_model_config(to_dict(load_config(None, ["optim.compute_dtype=bfloat16"])))
+    assert bf16.dtype == "bfloat16" and bf16.param_dtype == "float32"
 
 
 def test_model_config_of_a_fine_tune(tmp_path):

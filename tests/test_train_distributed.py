@@ -90,7 +90,8 @@ def _two_processes(tmp_path, overrides, tag):
 def test_two_processes_train_save_and_restore_one_job(tmp_path):
     ckpt = tmp_path / "ckpt"
     common = SMALL + ["mesh.data=4", f"checkpoint.dir={ckpt}", "checkpoint.every=2", "checkpoint.async_save=false",
-                     "optim.decay_steps=6"]  # one schedule for both lives of the job
+                     "optim.decay_steps=6",  # one schedule for both lives of the job
+                     "checkpoint.resume=true"]  # a requeued job's command: starts the run, then continues it
     first = _two_processes(tmp_path, common + ["steps=4"], "first")
     assert [r["process_count"] for r in first] == [2, 2] and first[0]["device_count"] == 4
     assert sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) == [2, 4]
@@ -164,7 +165,7 @@ def test_kill_minus_9_then_resume_follows_the_same_trajectory(tmp_path, data):
     reference = _metrics(ref_dir / "metrics.jsonl")
 
     run_dir, ckpt = tmp_path / "run", tmp_path / "ckpt"
-    cmd = train + [f"logging.dir={run_dir}", f"checkpoint.dir={ckpt}"]
+    cmd = train + [f"logging.dir={run_dir}", f"checkpoint.dir={ckpt}", "checkpoint.resume=true"]  # as requeued
     proc = subprocess.Popen(cmd, env=_env(1), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     kill_after = 10  # between the checkpoints of steps 8 and 12
     deadline = time.time() + 600

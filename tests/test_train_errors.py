@@ -199,10 +199,12 @@ def test_sigterm_saves_exits_143_and_resumes_exactly(tmp_path):
     line = _one_line(err)
     step = int(line.split("at step ")[1].split()[0])
     assert "stopped by SIGTERM" in line and "after saving a checkpoint" in line
+    assert f"jrt train --resume {logs}" in line
     assert _summary(out)["stopped"] == "SIGTERM"
     assert sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) == [step]
-    # Resume to step + 2 and compare with an uninterrupted run of step + 2 steps.
-    again = _cli(common + [f"steps={step + 2}", f"logging.dir={logs}"])
+    # Resume (the run's own config.yaml; its checkpoints live outside the run directory) to step + 2 and compare
+    # with an uninterrupted run of step + 2 steps.
+    again = _cli(["--resume", str(logs), f"steps={step + 2}"])
     assert again.returncode == 0, again.stderr[-3000:]
     ref = _cli(SMALL + ["checkpoint.every=1000", "logging.every=1", "optim.decay_steps=100", f"steps={step + 2}",
                         f"logging.dir={tmp_path / 'ref'}"])
@@ -239,7 +241,7 @@ def test_corrupt_latest_step_falls_back_and_training_continues_exactly(tmp_path)
         data = bytearray(f.read_bytes())
         data[len(data) // 2] ^= 0xFF
         f.write_bytes(bytes(data))
-    resumed = _cli(common + ["steps=6", f"checkpoint.dir={ckpt}"])
+    resumed = _cli(common + ["steps=6", f"checkpoint.dir={ckpt}", "checkpoint.resume=true"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     warnings = [x for x in resumed.stdout.splitlines() if x.startswith("warning:")]
     assert len(warnings) == 1 and "checkpoint step 4" in warnings[0]
@@ -263,7 +265,7 @@ def test_metrics_hold_each_step_once_after_a_resume(tmp_path):
     shutil.rmtree(ckpt / "6")  # as if killed after logging steps 5 and 6 but before saving step 6
     with open(logs / "metrics.jsonl", "a") as fh:
         fh.write('{"step": 7, "loss": 1.')  # and a torn last line
-    assert _cli(common + ["steps=8"]).returncode == 0
+    assert _cli(common + ["steps=8", "checkpoint.resume=true"]).returncode == 0
     rows = _metrics(logs / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, 9))
     assert all(r["loss"] == first[r["step"]] for r in rows if r["step"] in first)  # replayed exactly

@@ -259,9 +259,9 @@ class Checkpointer:
         if not resume:
             raise CheckpointError(
                 f"checkpoint.dir {str(self.path)!r} already holds checkpoints (steps {steps}) of {who}; refusing to "
-                "start a new run over them (checkpoint.resume=false). Continue that run with checkpoint.resume=true, "
-                "start anew with checkpoint.overwrite=true / jrt train --overwrite (its steps are moved to "
-                f"{SET_ASIDE}/, not deleted), or use another checkpoint.dir")
+                "start a new run over them (checkpoint.resume=false). Continue that run with jrt train --resume "
+                "RUN_DIR or checkpoint.resume=true, start anew with checkpoint.overwrite=true / jrt train --overwrite "
+                f"(its steps are moved to {SET_ASIDE}/, not deleted), or use another checkpoint.dir")
         if owner is None or "unreadable" in owner:
             self.log(f"checkpoint.dir {str(self.path)!r}: steps {steps} of {who}; adopting them for this run")
             self._write_owner(config)

@@ -1,6 +1,7 @@
 """The `jrt` command.
 
     jrt train [--config FILE] [key=value ...]     train (built-in default: tiny JRT-RNN on set disjointness)
+    jrt train --resume RUN_DIR [key=value ...]    continue a run from its newest verified checkpoint
     jrt eval-checkpoint --dir DIR [key=value ...]  evaluate the latest (or --step) checkpoint of a run
     jrt export RUN_DIR DST [--step N] [--format F] a run's checkpoint → a from_pretrained / transformers folder
     jrt prepare-data --output DIR ... FILE ...     tokenize text into shards for data.kind=tokens
@@ -12,7 +13,7 @@ The dispatcher lives in `train` because imports go train → jrt_jax, never the 
 
 Errors (bad config, unusable checkpoint directory, corrupt checkpoints, a non-finite loss) print one line on
 stderr and exit non-zero: 2 for a bad config / setup, 1 for a failure while training, 130 on Ctrl-C, 143 when
-SIGTERM stopped training (after saving a checkpoint; rerun the command to resume). JRT_TRACEBACK=1 prints the
+SIGTERM stopped training (after saving a checkpoint; `jrt train --resume RUN_DIR` continues). JRT_TRACEBACK=1 prints the
 traceback of unexpected errors.
 """
 
@@ -149,17 +150,26 @@ def _train(argv) -> int:
     p = argparse.ArgumentParser(prog="jrt train", description="Train a model; options are key=value overrides of "
                                 "train.config.TrainConfig (e.g. steps=200 optim.lr=1e-3 model.preset=based-micro).")
     p.add_argument("--config", help="YAML or JSON file with any subset of the config tree")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (a directory jrt train made: "
+                   "its config.yaml, then the overrides, e.g. steps=2000) from its newest verified checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start a new run even if checkpoint.dir holds another "
                    "run's checkpoints (they are moved to checkpoint.dir/set-aside/); = checkpoint.overwrite=true")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--print-shardings", action="store_true", help="print every parameter's sharding")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
-    from train.config import load_config, to_dict
+    from train.config import load_config, load_run_config, to_dict
 
     prog = "jrt train"
     try:
-        cfg = load_config(args.config, list(args.overrides) + (["checkpoint.overwrite=true"] if args.overwrite else []))
+        if args.resume is not None:
+            if args.config is not None or args.overwrite:
+                raise ValueError("--resume takes the run's own config.yaml and continues it; give changes as "
+                                 "key=value overrides, not --config / --overwrite")
+            cfg = load_run_config(args.resume, list(args.overrides))
+        else:
+            cfg = load_config(args.config, list(args.overrides)
+                              + (["checkpoint.overwrite=true"] if args.overwrite else []))
     except ValueError as exc:
         return _fail(prog, exc)
     if args.print_config:
@@ -198,9 +208,14 @@ def _train(argv) -> int:
         return _unexpected(prog, exc)
     print(json.dumps(summary, indent=2))
     if summary.get("stopped") == "SIGTERM":
-        saved = " after saving a checkpoint" if cfg.checkpoint.dir is not None else " (no checkpoint.dir: not saved)"
-        print(f"{prog}: stopped by SIGTERM at step {summary['step']}{saved}; run the same command to resume",
-              file=sys.stderr)
+        run = trainer.cfg
+        if run.checkpoint.dir is None:
+            how = " (no checkpoint.dir: not saved)"
+        elif run.logging.dir is not None:
+            how = f" after saving a checkpoint; continue it: jrt train --resume {run.logging.dir}"
+        else:
+            how = f" after saving a checkpoint; continue it with checkpoint.dir={run.checkpoint.dir} checkpoint.resume=true"
+        print(f"{prog}: stopped by SIGTERM at step {summary['step']}{how}", file=sys.stderr)
         return 128 + signal.SIGTERM
     return 0
 
@@ -208,7 +223,7 @@ def _train(argv) -> int:
 def _eval_checkpoint(argv) -> int:
     p = argparse.ArgumentParser(prog="jrt eval-checkpoint", description="Evaluate a training checkpoint with the "
                                 "config it was saved with (overrides may change e.g. the mesh or eval size).")
-    p.add_argument("--dir", required=True, help="the run's checkpoint.dir")
+    p.add_argument("--dir", required=True, help="the run directory or its checkpoint.dir")
     p.add_argument("--step", type=int, help="which step (default: the latest)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
@@ -250,7 +265,8 @@ COMMANDS = {
 USAGE = """usage: jrt COMMAND [options]   (jrt COMMAND --help for each command's options)
 
 commands:
-  train            train a model (default: a micro JRT-RNN on set disjointness); options are key=value
+  train            train a model (default: a micro JRT-RNN on set disjointness); options are key=value;
+                   each run gets runs/NAME, continued with jrt train --resume RUN_DIR
   eval-checkpoint  evaluate a training checkpoint with the config it was saved with
   export           turn a training run into a from_pretrained folder (weights, config, tokenizer)
   prepare-data     tokenize text files once into shards for data.kind=tokens

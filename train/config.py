@@ -12,11 +12,30 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import re
 import types
 import typing
 from typing import Any, Literal
 
 import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1's safe loader reading YAML 1.2 floats too: `1e-3` and `3E5` are numbers, not strings."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def _yaml_load(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
+DEFAULT_CHECKPOINT_DIR = "{run}/checkpoints"  # checkpoints/ inside the run directory
+RUNS_ROOT = "runs"  # where run directories are made (the default logging.dir is runs/{name})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,31 +159,36 @@ class CheckpointConfig:
     steps and at the end, keep the last `keep`, asynchronous writes. Every array is verified against a digest
     on restore (`train.checkpoint`).
 
+    dir: by default `checkpoints/` inside the run directory ("{run}", see `TrainConfig`); with logging.dir=null
+      and this default there is no run directory and no checkpoints. null: no checkpoints.
     resume: continue the run whose checkpoints are in `dir` from its newest step that verifies (params,
       optimizer, step, RNG, data position); a corrupt newer step is reported and moved to `dir`/set-aside/.
+      Resuming is explicit (default false; `jrt train --resume RUN_DIR` sets it); true on an empty `dir` starts
+      the run, so a requeued job's command (a fixed `name` or `dir` and resume=true) starts once and then resumes.
     step: resume from this step instead (it must verify; newer steps are moved to `dir`/set-aside/).
     overwrite: start a new run in a `dir` that holds another run's checkpoints (moved to `dir`/set-aside/,
       not deleted); takes precedence over `resume`. Without it, resume=false on such a `dir` is an error.
       Not for a command that is rerun to resume (e.g. a requeued job): each rerun would start over.
     """
 
-    dir: str | None = None
+    dir: str | None = DEFAULT_CHECKPOINT_DIR
     every: int = 100
     keep: int = 3
     async_save: bool = True
-    resume: bool = True
+    resume: bool = False
     step: int | None = None
     overwrite: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class LoggingConfig:
-    """Metrics every `every` steps to `dir`/metrics.jsonl and TensorBoard event files ("{preset}" in `dir` is
-    replaced by model.preset); evaluation every
+    """Metrics every `every` steps to `dir`/metrics.jsonl and TensorBoard event files (with the config as
+    hparams); `dir` is the run directory, by default `runs/{name}` (see `TrainConfig`; "{preset}" is replaced by
+    model.preset), and also holds config.yaml and the checkpoints; null: no metrics files. Evaluation every
     `eval_every` steps (0: only at the end; otherwise also before the first step of a new run, the baseline a
     fine-tune starts from); a progress bar when stdout is a terminal (or progress=True)."""
 
-    dir: str | None = "runs/{preset}"
+    dir: str | None = "runs/{name}"
     every: int = 10
     eval_every: int = 0
     progress: bool | None = None
@@ -184,6 +208,11 @@ class DistributedConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+    """The whole run. `name` names the run directory `runs/{name}` (the default logging.dir; checkpoints go to its
+    `checkpoints/`); unset, each run gets a new one, "{preset}-YYYYmmdd-HHMMSS" (with "-2", "-3", … when that
+    exists). `resolve_run` fills these placeholders; the trainer does it once at start."""
+
+    name: str | None = None
     steps: int = 1000
     seed: int = 0
     model: ModelConfig = ModelConfig()
@@ -196,6 +225,9 @@ class TrainConfig:
     distributed: DistributedConfig = DistributedConfig()
 
     def __post_init__(self):
+        if self.name is not None and (not self.name or self.name in (".", "..") or "/" in self.name
+                                      or "\\" in self.name):
+            raise ValueError(f"name must be a plain directory name (no '/'); got {self.name!r}")
         _positive("steps", self.steps)
         d, o = self.data, self.optim
         _positive("data.seq_len", d.seq_len)
@@ -250,6 +282,89 @@ class TrainConfig:
                                  "and checkpoint.overwrite=false (it picks the step to resume from)")
         _positive("logging.every", self.logging.every)
         _non_negative("logging.eval_every", self.logging.eval_every)
+
+
+def resolve_run(cfg: TrainConfig, *, timestamp: float | None = None) -> TrainConfig:
+    """`cfg` with its run directory fixed: "{name}" → `cfg.name`, or "{preset}-YYYYmmdd-HHMMSS" at `timestamp`
+    (default now) made unique with "-2", "-3", … against existing directories; "{preset}" → model.preset;
+    "{run}" in checkpoint.dir → the run directory (logging.dir, or runs/{name} when logging.dir is null, except
+    that the default checkpoint.dir then means no checkpoints). Idempotent."""
+    import time as _time
+
+    preset = cfg.model.preset
+    log_dir, ck_dir = cfg.logging.dir, cfg.checkpoint.dir
+    name = cfg.name
+    needs_name = any(d is not None and "{name}" in d for d in (log_dir, ck_dir)) or (
+        log_dir is None and ck_dir is not None and "{run}" in ck_dir and ck_dir != DEFAULT_CHECKPOINT_DIR)
+    if name is None and needs_name:
+        stamp = _time.strftime("%Y%m%d-%H%M%S", _time.localtime(_time.time() if timestamp is None else timestamp))
+        base = f"{preset}-{stamp}"
+        name, k = base, 1
+        while any(d is not None and pathlib.Path(d.replace("{preset}", preset).replace("{name}", name)).exists()
+                  for d in (log_dir, f"{RUNS_ROOT}/{{name}}")):
+            k += 1
+            name = f"{base}-{k}"
+
+    def fill(d):
+        return None if d is None else d.replace("{preset}", preset).replace("{name}", name or "")
+
+    log_dir = fill(log_dir)
+    if ck_dir is not None and "{run}" in ck_dir:
+        if log_dir is None and ck_dir == DEFAULT_CHECKPOINT_DIR:
+            ck_dir = None
+        else:
+            ck_dir = ck_dir.replace("{run}", log_dir if log_dir is not None else f"{RUNS_ROOT}/{name}")
+    ck_dir = fill(ck_dir)
+    return dataclasses.replace(cfg, name=name,
+                               logging=dataclasses.replace(cfg.logging, dir=log_dir),
+                               checkpoint=dataclasses.replace(cfg.checkpoint, dir=ck_dir))
+
+
+def load_run_config(run_dir: str | pathlib.Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """The config to resume the run in `run_dir` (a directory `jrt train` wrote, holding config.yaml): its saved
+    config with logging.dir = `run_dir`, checkpoints re-rooted there when they lived inside the run directory,
+    checkpoint.resume=true, then `overrides` (e.g. steps=2000)."""
+    run = pathlib.Path(run_dir)
+    if not run.is_dir():
+        raise ValueError(f"--resume {str(run)!r}: no such run directory")
+    if not (run / "config.yaml").is_file():
+        raise ValueError(f"--resume {str(run)!r}: not a jrt train run directory (no config.yaml)")
+    saved = read_config_file(run / "config.yaml")
+    if not isinstance(saved, dict):
+        raise ValueError(f"--resume {str(run)!r}: its config.yaml does not hold a mapping")
+    tree = to_dict(TrainConfig())
+    _merge(tree, saved, "")
+    old_log, old_ck = tree["logging"].get("dir"), tree["checkpoint"].get("dir")
+    if isinstance(old_ck, str) and isinstance(old_log, str):
+        try:
+            tree["checkpoint"]["dir"] = str(run / pathlib.Path(old_ck).relative_to(old_log))
+        except ValueError:
+            pass  # checkpoints kept elsewhere: their saved path stands
+    tree["logging"]["dir"] = str(run)
+    tree["checkpoint"]["resume"] = True
+    tree["checkpoint"]["overwrite"] = False
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    return _build(TrainConfig, tree)
+
+
+def write_run_config(cfg: TrainConfig, *, new_run: bool) -> None:
+    """logging.dir/config.yaml (atomically): the resolved config of this run, what `--resume` reads. A new run in
+    a directory holding another run's config.yaml first renames it config.previous-<time>.yaml."""
+    if cfg.logging.dir is None:
+        return
+    d = pathlib.Path(cfg.logging.dir)
+    if d.exists() and not d.is_dir():
+        raise ValueError(f"logging.dir {str(d)!r} is a file, not a directory")
+    d.mkdir(parents=True, exist_ok=True)
+    if new_run and (d / "config.yaml").is_file():
+        import time as _time
+
+        (d / "config.yaml").replace(d / f"config.previous-{_time.strftime('%Y%m%d-%H%M%S')}.yaml")
+    tmp = d / ".config.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    tmp.replace(d / "config.yaml")
 
 
 def resolved_mlm_prob(cfg: TrainConfig) -> float:
@@ -380,11 +495,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key:
         raise ValueError(f"override {text!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     if isinstance(value, str) and raw.strip():
-        # YAML reads 3e-3 as a string; accept what Python reads as a float.
+        # What YAML still leaves a string but Python reads as a float (e.g. "1.e-3", ".5E2").
         try:
             value = float(raw) if any(c in raw for c in ".eE") else value
         except ValueError:
@@ -411,7 +526,7 @@ def read_config_file(path: str | pathlib.Path):
             raise ValueError(f"config file {str(p)!r}: JSON syntax error at line {exc.lineno}, column {exc.colno}: "
                              f"{exc.msg}") from None
     try:
-        return yaml.safe_load(text)
+        return _yaml_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

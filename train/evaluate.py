@@ -42,8 +42,11 @@ def saved_config(directory: str, step: int | None = None) -> tuple[TrainConfig, 
 
 def evaluate_checkpoint(directory: str, *, step: int | None = None, overrides=()) -> dict:
     """{"step": …, "eval_accuracy": …, "eval_loss": …} of checkpoint `step` (default: the latest)."""
+    from jrt_jax.convert.run import split_run_path
     from train.trainer import Trainer
 
+    found = split_run_path(directory)  # a run directory stands for its checkpoints/
+    directory = str(found[0]) if found is not None else directory
     cfg, step = saved_config(directory, step)
     tree = to_dict(cfg)
     for text in overrides:

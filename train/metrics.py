@@ -47,7 +47,8 @@ class MetricsWriter:
     metrics.previous-<time>.jsonl rather than appending another run's steps to it.
     """
 
-    def __init__(self, directory: str | None, *, enabled: bool = True, start_step: int = 0):
+    def __init__(self, directory: str | None, *, enabled: bool = True, start_step: int = 0,
+                 hparams: dict | None = None):
         self.enabled = enabled and directory is not None and jax.process_index() == 0
         self._jsonl = None
         self._tb = None
@@ -63,6 +64,8 @@ class MetricsWriter:
             # A resumed run replays the steps after its last checkpoint: purge_step makes TensorBoard hide the
             # earlier life's events from start_step + 1 on, so each curve holds every step once.
             self._tb = SummaryWriter(str(path), purge_step=start_step + 1 if start_step > 0 else None)
+            if hparams and start_step == 0:
+                _write_hparams(self._tb, hparams)
 
     def write(self, step: int, scalars: dict) -> None:
         if not self.enabled:
@@ -79,6 +82,32 @@ class MetricsWriter:
             self._jsonl.close()
         if self._tb:
             self._tb.close()
+
+
+HPARAM_METRICS = ("loss", "eval_loss", "eval_accuracy")
+
+
+def flat_hparams(tree: dict, prefix: str = "") -> dict:
+    """A nested config as TensorBoard hparams: dotted keys, values bool/int/float/str (lists and None as text)."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat_hparams(value, f"{name}."))
+        elif isinstance(value, (bool, int, float, str)):
+            out[name] = value
+        else:
+            out[name] = json.dumps(value)
+    return out
+
+
+def _write_hparams(tb, hparams: dict) -> None:
+    """The run's config in the TensorBoard HParams tab, in this run's own event file (tensorboardX's
+    `add_hparams` would open a sub-run per call); the metrics are the scalars of these names."""
+    from tensorboardX.summary import hparams as hparams_summary
+
+    for summary in hparams_summary(flat_hparams(hparams), {k: 0.0 for k in HPARAM_METRICS}):
+        tb.file_writer.add_summary(summary)
 
 
 def _prepare_jsonl(path: pathlib.Path, start_step: int) -> None:

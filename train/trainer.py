@@ -5,14 +5,19 @@
 
 Everything a step depends on is a function of (config, step): the batch (`data`), the masking RNG
 (fold_in(seed, step)) and the learning rate — so a run restored from the checkpoint of step s continues
-exactly as the uninterrupted run from s on. Which checkpoint directory a run may use, how restores are verified
+exactly as the uninterrupted run from s on.
+
+Each run has a directory (`TrainConfig`: runs/{name}, a new timestamped one by default) holding config.yaml,
+metrics.jsonl, the TensorBoard events (with the config as hparams) and checkpoints/. Resuming is explicit:
+`jrt train --resume RUN_DIR`, or checkpoint.resume=true on the same directory. Which checkpoint directory a run may use, how restores are verified
 and what happens to corrupt steps is described in `train.checkpoint`.
 
 Failures a user can cause are `ValueError`s with one-line messages: `TrainingError` (a non-finite loss) and
 `train.checkpoint.CheckpointError`. SIGTERM stops the loop after the current step, saves a checkpoint, waits for
 it to be on disk and returns a summary with ``"stopped": "SIGTERM"`` (no final evaluation: the grace period of
 a preempted job is short); `jrt train` then exits with status 143 (128 + SIGTERM) so that schedulers see an
-unfinished job and requeue it — running the same command resumes it.
+unfinished job and requeue it; a requeued command resumes when it names its directory (`name=…` or
+checkpoint.dir) and sets checkpoint.resume=true (on an empty directory that starts the run).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from jrt_jax.nn.constraints import activation_sharding
 from train import mesh as meshlib
 from train import objectives
 from train.checkpoint import Checkpointer, CheckpointError
-from train.config import TrainConfig, resolved_mlm_prob, to_dict
+from train.config import TrainConfig, resolve_run, resolved_mlm_prob, to_dict, write_run_config
 from train.data import make_task
 from train.metrics import MetricsWriter, Progress, peak_flops_per_device
 from train.optim import make_optimizer
@@ -45,37 +50,11 @@ class TrainingError(ValueError):
 
 
 def build_model_config(cfg: TrainConfig):
-    """The model config: preset + overrides, compute / parameter dtypes from the optimiser section."""
-    if cfg.model.checkpoint is not None:
-        from jrt_jax.convert import load_config as load_checkpoint_config
+    """The model config: preset (or model.checkpoint's config) + overrides, dtypes from the optimiser section,
+    model.rope_scaling (`jrt_jax.convert.run.training_model_config`: the rules a run's readers rebuild it by)."""
+    from jrt_jax.convert.run import training_model_config
 
-        base = load_checkpoint_config(cfg.model.checkpoint)
-    else:
-        base = models.config_from_preset(cfg.model.preset)
-    fields = {f.name for f in dataclasses.fields(base)}
-    unknown = sorted(set(cfg.model.overrides) - fields)
-    if unknown:
-        raise ValueError(f"model.overrides: unknown field(s) {unknown} for {type(base).__name__}")
-    changes = dict(cfg.model.overrides)
-    for key in ("linear_layers", "window_layers"):
-        if key in changes and isinstance(changes[key], list):
-            changes[key] = tuple(changes[key])
-    changes.update(dtype=cfg.optim.compute_dtype, param_dtype=cfg.optim.param_dtype)
-    if cfg.model.rope_scaling is not None:
-        if "rope_scaling" not in fields:
-            raise ValueError("model.rope_scaling applies to Llama models only")
-        scaling = dict(cfg.model.rope_scaling)
-        rope_type = scaling.get("rope_type", scaling.get("type"))
-        original = base.max_position_embeddings
-        if rope_type != "dynamic":
-            # Position Interpolation and its successors: train at the longer length. The pre-trained context
-            # stays the reference the scaling is computed from (dynamic NTK reads max_position_embeddings as
-            # that context, so it keeps its length limit).
-            if rope_type in ("yarn", "llama3", "longrope"):
-                scaling.setdefault("original_max_position_embeddings", original)
-            changes["max_position_embeddings"] = max(original, cfg.data.seq_len)
-        changes["rope_scaling"] = scaling
-    return dataclasses.replace(base, **changes)
+    return training_model_config(to_dict(cfg))
 
 
 class Trainer:
@@ -89,6 +68,12 @@ class Trainer:
                                        process_id=d.process_id, local_device_ids=d.local_device_ids)
         # Only after jax.distributed.initialize: asking for the process index starts the backend.
         self.log = log if jax.process_index() == 0 else (lambda *a, **k: None)
+        stamp = None
+        if jax.process_count() > 1:  # every host names the run directory from process 0's clock
+            from jax.experimental import multihost_utils
+
+            stamp = float(multihost_utils.broadcast_one_to_all(np.int64(time.time())))
+        self.cfg = cfg = resolve_run(cfg, timestamp=stamp)
         devices = jax.devices()
         if cfg.mesh.num_devices is not None:
             if cfg.mesh.num_devices > len(devices):
@@ -156,7 +141,7 @@ class Trainer:
         self._stop_requested = False
         if cfg.checkpoint.dir is not None:
             c = cfg.checkpoint
-            self.checkpointer = Checkpointer(c.dir.replace("{preset}", cfg.model.preset), keep=c.keep,
+            self.checkpointer = Checkpointer(c.dir, keep=c.keep,
                                              async_save=c.async_save, log=self.log)
             try:
                 if self.checkpointer.open_run(to_dict(cfg), resume=c.resume, overwrite=c.overwrite):
@@ -169,6 +154,8 @@ class Trainer:
             except BaseException:
                 self.checkpointer.close()
                 raise
+        if jax.process_index() == 0:  # after the checkpoint directory accepted the run, never before
+            write_run_config(cfg, new_run=self.step == 0)
 
     # ------------------------------------------------------------------------------------------------- steps
 
@@ -339,10 +326,12 @@ class Trainer:
     def run(self) -> dict:
         """Train to `cfg.steps` (or until SIGTERM); returns a summary dict (see the module docstring)."""
         cfg = self.cfg
-        log_dir = None if cfg.logging.dir is None else cfg.logging.dir.replace("{preset}", cfg.model.preset)
-        writer = MetricsWriter(log_dir, start_step=self.step)
+        writer = MetricsWriter(cfg.logging.dir, start_step=self.step, hparams=to_dict(cfg))
         if self.step == 0:
             name = cfg.model.preset if cfg.model.checkpoint is None else cfg.model.checkpoint
+            if cfg.logging.dir is not None:
+                self.log(f"run {cfg.name}: {cfg.logging.dir}" + (f" (continue it: jrt train --resume "
+                                                                 f"{cfg.logging.dir})" if self.checkpointer else ""))
             self.log(f"model {name}: {models.count_params(self.model_config):,} parameters, objective "
                      f"{self.objective}; mesh "
                      f"{dict(self.mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} device(s)")

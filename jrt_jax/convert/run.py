@@ -1,10 +1,11 @@
-"""Training run directories (``jrt train ... checkpoint.dir=RUN``) as checkpoints: read-only, verified.
+"""Training run directories (``jrt train name=mqar`` → ``runs/mqar``) as checkpoints: read-only, verified.
 
-    model = jrt_jax.from_pretrained("runs/mqar")        # the newest step whose parameters verify
-    model = jrt_jax.from_pretrained("runs/mqar/300")    # step 300 (a step folder inside the run)
+    model = jrt_jax.from_pretrained("runs/mqar")                    # the newest step whose parameters verify
+    model = jrt_jax.from_pretrained("runs/mqar/checkpoints/300")    # step 300 (a step folder)
     tok = jrt_jax.convert.load_tokenizer("runs/mqar")   # the tokenizer the run trained with
 
-A run directory is recognised by its owner file ``jrt_run.json`` (`OWNER_FILE`); its steps are orbax checkpoints
+A run's checkpoint directory (``runs/mqar/checkpoints``, or any ``checkpoint.dir``) is recognised by its owner
+file ``jrt_run.json`` (`OWNER_FILE`); the run directory around it stands for it. Its steps are orbax checkpoints
 ``RUN/<step>/`` holding ``state`` (every array of the training state as a flat {key: array} dict, keys written by
 `jax.tree_util.keystr`: ``['params']['layers'][0]['mlp']['fc1']['kernel'].value``) and ``meta`` (JSON: the step,
 the full training config under "config", every array's shape / dtype / digest, and a SHA-256 of itself). Only the
@@ -14,7 +15,7 @@ its saved digest, and nothing in the directory is written. This module is the re
 
 The model config is rebuilt from the saved training config (`run_model_config`: the preset or fine-tuned
 checkpoint, ``model.overrides``, ``model.rope_scaling``, the optimiser's dtypes — the same rules as
-``train.trainer.build_model_config``). The tokenizer is the one the run's data were encoded with
+`training_model_config`, which the trainer uses as well). The tokenizer is the one the run's data were encoded with
 (`run_tokenizer`): ``data.tokenizer`` for text, the prepared directory's for ``data.kind=tokens``, the base
 checkpoint's for a fine-tune, none for the synthetic tasks.
 
@@ -48,6 +49,7 @@ from jrt_jax.convert.mapping import Entry
 PathLike = str | os.PathLike
 
 OWNER_FILE = "jrt_run.json"  # written by the first run in a checkpoint directory
+CHECKPOINTS_SUBDIR = "checkpoints"  # where `jrt train` keeps a run directory's checkpoints by default
 META_FORMAT = 2  # 1 (implicit): no digests; 2: array digests + meta_sha256
 PARAMS_PREFIX = "['params']"  # the parameters' keys in a step's flat state
 EXPORT_FILE = "jrt_export.json"  # what `jrt export` records next to the weights (run, step, tokenizer)
@@ -134,13 +136,28 @@ def is_run_dir(path: PathLike) -> bool:
 
 
 def split_run_path(path: PathLike) -> tuple[pathlib.Path, int | None] | None:
-    """(run directory, step or None) when `path` is a run directory or a step folder inside one, else None."""
+    """(checkpoint directory, step or None) when `path` is a run's checkpoint directory, the run directory
+    `jrt train` made around it (holding ``checkpoints/``), or a step folder inside one; else None."""
     path = pathlib.Path(path)
     if is_run_dir(path):
         return path, None
+    if is_run_dir(path / CHECKPOINTS_SUBDIR):
+        return path / CHECKPOINTS_SUBDIR, None
     if path.is_dir() and path.name.isdigit() and is_run_dir(path.parent):
         return path.parent, int(path.name)
     return None
+
+
+def not_a_run(path: PathLike) -> str:
+    """Why `path` is not readable as a training run: one line for a ConversionError."""
+    p = pathlib.Path(path)
+    if not p.exists():
+        return f"{p} does not exist"
+    if (p / "config.yaml").is_file() and not p.joinpath(CHECKPOINTS_SUBDIR, OWNER_FILE).is_file():
+        return (f"{p} is a jrt train run directory with no checkpoint (the run had checkpoint.dir=null or stopped "
+                "before its first save)")
+    return (f"{p} is not a training run directory (no {OWNER_FILE} in it or in {CHECKPOINTS_SUBDIR}/; `jrt train` "
+            "writes one with the first checkpoint)")
 
 
 @contextlib.contextmanager
@@ -178,11 +195,8 @@ class RunDir:
         import orbax.checkpoint as ocp
 
         self.path = pathlib.Path(path).expanduser().absolute()
-        if not self.path.exists():
-            raise ConversionError(f"{self.path} does not exist")
         if not is_run_dir(self.path):
-            raise ConversionError(f"{self.path} is not a training run directory (no {OWNER_FILE}; `jrt train "
-                                  "checkpoint.dir=DIR` writes one)")
+            raise ConversionError(not_a_run(self.path))
         self._ocp = ocp
         options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
                                                enable_async_checkpointing=False)
@@ -293,47 +307,57 @@ def _fine_tune_base(path: str, run: pathlib.Path) -> pathlib.Path:
                           "directory the run was started in, or restore that checkpoint")
 
 
-def run_model_config(config: Mapping, run: PathLike = "<run>"):
-    """The model config (`JRTConfig` / `LlamaConfig`) of a saved training config dict (meta["config"]).
+def training_model_config(config: Mapping, *, run: PathLike | None = None):
+    """The model config (`JRTConfig` / `LlamaConfig`) a training config dict (`train.config.to_dict`, or a saved
+    meta["config"]) trains: the preset (or the fine-tuned checkpoint's config) + ``model.overrides``, the
+    optimiser's compute / parameter dtypes, and ``model.rope_scaling`` with, except for dynamic NTK, the context
+    raised to ``data.seq_len`` (Position Interpolation and its successors train at the longer length; the
+    pre-trained context stays the reference the scaling is computed from, and dynamic NTK reads
+    max_position_embeddings as that context). The trainer builds its model with this function too.
 
-    The same rules as ``train.trainer.build_model_config`` (tests/test_export_run.py checks that they agree):
-    preset (or the fine-tuned checkpoint's config) + ``model.overrides``, the optimiser's compute / parameter
-    dtypes, and ``model.rope_scaling`` with, except for dynamic NTK, the context raised to ``data.seq_len``.
+    run: the run directory the config was saved in (a missing fine-tuning base is then reported against it);
+    None when the config is about to be trained. Bad fields are ValueErrors naming them.
     """
     from jrt_jax.models import config_from_preset
 
     model = dict(config.get("model") or {})
     optim = dict(config.get("optim") or {})
     data = dict(config.get("data") or {})
-    try:
-        if model.get("checkpoint") is not None:
-            from jrt_jax.convert.loader import load_config
+    if model.get("checkpoint") is not None:
+        from jrt_jax.convert.loader import load_config
 
-            base = load_config(_fine_tune_base(model["checkpoint"], pathlib.Path(run)))
-        else:
-            base = config_from_preset(model.get("preset", "jrt-micro"))
-        fields = {f.name for f in dataclasses.fields(base)}
-        overrides = dict(model.get("overrides") or {})
-        unknown = sorted(set(overrides) - fields)
-        if unknown:
-            raise ValueError(f"model.overrides: unknown field(s) {unknown} for {type(base).__name__}")
-        changes = dict(overrides)
-        for key in ("linear_layers", "window_layers"):
-            if key in changes and isinstance(changes[key], list):
-                changes[key] = tuple(changes[key])
-        changes.update(dtype=optim.get("compute_dtype", "float32"), param_dtype=optim.get("param_dtype", "float32"))
-        if model.get("rope_scaling") is not None:
-            if "rope_scaling" not in fields:
-                raise ValueError("model.rope_scaling applies to Llama models only")
-            scaling = dict(model["rope_scaling"])
-            rope_type = scaling.get("rope_type", scaling.get("type"))
-            original = base.max_position_embeddings
-            if rope_type != "dynamic":
-                if rope_type in ("yarn", "llama3", "longrope"):
-                    scaling.setdefault("original_max_position_embeddings", original)
-                changes["max_position_embeddings"] = max(original, int(data.get("seq_len", 0)))
-            changes["rope_scaling"] = scaling
-        return dataclasses.replace(base, **changes)
+        base = load_config(model["checkpoint"] if run is None
+                           else _fine_tune_base(model["checkpoint"], pathlib.Path(run)))
+    else:
+        base = config_from_preset(model.get("preset", "jrt-micro"))
+    fields = {f.name for f in dataclasses.fields(base)}
+    overrides = dict(model.get("overrides") or {})
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"model.overrides: unknown field(s) {unknown} for {type(base).__name__}")
+    changes = dict(overrides)
+    for key in ("linear_layers", "window_layers"):
+        if key in changes and isinstance(changes[key], list):
+            changes[key] = tuple(changes[key])
+    changes.update(dtype=optim.get("compute_dtype", "float32"), param_dtype=optim.get("param_dtype", "float32"))
+    if model.get("rope_scaling") is not None:
+        if "rope_scaling" not in fields:
+            raise ValueError("model.rope_scaling applies to Llama models only")
+        scaling = dict(model["rope_scaling"])
+        rope_type = scaling.get("rope_type", scaling.get("type"))
+        original = base.max_position_embeddings
+        if rope_type != "dynamic":
+            if rope_type in ("yarn", "llama3", "longrope"):
+                scaling.setdefault("original_max_position_embeddings", original)
+            changes["max_position_embeddings"] = max(original, int(data.get("seq_len", 0)))
+        changes["rope_scaling"] = scaling
+    return dataclasses.replace(base, **changes)
+
+
+def run_model_config(config: Mapping, run: PathLike = "<run>"):
+    """`training_model_config` of a run's saved config; errors are ConversionErrors naming the run."""
+    try:
+        return training_model_config(config, run=run)
     except ConversionError:
         raise
     except (ValueError, TypeError) as exc:
@@ -494,7 +518,7 @@ def _saved_config(path: PathLike) -> tuple[pathlib.Path, dict]:
     step folder in one; only metadata is read."""
     found = split_run_path(path)
     if found is None:
-        raise ConversionError(f"{path} is not a training run directory")
+        raise ConversionError(not_a_run(path))
     run, step = found
     with RunDir(run) as rd:
         steps = rd.steps()
@@ -596,11 +620,7 @@ def open_run(path: PathLike, step: int | None = None, config=None) -> OpenedRun:
 
     found = split_run_path(path)
     if found is None:
-        p = pathlib.Path(path)
-        if not p.exists():
-            raise ConversionError(f"{p} does not exist")
-        raise ConversionError(f"{p} is not a training run directory (no {OWNER_FILE}; `jrt train "
-                              "checkpoint.dir=DIR` writes one)")
+        raise ConversionError(not_a_run(path))
     run, in_path = found
     run = run.expanduser().absolute()
     if step is not None and in_path is not None and step != in_path:

@@ -49,7 +49,7 @@ def named_checkpoint(name: str) -> pathlib.Path:
 def locate(path: PathLike) -> tuple[pathlib.Path, pathlib.Path]:
     """(folder, weights file) of a checkpoint path: a file is its own weights; a folder's are found inside; a name
     of `NAMED` (e.g. "smollm2") stands for its cached file."""
-    from jrt_jax.convert.run import split_run_path
+    from jrt_jax.convert.run import not_a_run, split_run_path
 
     path = pathlib.Path(path)
     if not path.exists() and str(path) in NAMED:
@@ -61,6 +61,8 @@ def locate(path: PathLike) -> tuple[pathlib.Path, pathlib.Path]:
     run = split_run_path(path)
     if run is not None:
         return run[0], path
+    if (path / "config.yaml").is_file() and (path / "checkpoints").is_dir():
+        raise ConversionError(not_a_run(path))
     weights = find_weights(path)
     if weights is None:
         ggufs = sorted(path.glob("*.gguf"))

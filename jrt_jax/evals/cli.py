@@ -95,12 +95,14 @@ def _bar(args, total: int, desc: str):
 
 def _passkey(args) -> dict:
     from jrt_jax.evals import loading
-    from jrt_jax.evals.passkey import passkey, plot
+    from jrt_jax.evals.passkey import check_plot, passkey, plot
 
     scaling = loading.parse_rope_scaling(args.rope_scaling)
     lengths = _lengths(args.lengths)
     if args.trials < 1:
         raise ValueError(f"--trials must be >= 1; got {args.trials}")
+    if args.plot:
+        check_plot(args.plot)  # before minutes of scoring, not after
     model, tok, described = loading.load_model(args.model, rope_scaling=scaling, dtype=args.dtype)
     bar = _bar(args, len(lengths) * args.trials, "passkey")
     t0 = time.perf_counter()

@@ -89,6 +89,18 @@ def passkey(model, tokenizer, lengths: Sequence[int], *, trials: int = 5, seed: 
     return PasskeyResult(list(lengths), accuracy, trials, rows)
 
 
+def check_plot(path) -> None:
+    """Raise the ValueError `plot` would raise (no matplotlib, no such folder) before any model is run."""
+    import importlib.util
+    import pathlib
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ValueError("--plot needs matplotlib: pip install 'jrt-jax[bench]'")
+    parent = pathlib.Path(path).expanduser().parent
+    if not parent.is_dir():
+        raise ValueError(f"--plot {str(path)!r}: folder {str(parent)!r} does not exist")
+
+
 def plot(result: PasskeyResult, path, title: str = "") -> None:
     """Accuracy vs prompt length (log2 axis) as a PNG."""
     try:

@@ -86,7 +86,8 @@ def main(argv):
         saved = _flat_params(src)
         next_loss = _losses(src, 1)[0]
         for shape in ((2, 2, 2), (1, 4, 2)):
-            t = _trainer(["logging.dir=null", ckpt] + [o for o in overrides if not o.startswith("checkpoint.dir=")]
+            t = _trainer(["logging.dir=null", ckpt, "checkpoint.resume=true"]
+                         + [o for o in overrides if not o.startswith("checkpoint.dir=")]
                          + [f"mesh.data={shape[0]}", f"mesh.fsdp={shape[1]}", f"mesh.tensor={shape[2]}"])
             key = "x".join(map(str, shape))
             result[key] = {"restored_step": t.step, "param_rel": _max_rel(_flat_params(t), saved),

@@ -1,0 +1,135 @@
+"""Run hygiene: every `jrt train` run gets its own directory (config.yaml, metrics.jsonl, events with hparams,
+checkpoints/), resuming is explicit (`--resume RUN_DIR` or checkpoint.resume=true), YAML 1.2 floats."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+import yaml
+
+from jrt_jax.convert.run import split_run_path
+from train import cli
+from train.config import load_config, load_run_config, parse_override, resolve_run
+
+SMALL = ["model.preset=llama-tiny", "model.overrides={num_hidden_layers: 1}", "data.batch_size=8",
+         "data.eval_examples=8", "optim.warmup_steps=2", "logging.every=1", "logging.progress=false",
+         "checkpoint.async_save=false"]
+
+
+def _train(args, capsys) -> tuple[int, str, str]:
+    code = cli.main(["train"] + args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_yaml_floats_in_files_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 1e-3\n  weight_decay: 2E-2\n  clip_norm: 1.5e+0\n")
+    cfg = load_config(path, ["optim.min_lr_ratio=1e-1"])
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.clip_norm, cfg.optim.min_lr_ratio) == (1e-3, 2e-2,
+                                                                                                   1.5, 0.1)
+    assert parse_override("optim.lr=3E-4") == ("optim.lr", 3e-4)
+    assert parse_override("steps=12") == ("steps", 12)  # integers stay integers
+    assert parse_override("name=e5") == ("name", "e5")  # and words stay words
+
+
+def test_resolve_run_directories(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    stamp = 1_800_000_000.0
+    first = resolve_run(load_config(None, []), timestamp=stamp)
+    assert first.name.startswith("jrt-micro-") and first.logging.dir == f"runs/{first.name}"
+    assert first.checkpoint.dir == f"runs/{first.name}/checkpoints"
+    assert resolve_run(first) == first  # idempotent
+    pathlib.Path(first.logging.dir).mkdir(parents=True)
+    second = resolve_run(load_config(None, []), timestamp=stamp)  # the same second: a new directory
+    assert second.name == f"{first.name}-2"
+    named = resolve_run(load_config(None, ["name=exp1"]))
+    assert (named.logging.dir, named.checkpoint.dir) == ("runs/exp1", "runs/exp1/checkpoints")
+    explicit = resolve_run(load_config(None, ["logging.dir=/x/logs"]))
+    assert explicit.checkpoint.dir == "/x/logs/checkpoints"
+    kept = resolve_run(load_config(None, ["checkpoint.dir=/x/ck", "logging.dir=/x/logs"]))
+    assert kept.checkpoint.dir == "/x/ck"  # checkpoint.dir=C keeps its meaning
+    off = resolve_run(load_config(None, ["logging.dir=null"]))
+    assert off.logging.dir is None and off.checkpoint.dir is None  # no run directory, no checkpoints
+    preset = resolve_run(load_config(None, ["logging.dir=runs/{preset}", "model.preset=based-micro"]))
+    assert preset.logging.dir == "runs/based-micro"
+    for bad in ("a/b", "", ".."):
+        with pytest.raises(ValueError, match="name must be a plain directory name"):
+            load_config(None, [f"name={bad!s}" if bad else "name=''"])
+
+
+def test_each_run_gets_a_directory_and_resuming_is_explicit(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _train(SMALL + ["steps=2"], capsys)
+    assert code == 0, err
+    code, out2, err = _train(SMALL + ["steps=2"], capsys)
+    assert code == 0, err
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 2, runs  # a second run never reuses the first one's directory
+    run = runs[0]
+    assert f"run {run.name}: runs/{run.name} (continue it: jrt train --resume runs/{run.name})" in out
+    assert {"config.yaml", "metrics.jsonl", "checkpoints"} <= {p.name for p in run.iterdir()}
+    assert [p.name for p in run.glob("events.out.tfevents.*")]
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["name"] == run.name and saved["checkpoint"]["dir"] == f"runs/{run.name}/checkpoints"
+    events = b"".join(p.read_bytes() for p in run.glob("events.out.tfevents.*"))
+    assert b"_hparams_/experiment" in events and b"optim.lr" in events and b"model.preset" in events
+    assert split_run_path(run) == (run / "checkpoints", None)  # export / generate / eval take the run dir
+
+    # --resume: the run's own config, its checkpoints, the overrides on top.
+    code, out, err = _train(["--resume", str(run), "steps=4"], capsys)
+    assert code == 0, err
+    assert "restored checkpoint step 2" in out
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
+    assert yaml.safe_load((run / "config.yaml").read_text())["steps"] == 4
+    assert json.loads(out[out.index("{"):])["step"] == 4
+
+    # The same name again without resuming: refused in one line that says how to continue.
+    code, out, err = _train(SMALL + ["steps=2", f"name={run.name}"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "jrt train --resume RUN_DIR or checkpoint.resume=true" in err
+    # With checkpoint.resume=true it continues (a requeued job's command).
+    code, out, err = _train(SMALL + ["steps=5", f"name={run.name}", "checkpoint.resume=true"], capsys)
+    assert code == 0 and "restored checkpoint step 4" in out, err
+
+    # eval-checkpoint takes the run directory as well.
+    code = cli.main(["eval-checkpoint", "--dir", str(run)])
+    out, err = capsys.readouterr()
+    assert code == 0 and json.loads(out[out.index("{"):])["step"] == 5, err
+
+
+def test_resume_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _train(["--resume", str(tmp_path / "missing")], capsys)
+    assert code == 2 and "no such run directory" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = _train(["--resume", str(tmp_path / "empty")], capsys)
+    assert code == 2 and "not a jrt train run directory (no config.yaml)" in err
+    code, _, err = _train(["--resume", str(tmp_path / "empty"), "--config", "x.yaml"], capsys)
+    assert code == 2 and "give changes as key=value overrides" in err
+
+
+def test_load_run_config_reroots_checkpoints_inside_the_run(tmp_path):
+    old = tmp_path / "old" / "r"
+    old.mkdir(parents=True)
+    (old / "config.yaml").write_text(yaml.safe_dump({"name": "r", "logging": {"dir": "elsewhere/r"},
+                                                     "checkpoint": {"dir": "elsewhere/r/checkpoints"}}))
+    cfg = load_run_config(old, ["steps=9"])
+    assert cfg.logging.dir == str(old) and cfg.checkpoint.dir == str(old / "checkpoints")
+    assert cfg.checkpoint.resume and cfg.steps == 9
+
+
+def test_a_run_directory_without_a_checkpoint_says_so(tmp_path):
+    from jrt_jax.convert import ConversionError, from_pretrained
+    from train.export import export_run
+
+    run = tmp_path / "r"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("name: r\n")
+    for call in (lambda: from_pretrained(run), lambda: export_run(run, tmp_path / "out")):
+        with pytest.raises(ConversionError, match="is a jrt train run directory with no checkpoint"):
+            call()
+    assert not (tmp_path / "out").exists()
