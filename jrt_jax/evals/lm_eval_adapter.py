@@ -178,17 +178,17 @@ class JRTJaxLM(TemplateLM):
         """(sum of log p over the row's targets, all targets greedy) per row.
 
         rows: (tokens [n], targets [n] with -1 where nothing is scored, enc_len or None). Rows are grouped by
-        (padded length, enc_len) and scored `batch_size` at a time, padded on the right (and with empty rows
-        up to `batch_size`) so that each group compiles once.
+        padded length and scored `batch_size` at a time, padded on the right (and with empty rows up to
+        `batch_size`). A JRT-RNN batch whose rows all use the forward's default encoder length compiles the
+        path perplexity() uses; any other batch passes one encoder length per row (`target_logprobs`), so a length
+        bucket compiles at most twice, not once per context length.
         """
         out: list[tuple[float, bool] | None] = [None] * len(rows)
-        groups: dict[tuple, list[int]] = defaultdict(list)
-        for i, (tokens, _, enc_len) in enumerate(rows):
-            length = bucket(len(tokens), min_bucket=_MIN_BUCKET, cap=self.max_length)
-            if enc_len is not None and enc_len == min(self._enc_len, length):
-                enc_len = None  # the forward's default: the same numbers, and the compilation perplexity() uses
-            groups[(length, enc_len)].append(i)
-        for (length, enc_len), members in sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][1] or 0)):
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i, (tokens, _, _) in enumerate(rows):
+            groups[bucket(len(tokens), min_bucket=_MIN_BUCKET, cap=self.max_length)].append(i)
+        for length, members in sorted(groups.items(), key=lambda kv: -kv[0]):
+            default = None if self._enc_len is None else min(self._enc_len, length)
             for start in range(0, len(members), self.batch_size):
                 batch = members[start:start + self.batch_size]
                 tokens = np.zeros((self.batch_size, length), np.int32)
@@ -197,6 +197,14 @@ class JRTJaxLM(TemplateLM):
                     t, y, _ = rows[i]
                     tokens[r, :len(t)] = t
                     targets[r, :len(y)] = y
+                enc_len = None
+                if default is not None:
+                    wanted = {default if rows[i][2] is None else rows[i][2] for i in batch}
+                    if wanted != {default}:
+                        per_row = np.full((self.batch_size,), default, np.int32)
+                        for r, i in enumerate(batch):
+                            per_row[r] = default if rows[i][2] is None else rows[i][2]
+                        enc_len = per_row
                 logp, greedy = target_logprobs(self.model, tokens, targets, chunk=min(self.chunk, length),
                                                enc_len=enc_len)
                 for r, i in enumerate(batch):
