@@ -278,3 +278,27 @@ def test_jrt_perplexity_never_scores_a_token_its_encoder_has_read():
     b = target_logprobs(model, changed[None, :first.end], np.r_[changed[1:first.end], -1][None],
                         enc_len=np.array([1]))[0]
     np.testing.assert_allclose(a[0, :cut - 1], b[0, :cut - 1], atol=1e-6)
+
+
+def test_qa_warns_when_most_answers_are_an_immediate_eos(monkeypatch):
+    from jrt_jax import prompting
+    from jrt_jax.evals import qa
+
+    examples = [prompting.Example(context="c", question="q", answers=("a",)) for _ in range(4)]
+
+    def fake_evaluate(model, exs, tok, **kw):
+        return {"generations": ["", "", " a\n", ""], "finish_reasons": ["eos", "eos", "newline", "eos"],
+                "prompt_tokens": [5] * 4, "accuracy": 0.25, "correct": 1, "total": 4}
+
+    monkeypatch.setattr(prompting, "evaluate", fake_evaluate)
+
+    class Tok:
+        chat_template = "{{ messages }}"
+
+    out = qa.run(None, Tok(), examples, jrt_prompt=False)
+    assert out["warning"] == ("3 of 4 answers were an immediate end-of-sequence; the tokenizer has a chat template: "
+                              "an instruction-tuned model answers with --chat")
+    assert out["finishes"] == {"newline": 1, "eos": 3, "length": 0}
+    monkeypatch.setattr(prompting, "evaluate", lambda *a, **k: dict(fake_evaluate(*a, **k),
+                                                                     generations=[" a\n"] * 4))
+    assert "warning" not in qa.run(None, Tok(), examples, jrt_prompt=False)

@@ -136,6 +136,8 @@ def _qa(args) -> dict:
     finally:
         if bar is not None:
             bar.close()
+    if "warning" in out:
+        print(f"jrt eval qa: warning: {out['warning']}", file=sys.stderr)
     return {"task": "qa", "model": described, "data": args.data, "template": template,
             "jrt_prompt": args.jrt_prompt, "chat": args.chat, **out, "seconds": round(time.perf_counter() - t0, 2)}
 

@@ -88,5 +88,11 @@ def run(model, tokenizer, examples, *, jrt_prompt: bool, chat: bool = False, max
              "finish": why, "prompt_tokens": n, "correct": prompting.contains_answer(text, ex.answers)}
             for ex, text, why, n in zip(examples, out["generations"], out["finish_reasons"], out["prompt_tokens"])]
     finishes = {k: sum(r["finish"] == k for r in rows) for k in ("newline", "eos", "length")}
-    return {"accuracy": out["accuracy"], "correct": out["correct"], "total": out["total"], "finishes": finishes,
-            "rows": rows}
+    result = {"accuracy": out["accuracy"], "correct": out["correct"], "total": out["total"], "finishes": finishes,
+              "rows": rows}
+    empty = sum(r["finish"] == "eos" and not r["prediction"].strip() for r in rows)
+    if rows and 2 * empty >= len(rows):
+        hint = ("; the tokenizer has a chat template: an instruction-tuned model answers with --chat"
+                if not chat and getattr(tokenizer, "chat_template", None) else "")
+        result["warning"] = f"{empty} of {len(rows)} answers were an immediate end-of-sequence{hint}"
+    return result
