@@ -94,11 +94,11 @@ def check_plot(path) -> None:
     import importlib.util
     import pathlib
 
-    if importlib.util.find_spec("matplotlib") is None:
-        raise ValueError("--plot needs matplotlib: pip install 'jrt-jax[bench]'")
     parent = pathlib.Path(path).expanduser().parent
     if not parent.is_dir():
         raise ValueError(f"--plot {str(path)!r}: folder {str(parent)!r} does not exist")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ValueError("--plot needs matplotlib: pip install 'jrt-jax[bench]'")
 
 
 def plot(result: PasskeyResult, path, title: str = "") -> None:
