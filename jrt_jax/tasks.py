@@ -17,6 +17,10 @@ Set disjointness (one shared element; answer = that element), the paper's core e
   order="short_first"    A SEP B  |  SEP answer
 
 `labels[t]` is the token the model must predict at position t (-1 = no loss there).
+
+JRT-Prompt as a format (`ReadTwice`, `read_twice`): the prefix placed in front of the example a second time,
+  prefix  prefix decoder      (M more tokens; a JRT-RNN's encoder reads both copies, 2M tokens)
+so on its second pass a causal model already knows the whole context when it decides what to store.
 """
 
 from __future__ import annotations
@@ -116,3 +120,30 @@ class SetDisjointness:
     def batch(self, step: int, rows, split: int = 0) -> Batch:
         pairs = [self.example(_rng(self.seed, split, step, r)) for r in rows]
         return Batch(np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), self.enc_len)
+
+
+def read_twice(tokens: np.ndarray, labels: np.ndarray, enc_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """JRT-Prompt on a batch: the first `enc_len` tokens (the prefix) repeated in front of each row; the labels
+    shift with their tokens (no loss on the added copy). Returns [rows, enc_len + seq_len] tokens and labels."""
+    if not 0 < enc_len <= tokens.shape[1]:
+        raise ValueError(f"enc_len must be in 1..{tokens.shape[1]} (the row length); got {enc_len}")
+    pad = np.full((tokens.shape[0], enc_len), -1, labels.dtype)
+    return np.concatenate([tokens[:, :enc_len], tokens], axis=1), np.concatenate([pad, labels], axis=1)
+
+
+class ReadTwice:
+    """A synthetic task whose every example reads its prefix twice (`read_twice`): rows of
+    `task.seq_len + task.enc_len` tokens, prefix length 2 · `task.enc_len`. Training on it teaches a model the
+    JRT-Prompt format (`jrt train data.read_twice=true`); the examples are `task`'s, same seeds and splits."""
+
+    def __init__(self, task):
+        self.task = task
+        self.enc_len = 2 * task.enc_len
+        self.seq_len = task.seq_len + task.enc_len
+        self.vocab_needed = task.vocab_needed
+        self.seed = task.seed
+
+    def batch(self, step: int, rows, split: int = 0) -> Batch:
+        inner = self.task.batch(step, rows, split)
+        tokens, labels = read_twice(inner.tokens, inner.labels, self.task.enc_len)
+        return Batch(tokens, labels, self.enc_len)

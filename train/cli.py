@@ -259,6 +259,7 @@ COMMANDS = {
     "generate": _delegate("jrt_jax.generate.cli"),
     "eval": _delegate("jrt_jax.evals.cli"),
     "convert": _delegate("jrt_jax.convert.cli"),
+    "reproduce": _delegate("train.reproduce.cli"),
 }
 
 
@@ -273,6 +274,7 @@ commands:
   generate         generate text from a checkpoint, a .gguf file or a preset
   eval             perplexity, passkey, qa, recall (and lm-eval) on a model
   convert          convert checkpoints (Hugging Face Llama, JRT/Based releases, GGUF) to and from jrt-jax
+  reproduce        re-measure a paper claim (set-disjointness, mqar, jrt-prompt, prefill-speed, pi-zero-shot)
 
   jrt --version    print the version"""
 

@@ -72,6 +72,9 @@ class DataConfig:
       checkpoint's own tokenizer when model.checkpoint is set — fine-tuning must read the ids the model was
       trained on — else gpt2).
     eval_examples: examples in the held-out evaluation set (generated from a different seed stream).
+    read_twice: synthetic tasks: JRT-Prompt as the training format — every example reads its prefix (the task's
+      M context tokens) twice, `jrt_jax.tasks.ReadTwice`; seq_len is still the whole row, so the example itself
+      gets seq_len − M tokens.
     path: kind="tokens": one or more `jrt prepare-data` output directories. weights: their mixture weights (one
       per path; default equal).
     packing: kind="tokens": pack whole documents into each sequence with segment ids (state resets at every
@@ -95,6 +98,7 @@ class DataConfig:
     text_files: tuple[str, ...] = ()
     tokenizer: Literal["auto", "gpt2", "bytes"] = "auto"
     eval_examples: int = 256
+    read_twice: bool = False
     seed: int = 0
     path: tuple[str, ...] = ()
     weights: tuple[float, ...] = ()

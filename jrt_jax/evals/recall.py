@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from jrt_jax.evals.scoring import target_logprobs
+from jrt_jax.tasks import read_twice
 
 FRESH_SPLIT = 2
 
@@ -47,8 +48,7 @@ def recall(model, task, *, examples: int = 256, batch_size: int = 32, jrt_prompt
         tokens, labels = batch.tokens, batch.labels
         enc = task.enc_len
         if jrt_prompt:
-            tokens = np.concatenate([tokens[:, :enc], tokens], axis=1)
-            labels = np.concatenate([np.full((len(rows), enc), -1, labels.dtype), labels], axis=1)
+            tokens, labels = read_twice(tokens, labels, enc)
             enc = 2 * enc
         _, greedy = target_logprobs(model, tokens, labels, enc_len=enc if is_jrt else None)
         correct += int(greedy.sum())

@@ -4,17 +4,24 @@ pre-tokenized `jrt prepare-data` directories streamed with grain (`train.data.to
 from __future__ import annotations
 
 from train.config import DataConfig
-from train.data.synthetic import MQAR, SetDisjointness
+from train.data.synthetic import MQAR, ReadTwice, SetDisjointness
 
 
 def make_task(cfg: DataConfig, model_config=None, *, checkpoint: str | None = None):
     """The data source for a config; checks the model's vocabulary covers the task's tokens."""
-    if cfg.kind == "mqar":
-        task = MQAR(seq_len=cfg.seq_len, num_pairs=cfg.num_pairs, num_queries=cfg.num_queries,
-                    num_keys=cfg.num_keys, num_values=cfg.num_values, order=cfg.order or "kv_first", seed=cfg.seed)
-    elif cfg.kind == "set_disjointness":
-        task = SetDisjointness(seq_len=cfg.seq_len, short_set=cfg.short_set, long_set=cfg.long_set,
-                               universe=cfg.universe, order=cfg.order or "long_first", seed=cfg.seed)
+    if cfg.read_twice and cfg.kind not in ("mqar", "set_disjointness"):
+        raise ValueError(f"data.read_twice applies to the synthetic tasks (mqar, set_disjointness); got "
+                         f"data.kind={cfg.kind!r}")
+    if cfg.kind in ("mqar", "set_disjointness"):
+        task = _synthetic(cfg, cfg.seq_len)
+        if cfg.read_twice:
+            inner_len = cfg.seq_len - task.enc_len
+            try:
+                task = ReadTwice(_synthetic(cfg, inner_len))
+            except ValueError as exc:
+                raise ValueError(f"data.seq_len={cfg.seq_len} is too short for data.read_twice: reading the "
+                                 f"{task.enc_len}-token prefix twice leaves {inner_len} tokens for the example "
+                                 f"({exc})") from None
     elif cfg.kind == "tokens":
         from train.data.tokens import TokenData
 
@@ -31,4 +38,12 @@ def make_task(cfg: DataConfig, model_config=None, *, checkpoint: str | None = No
     return task
 
 
-__all__ = ["MQAR", "SetDisjointness", "make_task"]
+def _synthetic(cfg: DataConfig, seq_len: int):
+    if cfg.kind == "mqar":
+        return MQAR(seq_len=seq_len, num_pairs=cfg.num_pairs, num_queries=cfg.num_queries, num_keys=cfg.num_keys,
+                    num_values=cfg.num_values, order=cfg.order or "kv_first", seed=cfg.seed)
+    return SetDisjointness(seq_len=seq_len, short_set=cfg.short_set, long_set=cfg.long_set, universe=cfg.universe,
+                           order=cfg.order or "long_first", seed=cfg.seed)
+
+
+__all__ = ["MQAR", "ReadTwice", "SetDisjointness", "make_task"]

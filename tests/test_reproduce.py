@@ -1,0 +1,291 @@
+"""`jrt reproduce NAME --quick`: each study's scaled-down variant end to end, and the CLI's bad-input errors.
+
+Each quick variant runs once (a module-scoped fixture) through `train.reproduce.cli.main` into a temporary
+directory; the tests then read what it wrote. The quick variants train for 20 steps, so their accuracies are near
+chance and no claim's direction is asserted from them: the tests check the pipeline (files, tables, numbers that
+follow from the shapes alone, e.g. parameter counts and state bytes). The verdict logic of the full
+set-disjointness variant is checked on stand-in accuracies instead (no training).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import pytest
+
+from train.reproduce import STUDIES, cli, common
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TABLE_HEADER = "| claim | paper | ours | reproduced? |"
+
+
+def _run(capsys, *argv):
+    code = cli.main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """name → (exit code, stdout, DIR/NAME, stderr) of `jrt reproduce NAME --quick --out DIR`, each study run
+    once per module."""
+    done: dict[str, tuple] = {}
+
+    def get(name):
+        if name not in done:
+            out = tmp_path_factory.mktemp("reproduce")
+            stdout, stderr = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                code = cli.main([name, "--quick", "--out", str(out)])
+            done[name] = (code, stdout.getvalue(), out / name, stderr.getvalue())
+        return done[name]
+
+    return get
+
+
+def _files(quick, name):
+    code, stdout, folder, stderr = quick(name)
+    assert code == 0, stderr[-2000:]
+    record = json.loads((folder / "results.json").read_text())
+    report = (folder / "report.md").read_text()
+    return stdout, folder, record, report
+
+
+@pytest.mark.parametrize("name", list(STUDIES))
+def test_quick_variant_writes_results_report_and_plot(quick, name):
+    stdout, folder, record, report = _files(quick, name)
+    # stdout: the report's path and the claims table
+    assert f"report: {folder / 'report.md'}" in stdout
+    assert TABLE_HEADER in stdout
+    # results.json: every claim, the command, the wall time, the machine
+    assert record["study"] == name and record["variant"] == "quick"
+    assert record["command"] == f"jrt reproduce {name} --quick --out {folder.parent}"
+    assert record["wall_time_s"] > 0
+    assert {"cpu", "cores", "jax", "date"} <= set(record["machine"])
+    assert len(record["claims"]) >= 2
+    # report.md: the table with one row per claim, the command, wall time and machine lines
+    assert TABLE_HEADER in report
+    for claim in record["claims"]:
+        row = f"| {claim['claim']} | {claim['paper']} | {claim['ours']} | {claim['reproduced']} |"
+        assert row.replace("\\|", "|") in report.replace("\\|", "|")
+    assert f"- command: `{record['command']}`" in report
+    assert "- wall time:" in report and f"{record['machine']['jax']}" in report
+    # the plots exist, are PNGs, and the report links them
+    assert record["plots"], "no plot written"
+    for plot in record["plots"]:
+        assert (folder / plot).read_bytes()[:8] == PNG_MAGIC
+        assert f"]({plot})" in report
+
+
+def test_set_disjointness_quick_numbers(quick):
+    _, _, record, _ = _files(quick, "set-disjointness")
+    cells = record["results"]["cells"]
+    assert {(c["model"], c["order"]) for c in cells} == {(m, o) for m in ("Based", "JRT-RNN")
+                                                          for o in ("long_first", "short_first")}
+    for c in cells:
+        assert 0.0 <= c["accuracy"] <= 1.0 and len(c["accuracies"]) == 1
+    params = {c["model"]: c["params"] for c in cells}
+    state = {c["model"]: c["state_bytes"] for c in cells}
+    # JRT-RNN adds the encoder projections (k_enc, v_enc) to Based's shape; the decoding state is the same size
+    assert params["JRT-RNN"] > params["Based"] and params["JRT-RNN"] < 1.15 * params["Based"]
+    assert state["JRT-RNN"] == state["Based"]
+    # with one seed no order effect can be called beyond the spread
+    assert all(not e["beyond_spread"] for e in record["results"]["order_effects"].values())
+    assert all(c["reproduced"].startswith("n/a") for c in record["claims"])
+
+
+def test_mqar_quick_state_bytes(quick):
+    _, _, record, _ = _files(quick, "mqar")
+    rows = {r["family"]: r for r in record["results"]["rows"]}
+    assert set(rows) == {"Based", "JRT-RNN", "Llama"}
+    # Llama's state is its KV cache at 48 tokens: 2 (k, v) x 4 layers x 48 x 2 kv heads x 16 x 4 bytes (+ lengths)
+    kv_cache = 2 * 4 * 48 * 2 * 16 * 4
+    assert kv_cache <= rows["Llama"]["state_bytes"] < kv_cache + 2048
+    # Based / JRT-RNN with F = 8: two linear-attention states of 4 heads x 45 features x (16 + 1) floats
+    linear = 2 * 4 * 45 * 17 * 4
+    assert linear < rows["Based"]["state_bytes"] == rows["JRT-RNN"]["state_bytes"] < linear + 8192
+    for r in rows.values():
+        assert len(r["seeds"]) == 1 and 0.0 <= r["accuracy"] <= 1.0
+
+
+def test_jrt_prompt_quick_has_both_protocols(quick):
+    _, _, record, report = _files(quick, "jrt-prompt")
+    rows = record["results"]["rows"]
+    assert {r["model"] for r in rows} == {"Based", "Llama"}
+    for r in rows:
+        (s,) = r["seeds"]
+        assert s["gain_zero_shot"] == pytest.approx(s["read_twice_zero_shot"] - s["read_once"])
+        assert s["gain_trained"] == pytest.approx(s["read_twice_trained"] - s["read_once"])
+        assert r["gain_trained"] == pytest.approx(s["gain_trained"])
+    assert record["results"]["real_text"]["status"] == "not measured"
+    assert "SmolLM2" in report and "trained format" in report
+
+
+def test_pi_zero_shot_quick_prefixes_are_single_windows(quick):
+    """The study reads perplexity at context C off the first C positions of one forward; for these RoPE settings
+    that must equal `jrt_jax.evals.perplexity` on a single window of C tokens."""
+    from jrt_jax.evals import loading
+    from jrt_jax.evals.perplexity import perplexity
+    from train.reproduce import pi_zero_shot as pz
+
+    _, _, record, report = _files(quick, "pi-zero-shot")
+    at = record["results"]["ppl_at_context"]
+    assert list(at) == list(pz.scalings(pz.QUICK.trained))
+    text, _ = loading.read_texts([pz.QUICK.text])
+    for label in ("none (extrapolation)", "linear PI, s = 2"):
+        model, tok = pz.load(pz.QUICK, pz.scalings(pz.QUICK.trained)[label])
+        ids = tok.encode(text)
+        for c in (64, 256):
+            single = perplexity(model, ids[: c + 1], context=c + 1).perplexity
+            assert at[label][str(c)] == pytest.approx(single, rel=1e-5)
+    assert len(record["results"]["ppl_by_bin"]["YaRN, factor 2"]) == 256 // pz.QUICK.bin
+
+
+def test_prefill_speed_quick_table(quick):
+    _, _, record, report = _files(quick, "prefill-speed")
+    per = record["results"]["per_length"]
+    assert [p["T"] for p in per] == [128, 256]
+    for p in per:
+        for key in ("attention_s", "pla_s", "based_s", "jrt_prompt_s"):
+            assert p[key] is not None and p[key] > 0
+        assert p["pla_speedup"] == pytest.approx(p["attention_s"] / p["pla_s"])
+        assert p["jrt_prompt_speedup"] == pytest.approx(p["attention_s"] / p["jrt_prompt_s"])
+    assert "19.2" in report and "11.9" in report
+    assert "not measured (no GPU)" in report or record["machine"]["backend"] == "gpu"
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["no-such-study"], "unknown study 'no-such-study'"),
+    (["mqar", "--jobs", "0"], "--jobs must be a positive integer"),
+    (["mqar", "--seeds", "0"], "--seeds must be a positive integer"),
+    (["mqar", "--seeds", "two"], "--seeds must be a positive integer"),
+    ([], "give a study NAME"),
+    (["mqar", "--frobnicate"], "unrecognized arguments"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, argv, message):
+    code, out, err = _run(capsys, *argv, "--out", str(tmp_path))
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("jrt reproduce: error: ") and message in err
+    assert "Traceback" not in err and out == ""
+    assert not (tmp_path / "no-such-study").exists()
+
+
+def test_unwritable_out_is_one_line(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code, _, err = _run(capsys, "mqar", "--quick", "--out", str(blocker))
+    assert code == 2 and err.count("\n") == 1 and "cannot create --out directory" in err
+
+
+def test_jrt_command_dispatches_reproduce(capsys):
+    from train import cli as jrt
+
+    assert jrt.main(["reproduce", "--list"]) == 0
+    out = capsys.readouterr().out
+    for name in STUDIES:
+        assert name in out
+    assert jrt.main(["reproduce", "nope"]) == 2
+    assert "unknown study" in capsys.readouterr().err
+    jrt.main(["--help"])
+    assert "reproduce" in capsys.readouterr().out
+
+
+def test_report_without_matplotlib_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "matplotlib_pyplot", lambda: None)
+    ctx = common.Context(quick=True, seeds=None, out_dir=tmp_path / "x")
+    assert common.line_plot(tmp_path / "p.png", [{"label": "a", "x": [1], "y": [1]}], xlabel="x", ylabel="y",
+                            title="t") is None
+    outcome = common.Outcome(results={"value": float("nan"), "n": 3}, claims=[common.Claim("c", "p", "o", "no")])
+    machine = {"cpu": "cpu", "cores": 2, "backend": "cpu", "devices": "1 x cpu", "jax": "0", "python": "3",
+               "date": "today"}
+    results, report = common.write_outputs(ctx, name="x", title="T", command="jrt reproduce x", wall_s=1.0,
+                                           outcome=outcome, machine=machine)
+    text = report.read_text()
+    assert common.PLOT_UNAVAILABLE in text and "| c | p | o | no |" in text
+    assert json.loads(results.read_text())["results"] == {"value": None, "n": 3}  # strict JSON: NaN → null
+
+
+def test_set_disjointness_verdicts_follow_the_accuracies(tmp_path, monkeypatch):
+    """The full variant's claim logic on stand-in accuracies (no training): Based better short-first beyond the
+    seeds' spread and JRT-RNN equal in both orders at F=8 → all three claims 'yes' there; nothing at F=4."""
+    import types
+
+    import jrt_jax.evals.recall
+    import jrt_jax.generate
+    from train.reproduce import set_disjointness as sd
+
+    table = {  # (preset, F, order) → accuracy of seeds 0, 1, 2
+        ("based-micro", 8, "long_first"): [0.50, 0.55, 0.52], ("based-micro", 8, "short_first"): [0.95, 0.97, 0.99],
+        ("jrt-micro", 8, "long_first"): [0.90, 0.97, 0.93], ("jrt-micro", 8, "short_first"): [0.95, 0.92, 0.96],
+        ("based-micro", 4, "long_first"): [0.40, 0.42, 0.41], ("based-micro", 4, "short_first"): [0.41, 0.43, 0.40],
+        ("jrt-micro", 4, "long_first"): [0.30, 0.60, 0.45], ("jrt-micro", 4, "short_first"): [0.90, 0.95, 0.92],
+    }
+
+    def fake_train(overrides):
+        args = dict(o.split("=", 1) for o in overrides if not o.startswith("model.overrides"))
+        f = 8 if "feature_dim: 8" in " ".join(overrides) else 4
+        acc = table[args["model.preset"], f, args["data.order"]][int(args["seed"])]
+        return types.SimpleNamespace(model=acc, task=None, params=1000, seconds=0.0)
+
+    monkeypatch.setattr(common, "train_or_diverged", fake_train)
+    monkeypatch.setattr(jrt_jax.evals.recall, "recall", lambda model, task, examples: {"accuracy": model})
+    monkeypatch.setattr(jrt_jax.generate, "state_bytes", lambda model, context: 4096)
+    ctx = common.Context(quick=False, seeds=None, out_dir=tmp_path, log=lambda line: None)
+    outcome = sd.run(ctx)
+    verdicts = [c.reproduced for c in outcome.claims]
+    assert verdicts == ["yes (F=8)", "partly (F=8)", "yes"]
+    effects = outcome.results["order_effects"]
+    assert effects["Based F=8"]["delta"] == pytest.approx(0.97 - (0.50 + 0.55 + 0.52) / 3)
+    assert not effects["Based F=4"]["beyond_spread"] and effects["JRT-RNN F=4"]["beyond_spread"]
+    # runs that solved the task (>= 90 %), long / short: Based F=8 0/3 / 3/3, JRT-RNN F=4 0/3 / 3/3
+    assert "| Based | 8 | 1,000 | 4,096 |" in outcome.tables[0] and "| 0/3 / 3/3 |" in outcome.tables[0]
+    assert [c["solved"] for c in outcome.results["cells"] if c["model"] == "JRT-RNN"] == [0, 3, 3, 3]
+
+
+def test_run_jobs_in_worker_processes_keeps_the_order(tmp_path):
+    """--jobs 2: the calls run in spawned workers and come back in the order of the jobs."""
+    import math
+
+    lines = []
+    ctx = common.Context(quick=True, seeds=None, out_dir=tmp_path, log=lines.append, jobs=2)
+    got = common.run_jobs(ctx, _sqrt_job, [(f"job {i}", (float(i),)) for i in range(5)])
+    assert [g["value"] for g in got] == [math.sqrt(i) for i in range(5)]
+    assert sorted(lines) == [f"job {i}: sqrt {i}" for i in range(5)]
+
+
+def _sqrt_job(x: float) -> dict:
+    import math
+
+    return {"value": math.sqrt(x), "log": f"sqrt {x:g}"}
+
+
+def test_read_twice_task_and_config(tmp_path):
+    import numpy as np
+
+    from jrt_jax.tasks import MQAR, ReadTwice, read_twice
+    from train.config import load_config
+    from train.data import make_task
+
+    inner = MQAR(seq_len=48, num_pairs=12, num_queries=6, num_keys=48, num_values=48, seed=3)
+    task = ReadTwice(inner)
+    b, a = task.batch(7, range(3), 1), inner.batch(7, range(3), 1)
+    m = inner.enc_len
+    assert task.enc_len == 2 * m and task.seq_len == 48 + m and b.tokens.shape == (3, 48 + m)
+    np.testing.assert_array_equal(b.tokens[:, :m], a.tokens[:, :m])
+    np.testing.assert_array_equal(b.tokens[:, m:], a.tokens)
+    np.testing.assert_array_equal(b.labels[:, m:], a.labels)
+    assert (b.labels[:, :m] == -1).all()
+    # the trainer's data.read_twice builds the same task with data.seq_len the whole row
+    sizes = ["data.kind=mqar", "data.num_pairs=12", "data.num_queries=6", "data.num_keys=48", "data.num_values=48",
+             "data.seed=3", "data.read_twice=true"]
+    made = make_task(load_config(None, [*sizes, f"data.seq_len={48 + m}"]).data)
+    np.testing.assert_array_equal(made.batch(7, range(3), 1).tokens, b.tokens)
+    with pytest.raises(ValueError, match="too short for data.read_twice"):
+        make_task(load_config(None, [*sizes, "data.seq_len=60"]).data)
+    with pytest.raises(ValueError, match="enc_len must be in"):
+        read_twice(a.tokens, a.labels, 0)
