@@ -3,6 +3,7 @@
     python benchmarks/context_parallel.py                  # T = 16k … 256k, sequence axis = 1, 2, 4, 8
     python benchmarks/context_parallel.py --quick          # T = 8k, 16k: a small run (a few minutes on 2 cores)
     python benchmarks/context_parallel.py --seq-lens 16384 65536 --shards 1 8 --ops la pla --json out.json
+    python benchmarks/context_parallel.py --train-budget-mib 512 --shards 1 8   # longest T jrt-tiny trains on
 
 For every op, sequence length T and sequence-axis size n, one training step of the op alone — the gradient of
 sum(op(...)) with respect to all its inputs, jitted over a mesh of the first n of 8 simulated CPU devices
@@ -15,6 +16,11 @@ sum(op(...)) with respect to all its inputs, jitted over a mesh of the first n o
 2. bytes moved by collectives, per device, from the compiled HLO text: the operand sizes of every
    all-gather / all-reduce / reduce-scatter / collective-permute (async "-start" forms included), KiB.
    For linear attention and PLA they are the per-shard state summaries: independent of T.
+
+3. (`--train-budget-mib`) the longest sequence a whole model (default jrt-tiny) trains on — one step,
+   forward + backward of the next-token loss, as `jrt train mesh.sequence=n` runs it — within a per-device
+   memory budget, for each sequence-axis size: doubling then bisection over T (multiples of 512), each
+   candidate compiled and measured with `memory_analysis()`.
 
 Shapes are those of the released JRT-RNN 360M layers: H = 16 heads, F = 16 features (Φ = 153), D = 64, SWA
 window 128, BaseConv on 2·d = 2048 channels with K = 3, Llama attention with 16 heads of 64.
@@ -145,6 +151,92 @@ def _mib(x):
     return x / 2**20
 
 
+# ------------------------------------------------------------------------------ a whole model's training step
+
+
+def train_step_memory(preset: str, t: int, n: int, devices, *, batch: int = 1) -> dict:
+    """Per-device memory of one training step (forward + backward: the gradient of the mean next-token loss
+    w.r.t. every parameter) of the model `preset` on [batch, t] tokens split on T over n devices
+    (`jrt_jax.nn.sequence_parallel`, as `jrt train mesh.sequence=n` runs it), from `memory_analysis()` of the
+    compiled step (lowered on abstract arrays: nothing is allocated or run). Parameters are replicated; fp32.
+
+    Returns {"arg", "out", "temp", "total"} in bytes; total = arguments + outputs + temporaries (parameters,
+    their gradients and the step's buffers: an upper bound of the step's peak on one device).
+    """
+    from flax import nnx
+
+    from jrt_jax import models
+    from jrt_jax.nn.constraints import activation_sharding
+    from jrt_jax.nn.sequence_parallel import sequence_parallel
+
+    config = models.config_from_preset(preset)
+    graphdef, params = nnx.split(models.abstract_model(config))
+    mesh = Mesh(np.array(devices[:n]), ("sequence",))
+    rep, split = NamedSharding(mesh, P()), NamedSharding(mesh, P(None, "sequence"))
+    act = NamedSharding(mesh, P(None, "sequence", None))
+
+    def loss(params, tokens, labels):
+        with activation_sharding(act), sequence_parallel(mesh, "sequence"):
+            logits = nnx.merge(graphdef, params)(tokens)
+        logz = jax.nn.logsumexp(logits, axis=-1)
+        picked = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+        return jnp.mean(logz - picked)
+
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), params)
+    ids = jax.ShapeDtypeStruct((batch, t), jnp.int32, sharding=split)
+    step = jax.jit(jax.grad(loss), out_shardings=jax.tree.map(lambda _: rep, params))
+    mem = step.lower(abstract, ids, ids).compile().memory_analysis()
+    arg, out, temp = mem.argument_size_in_bytes, mem.output_size_in_bytes, mem.temp_size_in_bytes
+    return {"arg": arg, "out": out, "temp": temp, "total": arg + out + temp}
+
+
+def longest_trainable(preset: str, budget: int, n: int, devices, *, granule: int = 512, start: int = 4096,
+                      log=None) -> tuple[int, dict]:
+    """The longest T (a multiple of `granule`) whose training step fits `budget` bytes per device on n
+    sequence shards: doubling from `start`, then bisection. Returns (T, {T: total bytes} of every compile)."""
+    seen: dict = {}
+
+    def fits(t):
+        if t not in seen:
+            seen[t] = train_step_memory(preset, t, n, devices)["total"]
+            if log:
+                log(f"  {preset} sequence={n} T={t:7d}: {_mib(seen[t]):8.1f} MiB")
+        return seen[t] <= budget
+
+    lo, hi = 0, start
+    while fits(hi):
+        lo, hi = hi, hi * 2
+    if lo == 0:  # even `start` does not fit: bisect below it
+        lo = granule if fits(granule) else 0
+        if lo == 0:
+            return 0, seen
+    while hi - lo > granule:
+        mid = (lo + hi) // 2 // granule * granule
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo, seen
+
+
+def train_budget_table(preset: str, budget_mib: float, shards, devices, *, granule: int = 512) -> list[dict]:
+    """Print and return, per sequence-axis size, the longest T (a multiple of `granule`) that `preset` trains
+    on within the budget."""
+    budget = int(budget_mib * 2**20)
+    rows = []
+    for n in shards:
+        t, seen = longest_trainable(preset, budget, n, devices, granule=granule,
+                                    log=lambda m: print(m, file=sys.stderr, flush=True))
+        rows.append({"preset": preset, "n": n, "budget_mib": budget_mib, "longest_T": t,
+                     "total_mib": round(_mib(seen.get(t, 0)), 1),
+                     "tried": {str(k): round(_mib(v), 1) for k, v in sorted(seen.items())}})
+    print(f"\nTable 3 — longest sequence {preset} trains on (one step: forward + backward, B = 1, fp32) within "
+          f"{budget_mib:g} MiB per device (arguments + outputs + temporaries from memory_analysis; T a multiple "
+          f"of {granule})")
+    print(f"{'sequence':>8s} {'longest T':>10s} {'MiB at T':>9s} {'x sequence=' + str(shards[0]):>14s}")
+    for r in rows:
+        ratio = r["longest_T"] / max(rows[0]["longest_T"], 1)
+        print(f"{r['n']:>8d} {r['longest_T']:>10d} {r['total_mib']:>9.1f} {ratio:>14.2f}")
+    return rows
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seq-lens", type=int, nargs="+", default=[16384, 32768, 65536, 131072, 262144])
@@ -152,6 +244,10 @@ def main(argv=None) -> None:
     p.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
     p.add_argument("--quick", action="store_true", help="T = 8k and 16k only")
     p.add_argument("--json", help="also write the rows here")
+    p.add_argument("--train-budget-mib", type=float,
+                   help="instead of the op tables: the longest T that --train-model trains on within this many MiB "
+                        "per device, for each --shards (e.g. --train-budget-mib 512 --shards 1 8)")
+    p.add_argument("--train-model", default="jrt-tiny", help="model preset for --train-budget-mib")
     args = p.parse_args(argv)
     if args.quick:
         args.seq_lens = [8192, 16384]
@@ -159,6 +255,12 @@ def main(argv=None) -> None:
     if len(devices) < max(args.shards):
         raise SystemExit(f"need {max(args.shards)} devices, have {len(devices)} (set XLA_FLAGS="
                          f"--xla_force_host_platform_device_count=8 before starting Python)")
+    if args.train_budget_mib is not None:
+        rows = train_budget_table(args.train_model, args.train_budget_mib, args.shards, devices)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        return
     print(f"jax {jax.__version__}, {len(devices)} {jax.default_backend()} devices; one training step per op "
           f"(grad of sum(op) w.r.t. its inputs), B=1, H={H}, F={F}, D={D}, fp32; compiled, not run", flush=True)
 

@@ -146,13 +146,19 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    """Device mesh (data, fsdp, tensor); -1 = all remaining devices (at most one axis). `rules` maps the models'
-    logical axis names to mesh axes (None = replicated); the default is `jrt_jax.nn.axes.SUGGESTED_RULES`.
-    num_devices: use only the first N devices (None = all)."""
+    """Device mesh (data, fsdp, tensor, sequence); -1 = all remaining devices (at most one of data, fsdp,
+    tensor). `rules` maps the models' logical axis names to mesh axes (None = replicated); the default is
+    `jrt_jax.nn.axes.SUGGESTED_RULES`. num_devices: use only the first N devices (None = all).
+
+    sequence: context parallelism — the time dimension of every batch is split into this many contiguous
+    shards, one per device along the axis, and the sequence mixers compute with `jrt_jax.parallel`
+    (`jrt_jax.nn.sequence_parallel`); the losses equal one device's. data.seq_len must be divisible by it
+    (an error otherwise, not silent padding), and a sliding window / conv halo must fit in one shard."""
 
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
+    sequence: int = 1
     rules: tuple | None = None
     num_devices: int | None = None
 
@@ -274,6 +280,11 @@ class TrainConfig:
                 raise ValueError(f"mesh.{axis} must be a positive size or -1 (the remaining devices); got {size}")
         if self.mesh.num_devices is not None:
             _positive("mesh.num_devices", self.mesh.num_devices)
+        _positive("mesh.sequence", self.mesh.sequence)
+        if d.seq_len % self.mesh.sequence:
+            raise ValueError(f"data.seq_len={d.seq_len} is not divisible by mesh.sequence={self.mesh.sequence}: "
+                             "context parallelism splits each sequence into equal shards; use a data.seq_len that "
+                             f"is a multiple of {self.mesh.sequence}")
         if [getattr(self.mesh, a) for a in ("data", "fsdp", "tensor")].count(-1) > 1:
             raise ValueError("mesh: at most one of data, fsdp, tensor may be -1")
         if self.checkpoint.dir is not None:

@@ -1,8 +1,10 @@
-"""Device mesh (data, fsdp, tensor) and the shardings of parameters and batches.
+"""Device mesh (data, fsdp, sequence, tensor) and the shardings of parameters and batches.
 
 Parameters carry logical axis names (`jrt_jax.nn.axes`); `rules` map each name to a mesh axis or None
-(replicated). The batch is split over data × fsdp (FSDP is data parallel over the batch as well). Axis types are
-`Auto`: the step is jitted with explicit in/out shardings and XLA propagates the rest.
+(replicated). The batch [B, T] is split on B over data × fsdp (FSDP is data parallel over the batch as well) and
+on T over `sequence` (context parallelism: activations [B, T, d] are split the same way, `ACTIVATION_SPEC`, and
+the sequence mixers run `jrt_jax.parallel` under `jrt_jax.nn.sequence_parallel`). Axis types are `Auto`: the step
+is jitted with explicit in/out shardings and XLA propagates the rest.
 """
 
 from __future__ import annotations
@@ -17,33 +19,46 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from jrt_jax.nn.axes import SUGGESTED_RULES
 
-AXES = ("data", "fsdp", "tensor")
+#: Mesh axes in device order: the sequence axis sits between the batch axes and tensor, so tensor-parallel
+#: groups stay innermost (nearest devices) and sequence shards next (one collective per linear-attention layer).
+AXES = ("data", "fsdp", "sequence", "tensor")
 BATCH_AXES = ("data", "fsdp")
+SEQUENCE_AXIS = "sequence"
+#: [batch, time] of a batch; [batch, time, width] of the residual stream.
+BATCH_SPEC = PartitionSpec(BATCH_AXES, SEQUENCE_AXIS)
+ACTIVATION_SPEC = PartitionSpec(BATCH_AXES, SEQUENCE_AXIS, None)
 
 
-def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int, int, int]:
-    """Resolve -1 (the remaining devices) and check that the mesh covers the devices exactly."""
+def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int, sequence: int = 1) -> tuple[int, int, int]:
+    """Resolve -1 (the remaining devices) and check that the mesh covers the devices exactly.
+
+    Returns (data, fsdp, tensor); `sequence` (a fixed size, never -1) takes its share of the devices first.
+    """
     sizes = [data, fsdp, tensor]
-    known = math.prod(s for s in sizes if s != -1)
+    seq = "" if sequence == 1 else f", sequence={sequence}"
+    known = math.prod(s for s in sizes if s != -1) * sequence
     if -1 in sizes:
         if num_devices % known:
             raise ValueError(
-                f"mesh (data={data}, fsdp={fsdp}, tensor={tensor}): the fixed axes ({known} devices) do not divide "
-                f"the {num_devices} devices"
+                f"mesh (data={data}, fsdp={fsdp}, tensor={tensor}{seq}): the fixed axes ({known} devices) do not "
+                f"divide the {num_devices} devices"
             )
         sizes[sizes.index(-1)] = num_devices // known
-    if math.prod(sizes) != num_devices:
+    total = math.prod(sizes) * sequence
+    if total != num_devices:
         raise ValueError(
-            f"mesh (data={sizes[0]}, fsdp={sizes[1]}, tensor={sizes[2]}) has {math.prod(sizes)} devices but "
+            f"mesh (data={sizes[0]}, fsdp={sizes[1]}, tensor={sizes[2]}{seq}) has {total} devices but "
             f"{num_devices} are available; the product must equal the device count (use -1 for one axis)"
         )
     return tuple(sizes)
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> jax.sharding.Mesh:
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None, *, sequence: int = 1
+              ) -> jax.sharding.Mesh:
+    """The trainer's mesh over `devices` (default all): axes `AXES` = (data, fsdp, sequence, tensor), Auto."""
     devices = jax.devices() if devices is None else devices
-    shape = mesh_shape(data, fsdp, tensor, len(devices))
-    return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    d, f, t = mesh_shape(data, fsdp, tensor, len(devices), sequence)
+    return jax.make_mesh((d, f, sequence, t), AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
 
 
 def resolve_rules(rules) -> tuple[tuple[str, str | None], ...]:
@@ -82,7 +97,31 @@ def param_shardings(abstract_state, mesh, rules):
 
 
 def batch_sharding(mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec(BATCH_AXES, None))
+    """[B, T] batches: B over data × fsdp, T over sequence."""
+    return NamedSharding(mesh, BATCH_SPEC)
+
+
+def activation_sharding(mesh) -> NamedSharding:
+    """[B, T, d] activations (the residual stream): as the batch, width replicated."""
+    return NamedSharding(mesh, ACTIVATION_SPEC)
+
+
+def check_sequence(model_config, seq_len: int, n: int) -> None:
+    """Context parallelism's limits on the model over n sequence shards: a sliding window / conv halo must come
+    from one neighbouring shard (window ≤ seq_len / n, conv kernel − 1 likewise); ValueError otherwise."""
+    if n == 1:
+        return
+    shard = seq_len // n
+    mixers = set(getattr(model_config, "mixers", ()))
+    window = getattr(model_config, "window", None)
+    if "sliding_window" in mixers and window is not None and window > shard:
+        raise ValueError(f"mesh.sequence={n}: the sliding window ({window} tokens, model window) is longer than "
+                         f"one shard of the sequence (data.seq_len={seq_len} / {n} = {shard}); lower mesh.sequence "
+                         f"to at most {seq_len // window} or raise data.seq_len")
+    kernel = getattr(model_config, "conv_kernel", None)
+    if "base_conv" in mixers and kernel is not None and kernel - 1 > shard:
+        raise ValueError(f"mesh.sequence={n}: the BaseConv halo (conv_kernel - 1 = {kernel - 1}) is longer than one "
+                         f"shard of the sequence (data.seq_len={seq_len} / {n} = {shard}); lower mesh.sequence")
 
 
 def check_batch(global_batch: int, mesh, grad_accum: int = 1) -> None:
@@ -95,26 +134,39 @@ def check_batch(global_batch: int, mesh, grad_accum: int = 1) -> None:
         )
 
 
-def host_rows(global_batch: int, mesh) -> range:
-    """The rows of the global batch this process feeds (its addressable devices' slice, contiguous)."""
-    sharding = batch_sharding(mesh)
-    index_map = sharding.addressable_devices_indices_map((global_batch, 1))
-    starts = sorted({idx[0].start or 0 for idx in index_map.values()})
-    stops = sorted({idx[0].stop if idx[0].stop is not None else global_batch for idx in index_map.values()})
-    lo, hi = starts[0], stops[-1]
-    covered = np.zeros(global_batch, bool)
+def _host_span(index_map, dim: int, size: int) -> range:
+    """The contiguous span of dimension `dim` that this process's devices hold (an error if not contiguous)."""
+    lo = min(idx[dim].start or 0 for idx in index_map.values())
+    hi = max(idx[dim].stop if idx[dim].stop is not None else size for idx in index_map.values())
+    covered = np.zeros(size, bool)
     for idx in index_map.values():
-        covered[idx[0]] = True
+        covered[idx[dim]] = True
     if not covered[lo:hi].all():
         raise ValueError("this process's devices do not hold a contiguous block of the batch; use a mesh built by "
                          "jax.make_mesh so that each host's devices are adjacent")
     return range(lo, hi)
 
 
-def global_batch_array(local: np.ndarray, mesh, global_batch: int) -> jax.Array:
-    """Assemble the global [B, ...] array from this process's rows."""
+def host_block(global_batch: int, seq_len: int, mesh) -> tuple[range, range]:
+    """(rows, positions) of the global [B, T] batch this process feeds: its addressable devices' block. With a
+    sequence axis across hosts a process holds only part of each row's positions."""
+    index_map = batch_sharding(mesh).addressable_devices_indices_map((global_batch, seq_len))
+    return _host_span(index_map, 0, global_batch), _host_span(index_map, 1, seq_len)
+
+
+def host_rows(global_batch: int, mesh, seq_len: int | None = None) -> range:
+    """The rows of the global batch this process feeds (its addressable devices' slice, contiguous)."""
+    return host_block(global_batch, seq_len or mesh.shape[SEQUENCE_AXIS], mesh)[0]
+
+
+def global_batch_array(local: np.ndarray, mesh, global_batch: int, positions: range | None = None) -> jax.Array:
+    """Assemble the global [B, T, ...] array from this process's rows (all positions of them, or `positions`:
+    the span of T this process feeds, `host_block`; the rest of `local`'s positions are dropped)."""
     sharding = batch_sharding(mesh)
-    return jax.make_array_from_process_local_data(sharding, local, (global_batch,) + local.shape[1:])
+    seq_len = local.shape[1]
+    if positions is not None and len(positions) != seq_len:
+        local = local[:, positions.start:positions.stop]
+    return jax.make_array_from_process_local_data(sharding, local, (global_batch, seq_len) + local.shape[2:])
 
 
 def describe(abstract_state, shardings) -> str:

@@ -12,6 +12,12 @@ metrics.jsonl, the TensorBoard events (with the config as hparams) and checkpoin
 `jrt train --resume RUN_DIR`, or checkpoint.resume=true on the same directory. Which checkpoint directory a run may use, how restores are verified
 and what happens to corrupt steps is described in `train.checkpoint`.
 
+Context parallelism (`mesh.sequence=N`): the batch's time dimension is split over the mesh's `sequence` axis
+(`train.mesh.BATCH_SPEC`) and the model is traced inside `jrt_jax.nn.sequence_parallel`, so its sequence mixers
+run the `jrt_jax.parallel` ops; everything else (projections, RoPE, packing positions, the JRT masking and
+losses) is position-wise on global arrays and follows jit's sharding propagation. Losses equal one device's;
+a checkpoint restores onto any mesh.sequence; with several processes each feeds its block of rows × positions.
+
 Failures a user can cause are `ValueError`s with one-line messages: `TrainingError` (a non-finite loss) and
 `train.checkpoint.CheckpointError`. SIGTERM stops the loop after the current step, saves a checkpoint, waits for
 it to be on disk and returns a summary with ``"stopped": "SIGTERM"`` (no final evaluation: the grace period of
@@ -36,6 +42,7 @@ from flax import nnx
 
 from jrt_jax import models
 from jrt_jax.nn.constraints import activation_sharding
+from jrt_jax.nn.sequence_parallel import sequence_parallel
 from train import mesh as meshlib
 from train import objectives
 from train.checkpoint import Checkpointer, CheckpointError
@@ -79,11 +86,12 @@ class Trainer:
             if cfg.mesh.num_devices > len(devices):
                 raise ValueError(f"mesh.num_devices={cfg.mesh.num_devices} but only {len(devices)} devices exist")
             devices = devices[: cfg.mesh.num_devices]
-        self.mesh = meshlib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
+        self.model_config = build_model_config(cfg)
+        meshlib.check_sequence(self.model_config, cfg.data.seq_len, cfg.mesh.sequence)
+        self.mesh = meshlib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices,
+                                      sequence=cfg.mesh.sequence)
         meshlib.check_batch(cfg.data.batch_size, self.mesh, cfg.optim.grad_accum)
         self.rules = meshlib.resolve_rules(cfg.mesh.rules)
-
-        self.model_config = build_model_config(cfg)
         self.task = make_task(cfg.data, self.model_config, checkpoint=cfg.model.checkpoint)
         self.enc_len = self.task.enc_len if self.task.enc_len is not None else getattr(self.model_config, "enc_len", None)
         self.is_jrt = getattr(self.model_config, "linear_kind", None) == "prefix"
@@ -106,8 +114,7 @@ class Trainer:
         self.tx, self.schedule = make_optimizer(cfg.optim, cfg.optim.decay_steps or cfg.steps)
         self.batch_sharding = meshlib.batch_sharding(self.mesh)
         self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-        self.activation_sharding = jax.sharding.NamedSharding(
-            self.mesh, jax.sharding.PartitionSpec(meshlib.BATCH_AXES, None, None))
+        self.activation_sharding = meshlib.activation_sharding(self.mesh)
 
         config = self.model_config
         graphdef = self.graphdef
@@ -134,7 +141,7 @@ class Trainer:
         self.opt_shardings = jax.tree.map(lambda x: x.sharding, opt_state)
         self.state = {"params": params, "opt_state": opt_state}
         self.step = 0
-        self.rows = meshlib.host_rows(cfg.data.batch_size, self.mesh)
+        self.rows, self.positions = meshlib.host_block(cfg.data.batch_size, cfg.data.seq_len, self.mesh)
         self._build_steps(graphdef)
 
         self.checkpointer = None
@@ -162,7 +169,9 @@ class Trainer:
     def _forward(self, params, rest, tokens, segment_ids=None):
         model = nnx.merge(self.graphdef, params, rest)
         kw = {} if segment_ids is None else {"segment_ids": segment_ids}
-        with activation_sharding(self.activation_sharding):
+        # Context parallelism (mesh.sequence > 1): the mixers run jrt_jax.parallel over the sequence axis.
+        with activation_sharding(self.activation_sharding), sequence_parallel(
+                self.mesh, meshlib.SEQUENCE_AXIS, batch_axes=meshlib.BATCH_AXES):
             if isinstance(self.model_config, models.JRTConfig) and self.enc_len is not None:
                 return model(tokens, enc_len=min(self.enc_len, tokens.shape[1]), **kw)
             return model(tokens, **kw)
@@ -254,7 +263,7 @@ class Trainer:
 
     def _to_global(self, batch):
         size = self.cfg.data.batch_size
-        put = lambda x: None if x is None else meshlib.global_batch_array(x, self.mesh, size)
+        put = lambda x: None if x is None else meshlib.global_batch_array(x, self.mesh, size, self.positions)
         return put(batch.tokens), put(batch.labels), put(batch.segment_ids)
 
     def _batches(self):

@@ -14,6 +14,11 @@ incremented inside the traced functions, so it counts compilations, not calls).
 Decoding state per layer (see `jrt_jax.nn`): linear attention / PLA — `ops.LinearAttentionState`, constant size;
 sliding window — a ring buffer of `window` keys and values; BaseConv — the last kernel_size - 1 inputs;
 Llama attention — a KV cache of the bucketed capacity.
+
+Context-parallel prefill: `Generator(model, prefill_mesh=mesh)` prefills on `mesh` with the prompt split on T over
+its "sequence" axis (`jrt_jax.nn.sequence_parallel`: linear attention / PLA combine per-device states, sliding
+window and conv exchange halos, attention all-gathers K/V); the combined caches move to the parameters' device
+and decoding continues there. Tokens and logits equal the one-device path.
 """
 
 from __future__ import annotations
@@ -27,10 +32,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jrt_jax.generate.buckets import bucket, left_pad, normalize_prompts
 from jrt_jax.generate.sampling import SamplingParams, choose_tokens
 from jrt_jax.generate.stopping import Detokenize, TextTracker
+from jrt_jax.nn.sequence_parallel import sequence_parallel
 
 _COMPILES: collections.Counter = collections.Counter()
 
@@ -55,6 +62,19 @@ def _prefill(graphdef, state, tokens, mask, key, temperature, top_k, top_p, *, c
     _COMPILES[("prefill", tokens.shape[0], tokens.shape[1], cache_len, greedy)] += 1
     model = nnx.merge(graphdef, state)
     logits, caches = model.prefill(tokens, mask=mask, cache_len=cache_len)
+    token = choose_tokens(logits, jax.random.fold_in(key, 0), temperature, top_k, top_p, greedy=greedy)
+    return token, logits, caches, jnp.sum(mask, axis=1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("cache_len", "greedy", "mesh", "axis_name"))
+def _prefill_sharded(graphdef, state, tokens, mask, key, temperature, top_k, top_p, *, cache_len, greedy, mesh,
+                     axis_name):
+    """`_prefill` context-parallel: tokens [B, T] split on T over `mesh` axis `axis_name`; every mixer runs its
+    `jrt_jax.parallel` op (`jrt_jax.nn.sequence_parallel`), the caches come out as global arrays."""
+    _COMPILES[("prefill_sharded", tokens.shape[0], tokens.shape[1], cache_len, greedy)] += 1
+    with sequence_parallel(mesh, axis_name):
+        model = nnx.merge(graphdef, state)
+        logits, caches = model.prefill(tokens, mask=mask, cache_len=cache_len)
     token = choose_tokens(logits, jax.random.fold_in(key, 0), temperature, top_k, top_p, greedy=greedy)
     return token, logits, caches, jnp.sum(mask, axis=1).astype(jnp.int32)
 
@@ -112,9 +132,17 @@ class Generator:
       max_length: longest prompt + generation allowed; default the model's `max_length` (None = unbounded).
       min_bucket: smallest prompt / new-token bucket (powers of two from there).
       pad_id: token id written at pad positions (masked out; any valid id).
+      prefill_mesh: a `jax.sharding.Mesh` to prefill on context-parallel (None: one device, the default).
+        The prompt bucket is split on T over its axis `sequence_axis` (a long prompt's activations spread over
+        the devices; linear attention combines per-device states with one all-gather, see
+        `jrt_jax.parallel`); the combined caches then move to the device holding the model's parameters and
+        decoding continues there, exactly as after a one-device prefill. The bucket must be divisible by the
+        axis size and a sliding window must fit in one shard (bucket / size tokens).
+      sequence_axis: the mesh axis of `prefill_mesh` the prompt is split over.
     """
 
-    def __init__(self, model, *, max_length: int | None = None, min_bucket: int = 16, pad_id: int = 0):
+    def __init__(self, model, *, max_length: int | None = None, min_bucket: int = 16, pad_id: int = 0,
+                 prefill_mesh: Mesh | None = None, sequence_axis: str = "sequence"):
         for attr in ("prefill", "decode_step", "config", "cache_grows"):
             if not hasattr(model, attr):
                 raise TypeError(f"model must provide `{attr}` (JRTLM or LlamaLM); got {type(model).__name__}")
@@ -125,6 +153,14 @@ class Generator:
         if not 0 <= pad_id < self.vocab_size:
             raise ValueError(f"pad_id {pad_id} is outside the vocabulary [0, {self.vocab_size})")
         self.pad_id = pad_id
+        if prefill_mesh is not None:
+            if not isinstance(prefill_mesh, Mesh):
+                raise TypeError(f"prefill_mesh must be a jax.sharding.Mesh; got {type(prefill_mesh).__name__}")
+            if sequence_axis not in prefill_mesh.axis_names:
+                raise ValueError(f"sequence_axis={sequence_axis!r} is not an axis of prefill_mesh; its axes are "
+                                 f"{tuple(prefill_mesh.axis_names)}")
+        self.prefill_mesh = prefill_mesh
+        self.sequence_axis = sequence_axis
 
     # --------------------------------------------------------------------------------------------------------
 
@@ -183,6 +219,11 @@ class Generator:
         stop_set = {int(t) for t in stop_tokens}
         prompts = self._check(prompts, max_new_tokens)
         t_bucket, cache_len = self.shapes(prompts, max_new_tokens)
+        if self.prefill_mesh is not None and t_bucket % self.prefill_mesh.shape[self.sequence_axis]:
+            n = self.prefill_mesh.shape[self.sequence_axis]
+            raise ValueError(f"prefill_mesh: the prompt bucket of {t_bucket} tokens is not divisible by the "
+                             f"{n} devices of axis {self.sequence_axis!r}; use a mesh axis size that divides it "
+                             f"(buckets are powers of two >= min_bucket={self.min_bucket})")
         tokens, mask = left_pad(prompts, t_bucket, self.pad_id)
 
         return self._run(prompts, tokens, mask, t_bucket, cache_len, max_new_tokens, sampling, seed, stop_set,
@@ -195,8 +236,12 @@ class Generator:
         key = jax.random.key(seed)
         temp, top_k, top_p = sampling.as_arrays()
         greedy = sampling.greedy
-        token, logits, caches, positions = _prefill(graphdef, state, jnp.asarray(tokens), jnp.asarray(mask), key,
-                                                    temp, top_k, top_p, cache_len=cache_len, greedy=greedy)
+        if self.prefill_mesh is None:
+            token, logits, caches, positions = _prefill(graphdef, state, jnp.asarray(tokens), jnp.asarray(mask),
+                                                        key, temp, top_k, top_p, cache_len=cache_len, greedy=greedy)
+        else:
+            token, logits, caches, positions = self._prefill_sharded(graphdef, state, tokens, mask, key, temp,
+                                                                     top_k, top_p, cache_len, greedy)
         b = len(prompts)
         finished = np.zeros(b, bool)
         reasons = ["length"] * b
@@ -246,6 +291,19 @@ class Generator:
                 cache_len=cache_len,
             )
 
+    def _prefill_sharded(self, graphdef, state, tokens, mask, key, temp, top_k, top_p, cache_len, greedy):
+        """The prefill on `prefill_mesh` (parameters replicated there, the prompt split on T), its outputs moved
+        to the device of the model's parameters, where decoding runs."""
+        mesh, axis = self.prefill_mesh, self.sequence_axis
+        home = next(iter(jax.tree.leaves(state)[0].devices()))
+        rep = NamedSharding(mesh, PartitionSpec())
+        split = NamedSharding(mesh, PartitionSpec(None, axis))
+        out = _prefill_sharded(graphdef, jax.device_put(state, rep), jax.device_put(jnp.asarray(tokens), split),
+                               jax.device_put(jnp.asarray(mask), split), jax.device_put(key, rep),
+                               *jax.device_put((temp, top_k, top_p), rep), cache_len=cache_len, greedy=greedy,
+                               mesh=mesh, axis_name=axis)
+        return jax.device_put(out, home)
+
     def generate(self, prompts, *, on_event: Callable[[StreamEvent], None] | None = None,
                  **kwargs) -> GenerationResult:
         """Run `stream` to the end and collect a `GenerationResult`; `on_event` sees every event as it comes.
@@ -261,5 +319,6 @@ class Generator:
 
 def generate(model, prompts, **kwargs) -> GenerationResult:
     """`Generator(model).generate(prompts, **kwargs)`; compilations are shared across calls."""
-    gen_kwargs = {k: kwargs.pop(k) for k in ("max_length", "min_bucket", "pad_id") if k in kwargs}
+    gen_kwargs = {k: kwargs.pop(k) for k in ("max_length", "min_bucket", "pad_id", "prefill_mesh", "sequence_axis")
+                  if k in kwargs}
     return Generator(model, **gen_kwargs).generate(prompts, **kwargs)

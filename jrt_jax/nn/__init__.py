@@ -25,6 +25,7 @@ from jrt_jax.nn.context import Mixer, SequenceContext
 from jrt_jax.nn.linear_attention import CausalLinearAttention, PrefixLinearAttention
 from jrt_jax.nn.mlp import GatedMLP, LlamaMLP
 from jrt_jax.nn.norm import RMSNorm
+from jrt_jax.nn.sequence_parallel import SequenceParallel, current_sequence_parallel, sequence_parallel
 from jrt_jax.nn.sliding_window import SlidingWindowAttention, SlidingWindowCache
 
 __all__ = [
@@ -41,6 +42,9 @@ __all__ = [
     "RMSNorm",
     "SUGGESTED_RULES",
     "SequenceContext",
+    "SequenceParallel",
     "SlidingWindowAttention",
     "SlidingWindowCache",
+    "current_sequence_parallel",
+    "sequence_parallel",
 ]

@@ -24,10 +24,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jrt_jax import ops
+from jrt_jax import ops, parallel
 from jrt_jax.nn.axes import EMBED, HEADS, KV
 from jrt_jax.nn.context import SequenceContext
 from jrt_jax.nn.dense import linear
+from jrt_jax.nn.sequence_parallel import current_sequence_parallel
 from jrt_jax.ops.attention import causal_attention
 
 # Module / config spelling (jax.nn.dot_product_attention's names) → `causal_attention`'s implementation.
@@ -115,8 +116,12 @@ class Attention(nnx.Module):
     def _attend(self, x, positions, mask, rope_len, segment_ids=None):
         b, t, _ = x.shape
         q, k, v = self._qkv(x, positions, rope_len)
-        y = causal_attention(q, k, v, mask=mask, segment_ids=segment_ids, scale=1.0 / self.head_dim**0.5,
-                             implementation=_OP_IMPLEMENTATION[self.implementation])
+        kw = dict(mask=mask, segment_ids=segment_ids, scale=1.0 / self.head_dim**0.5)
+        sp = current_sequence_parallel()
+        if sp is not None:  # context parallel: K / V all-gathered over the sequence axis, blocked attention
+            y = sp.call(parallel.causal_attention, q, k, v, **kw)
+        else:
+            y = causal_attention(q, k, v, implementation=_OP_IMPLEMENTATION[self.implementation], **kw)
         return self.o_proj(y.reshape(b, t, -1)), k, v
 
     def __call__(self, x, ctx: SequenceContext | None = None, cache: KVCache | None = None):

@@ -19,9 +19,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jrt_jax import parallel
 from jrt_jax.nn.axes import CONV, CONV_WIDTH, EMBED, partitioned
 from jrt_jax.nn.context import SequenceContext
 from jrt_jax.nn.dense import linear
+from jrt_jax.nn.sequence_parallel import current_sequence_parallel
 from jrt_jax.ops.causal_conv import causal_conv1d, causal_conv1d_step
 
 
@@ -120,9 +122,14 @@ class DepthwiseCausalConv(nnx.Module):
         )
 
     def __call__(self, u: jax.Array, *, mask=None, segment_ids=None, initial_tail=None, return_tail: bool = False):
-        """`ops.causal_conv.causal_conv1d` of u [B, T, C] with this kernel (cast to u's dtype)."""
-        return causal_conv1d(u, self.kernel[...].astype(u.dtype), mask=mask, segment_ids=segment_ids,
-                             initial_tail=initial_tail, return_tail=return_tail)
+        """`ops.causal_conv.causal_conv1d` of u [B, T, C] with this kernel (cast to u's dtype); under
+        `jrt_jax.nn.sequence_parallel`, `jrt_jax.parallel.causal_conv1d` (a halo of K − 1 inputs)."""
+        kernel = self.kernel[...].astype(u.dtype)
+        kw = dict(mask=mask, segment_ids=segment_ids, initial_tail=initial_tail, return_tail=return_tail)
+        sp = current_sequence_parallel()
+        if sp is not None:
+            return sp.call(parallel.causal_conv1d, u, kernel, **kw)
+        return causal_conv1d(u, kernel, **kw)
 
     def step(self, tail: jax.Array, u_t: jax.Array):
         """`ops.causal_conv.causal_conv1d_step`: (c_t [B, C], new tail [B, K-1, C])."""

@@ -18,6 +18,10 @@ tokens (capped by the row's length), or its first `enc_lens[b]`: the op's ``enc_
 positions, wherever left padding put them (the encoder projections then cover all T positions; without a mask
 or per-row lengths they cover only the first `enc_len`). With packed documents (`segment_ids`) the encoder of
 each document is its own first `enc_len` tokens.
+
+Context parallelism: inside `jrt_jax.nn.sequence_parallel` (a sequence mesh axis of size > 1) the op is the
+`jrt_jax.parallel` one (LASP-2: one all-gather of per-shard states); PLA's encoder projections then always
+cover all T positions (slot-aligned, `enc_mask` marking the encoder), so an encoder may span shards.
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jrt_jax import ops
+from jrt_jax import ops, parallel
 from jrt_jax.nn.axes import EMBED, FEATURE, HEADS
 from jrt_jax.nn.context import SequenceContext
 from jrt_jax.nn.dense import linear
 from jrt_jax.nn.padding import document_positions
+from jrt_jax.nn.sequence_parallel import current_sequence_parallel
 
 
 class CausalLinearAttention(nnx.Module):
@@ -91,8 +96,12 @@ class CausalLinearAttention(nnx.Module):
 
     def _attend(self, x, ctx, cache):
         q, k, v = self._qkv(x)
-        return ops.linear_attention(q, k, v, mask=ctx.mask, padding="exclude", segment_ids=ctx.segment_ids,
-                                    initial_state=cache, return_state=True, **self._op_kwargs())
+        kw = dict(mask=ctx.mask, padding="exclude", segment_ids=ctx.segment_ids, initial_state=cache,
+                  return_state=True, **self._op_kwargs())
+        sp = current_sequence_parallel()
+        if sp is not None:
+            return _sharded(sp, parallel.linear_attention, (q, k, v), kw, cache)
+        return ops.linear_attention(q, k, v, **kw)
 
     def __call__(self, x: jax.Array, ctx: SequenceContext | None = None, cache=None):
         """x [B, T, d] → (y [B, T, d], state or None); see `jrt_jax.nn.context` for ctx and cache.
@@ -148,13 +157,18 @@ class PrefixLinearAttention(CausalLinearAttention):
         if not 1 <= enc_len <= t:
             raise ValueError(f"enc_len must be in [1, T={t}]; got {enc_len}")
         q, k, v = self._qkv(x)
+        sp = current_sequence_parallel()
         enc_mask = encoder_mask(ctx.mask, ctx.segment_ids, enc_len, ctx.enc_lens, b, t)
+        if enc_mask is None and sp is not None:  # context parallel: the encoder slot-aligned over all T
+            enc_mask = jnp.broadcast_to(jnp.arange(t) < enc_len, (b, t))
         x_enc = x if enc_mask is not None else x[:, :enc_len]
         k_enc = self._heads(x_enc, self.proj_k_enc, self.feature_dim)
         v_enc = self._heads(x_enc, self.proj_v_enc, self.head_dim)
-        return ops.prefix_linear_attention(q, k, v, k_enc, v_enc, mask=ctx.mask, padding="exclude",
-                                           enc_mask=enc_mask, segment_ids=ctx.segment_ids, initial_state=cache,
-                                           return_state=True, **self._op_kwargs())
+        kw = dict(mask=ctx.mask, padding="exclude", enc_mask=enc_mask, segment_ids=ctx.segment_ids,
+                  initial_state=cache, return_state=True, **self._op_kwargs())
+        if sp is not None:
+            return _sharded(sp, parallel.prefix_linear_attention, (q, k, v, k_enc, v_enc), kw, cache)
+        return ops.prefix_linear_attention(q, k, v, k_enc, v_enc, **kw)
 
     def __call__(self, x: jax.Array, ctx: SequenceContext | None = None, cache=None):
         """x [B, T, d] → (y [B, T, d], state or None).
@@ -165,6 +179,16 @@ class PrefixLinearAttention(CausalLinearAttention):
         state has the encoder terms folded in: decoding steps use the causal projections only.
         """
         return super().__call__(x, ctx, cache)
+
+
+def _sharded(sp, op, arrays, kw, cache):
+    """`op` of `jrt_jax.parallel` on global arrays over the active sequence axis; (y, state or None). The final
+    state (a psum) is asked for only when a cache is carried (prefill)."""
+    kw = dict(kw, return_state=cache is not None)
+    if cache is None:
+        kw.pop("initial_state")
+        return sp.call(op, *arrays, **kw), None
+    return sp.call(op, *arrays, **kw)
 
 
 def encoder_mask(mask, segment_ids, enc_len: int, enc_lens, batch: int, seq: int):

@@ -17,10 +17,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jrt_jax import ops
+from jrt_jax import ops, parallel
 from jrt_jax.nn.axes import EMBED, HEADS, QKV
 from jrt_jax.nn.context import SequenceContext
 from jrt_jax.nn.dense import linear
+from jrt_jax.nn.sequence_parallel import current_sequence_parallel
 from jrt_jax.ops.sliding_window import sliding_window_step
 
 
@@ -88,8 +89,12 @@ class SlidingWindowAttention(nnx.Module):
     def _attend(self, x, positions, mask, segment_ids=None):
         b, t, _ = x.shape
         q, k, v = self._qkv(x, positions)
-        y = ops.sliding_window_attention(q, k, v, window=self.window, mask=mask, segment_ids=segment_ids,
-                                         implementation=self.implementation)
+        kw = dict(window=self.window, mask=mask, segment_ids=segment_ids, implementation=self.implementation)
+        sp = current_sequence_parallel()
+        if sp is not None:  # context parallel: a halo of `window` keys from the previous shard
+            y = sp.call(parallel.sliding_window_attention, q, k, v, **kw)
+        else:
+            y = ops.sliding_window_attention(q, k, v, **kw)
         return self.out_proj(y.reshape(b, t, -1)), k, v
 
     def __call__(self, x: jax.Array, ctx: SequenceContext | None = None, cache: SlidingWindowCache | None = None):

@@ -67,11 +67,19 @@ def _check_mesh(mesh, axis_name, batch_axis):
     if not isinstance(mesh, Mesh):
         raise TypeError(f"mesh must be a jax.sharding.Mesh; got {type(mesh).__name__}")
     names = tuple(mesh.axis_names)
-    for what, name in (("axis_name", axis_name), ("batch_axis", batch_axis)):
+    batch = _batch_axes(batch_axis)
+    for what, name in (("axis_name", axis_name),) + tuple(("batch_axis", a) for a in batch):
         if name is not None and name not in names:
             raise ValueError(f"{what}={name!r} is not an axis of the mesh; its axes are {names}")
-    if batch_axis is not None and batch_axis == axis_name:
-        raise ValueError(f"batch_axis and axis_name must differ; both are {axis_name!r}")
+    if axis_name in batch:
+        raise ValueError(f"batch_axis and axis_name must differ; both name {axis_name!r}")
+
+
+def _batch_axes(batch_axis) -> tuple:
+    """batch_axis as a tuple of mesh axis names (None: none; a name; or a tuple of names, e.g. data × fsdp)."""
+    if batch_axis is None:
+        return ()
+    return tuple(batch_axis) if isinstance(batch_axis, (tuple, list)) else (batch_axis,)
 
 
 def _pad_encoder(args, kwargs, t):
@@ -117,7 +125,8 @@ def context_parallel(op, mesh: Mesh, axis_name="sequence", *, batch_axis=None, j
         `causal_attention` from `jrt_jax.parallel`.
       mesh: a `jax.sharding.Mesh`.
       axis_name: the mesh axis the sequence dimension is split over.
-      batch_axis: optional mesh axis the batch dimension is split over (e.g. "data").
+      batch_axis: optional mesh axis the batch dimension is split over (e.g. "data"), or a tuple of axes
+        (e.g. ("data", "fsdp"), as the trainer splits its batch).
       jit: wrap in `jax.jit` (default). Non-array keyword arguments (window, return_state, …) are static.
 
     Raises (when called):
@@ -131,8 +140,12 @@ def context_parallel(op, mesh: Mesh, axis_name="sequence", *, batch_axis=None, j
         raise ValueError(f"context_parallel supports the jrt_jax.parallel ops {names}; got {op!r}")
     _check_mesh(mesh, axis_name, batch_axis)
     spec = _SPECS[op]
+    if isinstance(batch_axis, list):
+        batch_axis = tuple(batch_axis)
     n = mesh.shape[axis_name]
-    nb = 1 if batch_axis is None else mesh.shape[batch_axis]
+    nb = 1
+    for a in _batch_axes(batch_axis):
+        nb *= mesh.shape[a]
 
     def call(*args, **kwargs):
         if "axis_name" in kwargs:
