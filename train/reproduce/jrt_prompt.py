@@ -7,8 +7,9 @@ applies it to Transformers; here we report what it does to a small Llama.
 
 Setup: a causal Based model (based-micro: linear attention, an 8-token sliding window and BaseConv; next-token
 objective) and a Llama (llama-tiny with 4 layers and tied embeddings), both with a 128-row embedding, trained by
-the trainer on the recall tasks of the other studies in their hard order — MQAR as in `mqar` (12 pairs before the
-6 asked keys, 48 tokens) and set disjointness as in `set-disjointness` (long set first, 24 tokens). Two protocols,
+the trainer on set disjointness as in `set-disjointness` in its hard order (long set first, 24 tokens; MQAR as
+in `mqar` in the quick variant only: the micro models stay at chance on it in the full variant's budget). Two
+protocols,
 same seeds, scored by `jrt_jax.evals.recall.recall` on the same fresh examples:
 - zero-shot (the paper's): the model trained on single reads is scored read once, and with the task's context
   (its prefix of M tokens) placed in front of each example a second time. The paper's models were pretrained
@@ -62,7 +63,9 @@ class Sizes:
     batch_size: int = 32
 
 
-FULL = Sizes(tasks=("mqar", "set_disjointness"), steps=1000, eval_examples=512)
+#: MQAR is left out of the full variant: the micro models stay at chance on it in this budget (read once: 2.6 %
+#: and 3.0 % for Based after 1,000 steps, seeds 0–1; see the `mqar` study), and a run takes ~6 minutes.
+FULL = Sizes(tasks=("set_disjointness",), steps=1000, eval_examples=512)
 QUICK = Sizes(tasks=("mqar",), steps=20, eval_examples=32, batch_size=8)
 
 
