@@ -142,8 +142,8 @@ def run(ctx: common.Context) -> common.Outcome:
     plots = []
     name = common.line_plot(ctx.out_dir / "pi_zero_shot_perplexity_by_position.png", series,
                             xlabel=f"position (end of each {sizes.bin}-token bin)", ylabel="perplexity in the bin",
-                            logy=True, vline=T, vline_label=f"trained window ({T})", title=f"{sizes.model} on {sizes.text}: trained window {T}, "
-                                             f"one {L}-token forward per setting")
+                            logy=True, vline=T, vline_label=f"trained window ({T})",
+                            title=f"{sizes.model}, {sizes.text}: one {L}-token forward per setting")
     if name:
         plots.append(name)
     notes = [
