@@ -87,10 +87,10 @@ def measure(overrides: list[str], eval_examples: int) -> dict:
 
 
 def read_twice_seq_len(task_name: str) -> int:
-    """data.seq_len of the read-twice format: the single-read length plus the prefix M."""
-    t = TASK_SIZES[task_name]
-    m = 2 * t["num_pairs"] + t["num_queries"] + 1 if task_name == "mqar" else t["short_set"] + t["long_set"] + 1
-    return t["seq_len"] + m
+    """data.seq_len of the read-twice format: the single-read length plus the prefix M (the task's own enc_len)."""
+    from jrt_jax.evals.recall import make_task
+
+    return make_task(task_name, **TASK_SIZES[task_name]).enc_len + TASK_SIZES[task_name]["seq_len"]
 
 
 def run(ctx: common.Context) -> common.Outcome:
