@@ -242,3 +242,48 @@ def test_text_data_tokenizer_auto_is_the_checkpoints_own(tmp_path):
     assert make_task(cfg.data, None).tokenizer.vocab_size == 50257  # no checkpoint: GPT-2
     with pytest.raises(ValueError, match="data.tokenizer=auto: model.checkpoint .* has no tokenizer"):
         make_task(cfg.data, None, checkpoint=str(tmp_path / "nothing-here"))
+
+
+def test_text_data_mixes_passkey_examples(tmp_path):
+    """data.passkey_fraction: that share of the training rows are whole passkey examples (prompt + answer) of
+    seq_len + 1 tokens, chosen by (seed, step, row); the held-out rows stay text."""
+    import re
+
+    text = tmp_path / "t.txt"
+    text.write_text("Now is the winter of our discontent made glorious summer by this sun of York. " * 400)
+    cfg = load_config(None, ["data.kind=text", f"data.text_files=[{text}]", "data.tokenizer=bytes",
+                             "data.seq_len=256", "data.batch_size=16", "data.passkey_fraction=0.5"])
+    task = make_task(cfg.data, None)
+    rows = [bytes(np.concatenate([b.tokens, b.labels[:, -1:]], axis=1)[i].tolist()).decode()
+            for b in (task.batch(s, range(16)) for s in range(4)) for i in range(16)]
+    passkey_rows = [r for r in rows if "pass key" in r]
+    assert 20 <= len(passkey_rows) <= 44  # 64 rows at 1/2: a binomial far inside these bounds
+    for row in passkey_rows:
+        assert len(row) == 257 and "winter" not in row
+        key = re.search(r"The pass key is (\d{5})\. Remember it\. \1 is the pass key\.", row).group(1)
+        assert row.endswith(f"What is the pass key? The pass key is {key}.")  # the answer is the key shown
+    again = make_task(cfg.data, None).batch(3, range(16))
+    np.testing.assert_array_equal(again.tokens, task.batch(3, range(16)).tokens)  # a function of (seed, step, row)
+    held_out = task.batch(0, range(16), split=1)
+    assert not any(b"pass key" in bytes(r.tolist()) for r in held_out.tokens)
+    plain = make_task(load_config(None, ["data.kind=text", f"data.text_files=[{text}]", "data.tokenizer=bytes",
+                                         "data.seq_len=256", "data.batch_size=16"]).data, None)
+    assert not any(b"pass key" in bytes(r.tolist()) for r in plain.batch(0, range(16)).tokens)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.passkey_fraction=1.5"], r"data.passkey_fraction must be in \[0, 1\]; got 1.5"),
+    (["data.kind=mqar", "data.passkey_fraction=0.2"], "mixes passkey examples into data.kind='text'; got data.kind='mqar'"),
+])
+def test_passkey_fraction_config_errors(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, ["data.kind=text", "data.text_files=[shakespeare]", *overrides])
+
+
+def test_passkey_fraction_needs_room_for_the_example(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("to be or not to be " * 200)
+    cfg = load_config(None, ["data.kind=text", f"data.text_files=[{text}]", "data.tokenizer=bytes",
+                             "data.seq_len=64", "data.passkey_fraction=0.5"])
+    with pytest.raises(ValueError, match="data.passkey_fraction: data.seq_len=64 is too short for a passkey example"):
+        make_task(cfg.data, None)

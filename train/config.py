@@ -75,6 +75,11 @@ class DataConfig:
     read_twice: synthetic tasks: JRT-Prompt as the training format — every example reads its prefix (the task's
       M context tokens) twice, `jrt_jax.tasks.ReadTwice`; seq_len is still the whole row, so the example itself
       gets seq_len − M tokens.
+    passkey_fraction: kind="text": the fraction of training rows replaced by a passkey example of seq_len + 1
+      tokens (`jrt_jax.evals.passkey.training_example`: filler, the key line at a random depth, the question and
+      its answer), so a small model learns the retrieval task it is later tested on at longer contexts (the
+      PI paper's passkey test). Which rows are passkey rows is a pure function of (seed, step, row); the held-out
+      rows stay text. passkey_header: the task sentence opening those examples ("" for none).
     path: kind="tokens": one or more `jrt prepare-data` output directories. weights: their mixture weights (one
       per path; default equal).
     packing: kind="tokens": pack whole documents into each sequence with segment ids (state resets at every
@@ -99,6 +104,8 @@ class DataConfig:
     tokenizer: Literal["auto", "gpt2", "bytes"] = "auto"
     eval_examples: int = 256
     read_twice: bool = False
+    passkey_fraction: float = 0.0
+    passkey_header: str = ""
     seed: int = 0
     path: tuple[str, ...] = ()
     weights: tuple[float, ...] = ()
@@ -260,6 +267,11 @@ class TrainConfig:
             raise ValueError(f"data.order must be one of {orders[d.kind]} for data.kind={d.kind!r}; got {d.order!r}")
         if d.kind == "text" and not d.text_files:
             raise ValueError("data.text_files must list at least one file pattern for data.kind='text'")
+        if not 0 <= d.passkey_fraction <= 1:
+            raise ValueError(f"data.passkey_fraction must be in [0, 1]; got {d.passkey_fraction}")
+        if d.passkey_fraction and d.kind != "text":
+            raise ValueError(f"data.passkey_fraction mixes passkey examples into data.kind='text'; got "
+                             f"data.kind={d.kind!r}")
         if d.kind == "tokens" and not d.path:
             raise ValueError("data.path must name at least one `jrt prepare-data` directory for data.kind='tokens'")
         if d.weights and len(d.weights) != len(d.path):

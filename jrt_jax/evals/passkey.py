@@ -25,11 +25,14 @@ def key_line(key: int) -> str:
     return f"The pass key is {key}. Remember it. {key} is the pass key."
 
 
-def prompt(tokenizer, length: int, depth: float, key: int) -> list[int]:
-    """Token ids of a passkey prompt of at most `length` tokens with the key line at `depth` ∈ [0, 1]."""
+def prompt(tokenizer, length: int, depth: float, key: int, *, header: str = TASK) -> list[int]:
+    """Token ids of a passkey prompt of at most `length` tokens with the key line at `depth` ∈ [0, 1].
+
+    `header` is the task sentence that opens the prompt ("" for none: small byte-level models trained at a
+    few hundred tokens have no room for the standard one)."""
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"depth must be in [0, 1]; got {depth}")
-    head = tokenizer.encode(TASK + "\n")
+    head = tokenizer.encode(header + "\n") if header else []
     line = tokenizer.encode("\n" + key_line(key) + "\n")
     tail = tokenizer.encode("\n" + QUESTION)
     unit = tokenizer.encode(" " + FILLER)
@@ -58,8 +61,23 @@ class PasskeyResult:
         return dataclasses.asdict(self)
 
 
+def answer(key: int) -> str:
+    """The text that completes a prompt correctly (what passkey training examples end with)."""
+    return f" {key}."
+
+
+def training_example(tokenizer, length: int, rng: np.random.Generator, *, header: str = TASK) -> list[int]:
+    """Exactly `length` token ids: a passkey prompt (random key and depth) followed by its answer — the passkey
+    examples mixed into text training (`data.passkey_fraction`), so a model can learn the task it is tested on."""
+    key = int(rng.integers(10000, 100000))
+    depth = float(rng.random())
+    tail = tokenizer.encode(answer(key))
+    return prompt(tokenizer, length - len(tail), depth, key, header=header) + tail  # the filler fills to length
+
+
 def passkey(model, tokenizer, lengths: Sequence[int], *, trials: int = 5, seed: int = 0,
-            max_new_tokens: int = 8, progress: Callable[[int], None] | None = None) -> PasskeyResult:
+            max_new_tokens: int = 8, progress: Callable[[int], None] | None = None,
+            header: str = TASK) -> PasskeyResult:
     """Accuracy at each length over `trials` random (key, depth) pairs, greedy decoding."""
     from jrt_jax.generate import Generator
 
@@ -75,7 +93,7 @@ def passkey(model, tokenizer, lengths: Sequence[int], *, trials: int = 5, seed: 
         for _ in range(trials):
             key = int(rng.integers(10000, 100000))
             depth = float(rng.random())
-            ids = prompt(tokenizer, length, depth, key)
+            ids = prompt(tokenizer, length, depth, key, header=header)
             out = gen.generate([ids], max_new_tokens=max_new_tokens, detokenize=tokenizer.decode)
             text = out.texts[0] if out.texts else tokenizer.decode(list(out.tokens[0]))
             answer = first_integer(text)

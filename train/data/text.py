@@ -4,6 +4,8 @@ Files (glob patterns; the name "shakespeare" stands for the plays fetched by `jr
 once — GPT-2 BPE or bytes — joined with an end-of-text token, and cut into windows of seq_len + 1 tokens. The
 last 5 % of the windows are held out for evaluation. Training visits the windows in a fresh permutation every
 epoch; the window of (step, row) is a pure function of the seed, so the data position is just the step.
+With data.passkey_fraction > 0 that fraction of the training rows are passkey examples instead (which ones,
+and their keys and depths, are again a pure function of (seed, step, row)); the held-out rows stay text.
 """
 
 from __future__ import annotations
@@ -81,6 +83,17 @@ class TextData:
         self.num_eval = max(1, n // 20)
         self.num_train = n - self.num_eval
         self.enc_len = None
+        self.passkey_fraction = float(cfg.passkey_fraction)
+        self.passkey_header = cfg.passkey_header
+        if self.passkey_fraction:
+            from jrt_jax.evals.passkey import training_example
+
+            # Fail at construction, not at some later step, when seq_len leaves no room for the example.
+            try:
+                training_example(tok, self.seq_len + 1, np.random.default_rng(0), header=self.passkey_header)
+            except ValueError as exc:
+                raise ValueError(f"data.passkey_fraction: data.seq_len={self.seq_len} is too short for a passkey "
+                                 f"example ({exc})") from None
 
     def _window(self, index: int) -> np.ndarray:
         start = index * self.seq_len
@@ -91,6 +104,14 @@ class TextData:
         for r in rows:
             if split == 0:
                 g = step * self.batch_size + r
+                if self.passkey_fraction:
+                    rng = np.random.default_rng([self.seed, 0x9A55, step, r])
+                    if rng.random() < self.passkey_fraction:
+                        from jrt_jax.evals.passkey import training_example
+
+                        out.append(np.asarray(training_example(self.tokenizer, self.seq_len + 1, rng,
+                                                               header=self.passkey_header), np.int32))
+                        continue
                 epoch, pos = divmod(g, self.num_train)
                 perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_train)
                 out.append(self._window(int(perm[pos])))
