@@ -4,7 +4,9 @@
     python benchmarks/kernels.py --cpu-sanity    # on CPU: a small interpret-mode subset (what CI can run)
 
 Rows: PLA with M = T/2 over T tokens, JRT-Prompt (causal linear attention over 2T tokens: the prompt read twice),
-Based (causal linear attention over T) — each on the Pallas kernel and on the xla path — and
+Based (causal linear attention over T) — each on the Pallas kernel and on the xla path; on a GPU where jax-triton
+imports also on each GPU kernel called directly, "[kernel gpu]" (Pallas-Triton) and "[kernel triton]" (Triton
+through jax-triton, what "pallas" runs there) — and
 `jax.nn.dot_product_attention(implementation="cudnn", is_causal=True)` over T (the FlashAttention role; "xla"
 on a TPU). Prints ms (median of --repeats after a warm-up), TFLOP/s (the compact-feature algorithm's FLOPs,
 see `jrt_jax.benchmarking.linear_attention_flops`; attention counts the causal half), GB/s (compulsory traffic:
@@ -20,15 +22,32 @@ import json
 import jax
 import jax.numpy as jnp
 
+import pallas_kernels
 from jrt_jax import benchmarking as bm
 from jrt_jax import ops
+from pallas_kernels.linear_attention import api as kernel_api
 
 
 def _bytes(*shapes_dtypes) -> int:
     return sum(int(jnp.prod(jnp.array(s))) * jnp.dtype(d).itemsize for s, d in shapes_dtypes)
 
 
-def run(seq_lens, *, batch, heads, dtype, repeats, impls, attention_impl, log=print):
+def _kernel_fn(backend, pla):
+    """PLA (encoder state, then the causal pass from it) or causal linear attention on one kernel backend."""
+    prefill = functools.partial(pallas_kernels.linear_attention_prefill, backend=backend)
+
+    def causal(q, k, v):
+        return prefill(q, k, v)[0]
+
+    def prefix(q, k, v, k_enc, v_enc):
+        _, enc, _ = prefill(k_enc, k_enc, v_enc, emit_output=False)
+        return prefill(q, k, v, initial_state=enc)[0]
+
+    return prefix if pla else causal
+
+
+def run(seq_lens, *, batch, heads, dtype, repeats, impls, attention_impl, kernel_backends=(), log=print):
+    """`impls`: `jrt_jax.ops` implementations; `kernel_backends`: `pallas_kernels` backends timed directly."""
     b, h, f, d = batch, heads, 16, 64
     rows = []
     for t in seq_lens:
@@ -44,12 +63,13 @@ def run(seq_lens, *, batch, heads, dtype, repeats, impls, attention_impl, log=pr
             "Based (LA over T)": (ops.linear_attention, (q[:, :t], k[:, :t], v[:, :t]), t, 0),
         }
         for name, (fn, args, length, enc) in cases.items():
-            for impl in impls:
-                jitted = jax.jit(functools.partial(fn, implementation=impl))
-                sec = bm.median_time(jitted, *args, repeats=repeats)
+            variants = [(impl, functools.partial(fn, implementation=impl)) for impl in impls]
+            variants += [(f"kernel {kb}", _kernel_fn(kb, enc > 0)) for kb in kernel_backends]
+            for label, variant in variants:
+                sec = bm.median_time(jax.jit(variant), *args, repeats=repeats)
                 flops = bm.linear_attention_flops(b, h, length, f, d, 64, enc)
                 moved = _bytes(*[(a.shape, a.dtype) for a in args], ((b, length, h, d), dtype))
-                rows.append(dict(method=f"{name} [{impl}]", seq_len=t, ms=sec * 1e3, tflops=flops / sec / 1e12,
+                rows.append(dict(method=f"{name} [{label}]", seq_len=t, ms=sec * 1e3, tflops=flops / sec / 1e12,
                                  gbs=moved / sec / 1e9))
                 log(_fmt(rows[-1]))
         qa = rnd(keys[5], (b, t, h, d))
@@ -119,6 +139,7 @@ def main(argv=None):
     p.add_argument("--json")
     args = p.parse_args(argv)
     backend = jax.default_backend()
+    kernel_backends = []
     if args.cpu_sanity or backend == "cpu":
         seq_lens, batch, heads, dtype = args.seq_lens or [256, 512], args.batch or 1, min(args.heads, 2), jnp.float32
         impls, attention_impl = ["pallas", "xla"], None
@@ -127,10 +148,12 @@ def main(argv=None):
         seq_lens, batch, heads, dtype = args.seq_lens or [2048, 4096, 8192, 16384, 32768], args.batch or 16, args.heads, jnp.bfloat16
         impls = ["pallas", "xla"]
         attention_impl = "cudnn" if backend in ("gpu", "cuda") else "xla"
+        if backend in ("gpu", "cuda") and kernel_api.jax_triton_available():
+            kernel_backends = ["gpu", "triton"]  # "pallas" is the Triton kernel here; time both GPU kernels
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, B={batch} H={heads} F=16 D=64 {jnp.dtype(dtype).name}")
     print(f"{'method':<40}{'T':>7}{'ms':>11}{'TFLOP/s':>10}{'GB/s':>10}")
     rows = run(seq_lens, batch=batch, heads=heads, dtype=dtype, repeats=args.repeats, impls=impls,
-               attention_impl=attention_impl)
+               attention_impl=attention_impl, kernel_backends=kernel_backends)
     summarise(rows)
     if args.plot:
         plot(rows, args.plot)

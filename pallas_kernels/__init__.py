@@ -1,7 +1,8 @@
 """Pallas kernels for jrt-jax. Depends only on jax; `jrt_jax.ops` dispatches to them (implementation="pallas").
 
 Each kernel folder holds the entry point (`api.py`), one file per backend (`tpu.py` Mosaic TPU, `gpu.py`
-Triton) and shared pieces (`common.py`); tests compare them with the `jrt_jax.ops` reference.
+Pallas-Triton, `triton.py` Triton through jax-triton) and shared pieces (`common.py`); tests compare them with the
+`jrt_jax.ops` reference.
 """
 
 from pallas_kernels.dispatch import platform_dispatch

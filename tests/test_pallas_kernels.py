@@ -105,7 +105,9 @@ def test_kernels_lower_for_hardware(platform, dtype, emit_output, save_states):
 
 
 def _count_kernels(text):
-    return text.count("tpu_custom_call"), text.count("xla.gpu.triton")
+    """(TPU kernels, CUDA kernels) in an exported module: the CUDA kernel is the Pallas-Triton one, or the
+    jax-triton one where `jax_triton` imports (a CUDA jaxlib; see pallas_kernels/linear_attention/api.py)."""
+    return text.count("tpu_custom_call"), text.count("xla.gpu.triton") + text.count("@triton_kernel_call")
 
 
 @pytest.mark.parametrize("impl", ["pallas", "auto"])

@@ -1,7 +1,12 @@
 """Entry point of the chunked linear-attention prefill kernels: layout, padding, state conversion, dispatch.
 
+Backends: "tpu" (`tpu.py`, Pallas Mosaic TPU), "gpu" (`gpu.py`, Pallas with the Triton lowering) and
+"triton" (`triton.py`, a Triton-language kernel called through jax-triton; CUDA only, no Pallas interpreter).
+
 With `backend=None` the kernel is chosen by the platform the computation is lowered for
-(`pallas_kernels.dispatch`): the Mosaic kernel on TPU, the Triton kernel on CUDA, and on any other platform
+(`pallas_kernels.dispatch`): the Mosaic kernel on TPU; on CUDA the "triton" kernel where `jax_triton` imports
+(a CUDA jaxlib with the `gpu` extra installed) and otherwise the Pallas-Triton "gpu" kernel, which lowers
+without jax-triton, so exporting for CUDA from a CPU-only machine keeps working; and on any other platform
 `fallback` — by default the TPU kernel in the Pallas interpreter, so the same code runs (slowly) on a CPU.
 One jitted function therefore exports for ``["tpu", "cuda", "cpu"]`` with both kernels inside.
 """
@@ -16,11 +21,26 @@ import jax.numpy as jnp
 from pallas_kernels.dispatch import platform_dispatch
 from pallas_kernels.linear_attention import common
 
-BACKENDS = ("tpu", "gpu")
+BACKENDS = ("tpu", "gpu", "triton")
+
+
+@functools.cache
+def jax_triton_available() -> bool:
+    """Whether `jax_triton` imports: it needs a CUDA jaxlib (on a CPU-only jaxlib its import raises)."""
+    try:
+        import jax_triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def cuda_backend() -> str:
+    """The kernel `backend=None` lowers for CUDA: "triton" where jax-triton imports, else "gpu"."""
+    return "triton" if jax_triton_available() else "gpu"
 
 
 def unsupported_reason(q_shape, v_shape, dtype, *, backend: str = "tpu", chunk_size: int = 64) -> str | None:
-    """Why the `backend` kernel ("tpu" / "gpu") cannot take these shapes, or None when it can."""
+    """Why the `backend` kernel ("tpu" / "gpu" / "triton") cannot take these shapes, or None when it can."""
     if backend not in BACKENDS:
         return f"unknown kernel backend {backend!r}; expected one of {BACKENDS}"
     if jnp.dtype(dtype) not in (jnp.float32, jnp.bfloat16, jnp.float16):
@@ -32,6 +52,12 @@ def unsupported_reason(q_shape, v_shape, dtype, *, backend: str = "tpu", chunk_s
         from pallas_kernels.linear_attention import gpu
 
         return gpu.unsupported_reason(f, d, chunk_size)
+    if backend == "triton":
+        try:
+            from pallas_kernels.linear_attention import triton
+        except ImportError:
+            return "the triton backend needs the triton package: pip install 'jrt-jax[gpu]'"
+        return triton.unsupported_reason(f, d, chunk_size)
     return None
 
 
@@ -71,8 +97,10 @@ def _kernel_call(backend, interpret, options: Options, *args):
     kseg = common.kernel_segments(seg, chunk) if seg else None
     if backend == "tpu":
         from pallas_kernels.linear_attention.tpu import prefill_tpu as kernel
-    else:
+    elif backend == "gpu":
         from pallas_kernels.linear_attention.gpu import prefill_gpu as kernel
+    else:
+        from pallas_kernels.linear_attention.triton import prefill_triton as kernel
     y, final, chunk_states = kernel(
         heads_major(q), heads_major(k), heads_major(v), w, ea, eb, state, kseg, heads=h, chunk=chunk, eps=eps,
         scale_dim=scale_dim, emit_output=emit_output, normalize=normalize, save_states=save_states,
@@ -127,8 +155,10 @@ def linear_attention_prefill(
       normalize: False returns the numerator [B,T,H,D] and denominator [B,T,H] (fp32, no eps) instead of y,
         for callers that add several reads under one denominator.
       save_states: also return the state at the start of every chunk (for the backward pass).
-      backend: "tpu" (Mosaic) or "gpu" (Triton) to run that kernel whatever the platform (`interpret=True`
-        for the Pallas interpreter); None (default) to choose by the platform at lowering time.
+      backend: "tpu" (Mosaic), "gpu" (Pallas-Triton) or "triton" (Triton through jax-triton) to run that kernel
+        whatever the platform (`interpret=True` for the Pallas interpreter; not with "triton", whose interpreter
+        runs on torch tensors: `triton.prefill_triton_torch`); None (default) to choose by the platform at
+        lowering time (see the module docstring).
       fallback: with `backend=None`, what runs where no kernel applies (platforms other than TPU and CUDA,
         and a platform whose kernel cannot take the shapes): `fallback(options, *args)` with `Options` and the
         flat arrays (`split_args` unpacks them), returning the same flat tuple as the kernels. Default: the
@@ -145,6 +175,9 @@ def linear_attention_prefill(
         reason = unsupported_reason(q.shape, v.shape, q.dtype, backend=backend, chunk_size=chunk_size)
         if reason:
             raise ValueError(f"linear_attention_prefill: {reason}")
+        if backend == "triton" and interpret:
+            raise ValueError("linear_attention_prefill: interpret=True cannot run backend='triton'; Triton's interpreter "
+                             "runs on torch tensors (pallas_kernels.linear_attention.triton.prefill_triton_torch)")
     scale_dim = float(f if scale_dim is None else scale_dim)
     if initial_state is None:
         p = common.compact_features(f)
@@ -159,7 +192,7 @@ def linear_attention_prefill(
         out = _kernel_call(backend, interpret, options, *args)
     else:
         branches = {}
-        for platform, kernel_backend in (("tpu", "tpu"), ("cuda", "gpu")):
+        for platform, kernel_backend in (("tpu", "tpu"), ("cuda", cuda_backend())):
             reason = unsupported_reason(q.shape, v.shape, q.dtype, backend=kernel_backend, chunk_size=chunk_size)
             if reason is None:
                 branches[platform] = functools.partial(_kernel_call, kernel_backend, False, options)

@@ -44,6 +44,28 @@ def padded_quad_features(f: int) -> int:
     return -(-quad_features(f) // LANES) * LANES
 
 
+GPU_VALUE_BLOCK = 16  # value columns per program of the GPU kernels
+
+
+def _is_pow2(x: int) -> bool:
+    return x > 0 and x & (x - 1) == 0
+
+
+def gpu_unsupported_reason(f: int, d: int, chunk: int) -> str | None:
+    """Why the GPU kernels (`gpu.py`, Pallas-Triton; `triton.py`, Triton through jax-triton) cannot take these
+    sizes, or None: Triton's dots need power-of-two tiles of at least 16, its ranges powers of two, and each
+    program owns `GPU_VALUE_BLOCK` value columns."""
+    if not (_is_pow2(f) and f >= 16):
+        return f"the GPU kernel needs a power-of-two feature size >= 16; got F = {f}"
+    if not _is_pow2(padded_quad_features(f)):
+        return f"the GPU kernel needs F(F+1)/2 padded to a power of two; F = {f} gives {padded_quad_features(f)}"
+    if d % GPU_VALUE_BLOCK:
+        return f"the GPU kernel needs the value size to be a multiple of {GPU_VALUE_BLOCK}; got D = {d}"
+    if not (_is_pow2(chunk) and chunk >= 16):
+        return f"the GPU kernel needs a power-of-two chunk_size >= 16; got {chunk}"
+    return None
+
+
 def expansion_matrices(f: int, scale_dim: float) -> tuple[np.ndarray, np.ndarray]:
     """(E_a, E_b) of shape [F, P2]: (x·E_a)[:, p] = x_a and (x·E_b)[:, p] = w_ab·x_b for the p-th pair a ≤ b.
 

@@ -9,11 +9,11 @@ intra-chunk scores a = tril(1 + s + s²/2) are recomputed by each of the D/Db pr
 Precision: fp32 inputs use IEEE fp32 dots (exact to fp32, the 1e-5 contract); bf16 / fp16 inputs keep fp32
 operands but allow TF32 tensor-core dots (~1e-3 relative), the state stays fp32 throughout.
 
-Why Pallas-Triton and not jax-triton: this kernel is written once in Pallas, shares its algorithm with the TPU
-kernel, runs in the Pallas interpreter on CPU for the tests, and exports for CUDA from a CPU-only machine
-(`jax.export(..., platforms=["cuda"])`). jax-triton would need a separate Triton-language kernel that can only
-be exercised on a GPU. The choice was not measured against jax-triton: no GPU was available when this kernel
-was written; `benchmarks/kernels.py` is ready to make that measurement.
+Why this kernel stays next to `triton.py` (the same kernel in the Triton language, through jax-triton, which
+`api.py` prefers on CUDA where jax-triton imports): it is written once in Pallas, shares its algorithm with the
+TPU kernel, runs in the Pallas interpreter on CPU, and exports for CUDA from a CPU-only machine
+(`jax.export(..., platforms=["cuda"])`) without jax-triton, which needs a CUDA jaxlib. Neither was measured
+against the other: no GPU was available when they were written; `benchmarks/kernels.py` times both on one.
 
 Exporting without a GPU: jax 0.10 lowered for compute capability 9.0 when it saw none; jax 0.12 asks for the
 target, an abstract GPU device in context, and otherwise raises "No supported GPU devices found":
@@ -36,27 +36,16 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from pallas_kernels.linear_attention.common import KernelState, matmul_precision, padded_quad_features
+from pallas_kernels.linear_attention.common import (
+    GPU_VALUE_BLOCK,
+    KernelState,
+    gpu_unsupported_reason,
+    matmul_precision,
+)
 
 _F32 = jnp.float32
-VALUE_BLOCK = 16
-
-
-def _is_pow2(x: int) -> bool:
-    return x > 0 and x & (x - 1) == 0
-
-
-def unsupported_reason(f: int, d: int, chunk: int) -> str | None:
-    """Triton needs power-of-two tiles of at least 16 for its dots."""
-    if not (_is_pow2(f) and f >= 16):
-        return f"the GPU kernel needs a power-of-two feature size >= 16; got F = {f}"
-    if not _is_pow2(padded_quad_features(f)):
-        return f"the GPU kernel needs F(F+1)/2 padded to a power of two; F = {f} gives {padded_quad_features(f)}"
-    if d % VALUE_BLOCK:
-        return f"the GPU kernel needs the value size to be a multiple of {VALUE_BLOCK}; got D = {d}"
-    if not (_is_pow2(chunk) and chunk >= 16):
-        return f"the GPU kernel needs a power-of-two chunk_size >= 16; got {chunk}"
-    return None
+VALUE_BLOCK = GPU_VALUE_BLOCK
+unsupported_reason = gpu_unsupported_reason  # Triton's dots: power-of-two tiles of at least 16
 
 
 def _kernel(q_ref, k_ref, v_ref, w_ref, ea_ref, eb_ref, *refs, heads, chunk, num_chunks, emit_output, normalize,
