@@ -143,6 +143,68 @@ def test_pi_zero_shot_quick_prefixes_are_single_windows(quick):
     assert len(record["results"]["ppl_by_bin"]["YaRN, factor 2"]) == 256 // pz.QUICK.bin
 
 
+def test_pi_finetune_quick_evaluates_every_method_and_budget(quick):
+    """Four methods; the fine-tuned ones at every budget, each read back from its run's checkpoint; perplexity by
+    128-byte bin over 4L and passkey accuracy at L, 2L, 3L, 4L for each."""
+    from train.reproduce import pi_finetune as pf
+
+    _, _, record, report = _files(quick, "pi-finetune")
+    methods = record["results"]["methods"]
+    budgets = [str(s) for s in pf.QUICK.finetune_steps]
+    assert {m: list(r) for m, r in methods.items()} == {
+        "extrapolation": ["0"], "PI zero-shot": ["0"], "PI + fine-tuning": budgets, "direct fine-tuning": budgets}
+    for runs in methods.values():
+        for r in runs.values():
+            assert list(r["ppl_at"]) == ["256", "512", "768", "1024"] and len(r["ppl_by_bin"]) == 8
+            assert list(r["passkey"]) == ["256", "512", "768", "1024"]
+            assert all(0.0 <= a <= 1.0 for a in r["passkey"].values())
+    # a budget's model is its own checkpoint: one step more of training changes the perplexity
+    ft = methods["PI + fine-tuning"]
+    assert ft["1"]["ppl_at"]["1024"] != ft["2"]["ppl_at"]["1024"]
+    rows = record["results"]["passkey_rows"]["direct fine-tuning"]["2"]
+    assert [r["length"] for r in rows] == [256, 512, 768, 1024]  # one trial per length in the quick variant
+    assert "| (c) PI + fine-tuning | 2 |" in report
+
+
+def test_pi_finetune_effective_window_and_verdicts(tmp_path):
+    """The claim logic on stand-in results (no training): extrapolation retrieves only at L, PI + fine-tuning at
+    every length after 200 steps, direct fine-tuning up to 2L → every claim 'yes'; swapped, the two fine-tuning
+    claims turn 'no'."""
+    from train.reproduce import pi_finetune as pf
+
+    assert pf.effective_window({"256": 1.0, "512": 0.85, "768": 0.2, "1024": 1.0}) == 512
+    assert pf.effective_window({"256": 0.5, "512": 1.0, "768": 1.0, "1024": 1.0}) == 0
+
+    def r(passkey, ppl_in, ppl_past):
+        bins = {f"{b}-{b + 128}": (ppl_in if b < 256 else ppl_past) for b in range(0, 1024, 128)}
+        return {"passkey": dict(zip(["256", "512", "768", "1024"], passkey)), "ppl_by_bin": bins,
+                "ppl_at": {str(c): ppl_in for c in (256, 512, 768, 1024)}}
+
+    results = {"extrapolation": {"0": r([0.9, 0.1, 0.0, 0.0], 3.0, 40.0)},
+               "PI zero-shot": {"0": r([0.4, 0.3, 0.2, 0.1], 4.0, 6.0)},
+               "PI + fine-tuning": {"50": r([1, 0.9, 0.6, 0.3], 3.2, 3.4), "200": r([1, 1, 0.95, 0.9], 3.1, 3.2)},
+               "direct fine-tuning": {"50": r([1, 0.2, 0, 0], 3.1, 9.0), "200": r([1, 0.85, 0.3, 0.1], 3.1, 5.0)}}
+    sizes = pf.dataclasses.replace(pf.FULL, finetune_steps=(50, 200))
+    ctx = common.Context(quick=False, seeds=None, out_dir=tmp_path, log=lambda line: None)
+    out = pf.outcome(ctx, sizes, results, {})
+    assert [c.reproduced for c in out.claims] == ["yes", "yes", "yes", "yes"]
+    assert "200 steps: passkey window 1024" in out.claims[1].ours
+    assert "200 steps: passkey window 512" in out.claims[2].ours
+    swapped = dict(results, **{"PI + fine-tuning": results["direct fine-tuning"],
+                               "direct fine-tuning": results["PI + fine-tuning"]})
+    assert [c.reproduced for c in pf.outcome(ctx, sizes, swapped, {}).claims][1:3] == ["no", "no"]
+
+    # No retrieval even at L after pretraining: the windows are read off perplexity (bins ≤ 1.25 × the
+    # in-window 3.0), and the verdicts say so.
+    assert pf.perplexity_window(r([0] * 4, 3.0, 3.7)["ppl_by_bin"], 3.0) == 1024
+    assert pf.perplexity_window(r([0] * 4, 3.0, 3.8)["ppl_by_bin"], 3.0) == 256
+    blind = {m: {s: dict(x, passkey={n: 0.0 for n in x["passkey"]}) for s, x in runs.items()}
+             for m, runs in results.items()}
+    verdicts = [c.reproduced for c in pf.outcome(ctx, sizes, blind, {}).claims]
+    by = " by perplexity (no passkey retrieval at L after pretraining)"
+    assert verdicts == ["yes" + by, "yes" + by, "yes" + by, "yes"]  # direct: 5.0 past L, window 256 < 1024
+
+
 def test_prefill_speed_quick_table(quick):
     _, _, record, report = _files(quick, "prefill-speed")
     per = record["results"]["per_length"]
@@ -245,6 +307,33 @@ def test_set_disjointness_verdicts_follow_the_accuracies(tmp_path, monkeypatch):
     # runs that solved the task (>= 90 %), long / short: Based F=8 0/3 / 3/3, JRT-RNN F=4 0/3 / 3/3
     assert "| Based | 8 | 1,000 | 4,096 |" in outcome.tables[0] and "| 0/3 / 3/3 |" in outcome.tables[0]
     assert [c["solved"] for c in outcome.results["cells"] if c["model"] == "JRT-RNN"] == [0, 3, 3, 3]
+
+
+def test_mqar_verdicts_wait_for_a_model_that_learned(tmp_path, monkeypatch):
+    """The full MQAR variant's claim logic on stand-in accuracies (no training): while every model is below
+    `mqar.LEARNED` (on the plateau before MQAR is learned) neither claim is judged; above it they are."""
+    import types
+
+    import jrt_jax.evals.recall
+    import jrt_jax.generate
+    from train.reproduce import mqar
+
+    def run(accuracy):
+        def fake_train(overrides):
+            text = " ".join(overrides)
+            family = "Llama" if "llama" in text else "JRT-RNN" if "jrt-micro" in text else "Based"
+            return types.SimpleNamespace(model=accuracy[family], task=None, params=1000, seconds=0.0, summary={})
+
+        monkeypatch.setattr(common, "train_or_diverged", fake_train)
+        monkeypatch.setattr(jrt_jax.evals.recall, "recall", lambda model, task, examples: {"accuracy": model})
+        monkeypatch.setattr(jrt_jax.generate, "state_bytes", lambda model, context, cache_len: 4096)
+        ctx = common.Context(quick=False, seeds=None, out_dir=tmp_path, log=lambda line: None)
+        return [c.reproduced for c in mqar.run(ctx).claims]
+
+    plateau = run({"Based": 0.14, "JRT-RNN": 0.17, "Llama": 0.2})
+    assert plateau == ["not measurable: no model learned the task (best 20.0 % < 50 %)"] * 2
+    assert run({"Based": 0.6, "JRT-RNN": 0.8, "Llama": 0.99}) == ["yes (1 seed: no spread)"] * 2
+    assert run({"Based": 0.8, "JRT-RNN": 0.6, "Llama": 0.7}) == ["no (1 seed: no spread)"] * 2
 
 
 def test_run_jobs_in_worker_processes_keeps_the_order(tmp_path):

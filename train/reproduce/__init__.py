@@ -18,6 +18,7 @@ STUDIES: dict[str, str] = {
     "jrt-prompt": "train.reproduce.jrt_prompt",
     "prefill-speed": "train.reproduce.prefill_speed",
     "pi-zero-shot": "train.reproduce.pi_zero_shot",
+    "pi-finetune": "train.reproduce.pi_finetune",
 }
 
 

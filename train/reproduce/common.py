@@ -120,8 +120,10 @@ class Trained:
         return self.trainer.task
 
 
-def train_model(overrides: Sequence[str], *, log: Callable[[str], None] | None = None) -> Trained:
-    """Train with `jrt train`'s trainer and `overrides` (key=value); no run directory, no checkpoints."""
+def train_model(overrides: Sequence[str], *, log: Callable[[str], None] | None = None,
+                checkpoint_dir: str | os.PathLike | None = None) -> Trained:
+    """Train with `jrt train`'s trainer and `overrides` (key=value); no run directory, and no checkpoints unless
+    `checkpoint_dir` is given (then they go there, every `checkpoint.every` steps, as the overrides say)."""
     from flax import nnx
 
     from jrt_jax import models
@@ -130,7 +132,9 @@ def train_model(overrides: Sequence[str], *, log: Callable[[str], None] | None =
 
     _limit_compiled_caches()
     start = time.perf_counter()
-    cfg = load_config(None, [*overrides, *TRAIN_DEFAULTS])
+    defaults = [*TRAIN_DEFAULTS] if checkpoint_dir is None else \
+        [d for d in TRAIN_DEFAULTS if not d.startswith("checkpoint.")] + [f"checkpoint.dir={checkpoint_dir}"]
+    cfg = load_config(None, [*overrides, *defaults])
     trainer = Trainer(cfg, log=(lambda *a, **k: None) if log is None else log)
     try:
         summary = trainer.run()

@@ -50,6 +50,10 @@ QUICK = Sizes(feature_dims=(8,), kv_heads=(2,), lrs=(3e-3,), steps=20, eval_exam
 
 LLAMA = dict(num_hidden_layers=4, tie_word_embeddings=True)
 
+#: Below this best accuracy no model has left the plateau that precedes learning MQAR (measured: 14–22 % after
+#: 1,200–3,000 steps), and the claims are not judged.
+LEARNED = 0.5
+
 
 def configs(sizes: Sizes) -> list[dict]:
     """(family, preset, model overrides, state knob) of every configuration."""
@@ -124,6 +128,10 @@ def run(ctx: common.Context) -> common.Outcome:
     few = "" if len(seeds) >= 3 else f" ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}: no spread)"
     jrt_verdict = ("yes" if wins == len(pairs) else f"partly ({wins}/{len(pairs)} sizes)" if wins else "no") + few
     att_verdict = ("yes" if best_attention >= best_recurrent else "no") + few
+    best = max(best_attention, best_recurrent)
+    if best < LEARNED:  # every model still on the plateau: their order is noise, not recall vs state
+        jrt_verdict = att_verdict = (f"not measurable: no model learned the task (best {common.pct(best)} < "
+                                     f"{common.pct(LEARNED, 0)})")
     claims = [
         common.Claim("at equal state, JRT-RNN recalls better than Based on MQAR",
                      "JRT-RNN above Based at the same state size (JRT paper, synthetic recall)",
