@@ -1,7 +1,8 @@
 """`jrt reproduce NAME`: the papers' claims re-measured at laptop scale, as tables "claim | paper | ours" + plots.
 
 Each study is a module of this package with `NAME`, `TITLE`, a module docstring stating the claim, the setup and
-what `--quick` shrinks, and `run(ctx) -> common.Outcome`. `STUDIES` maps the command-line name to the module;
+what `--quick` shrinks, and `run(ctx) -> common.Outcome`; `PARALLEL = True` when it trains through
+`common.run_jobs` (otherwise the CLI runs it with `--jobs 1`). `STUDIES` maps the command-line name to the module;
 `train.reproduce.cli` runs one and writes DIR/NAME/{results.json, report.md, *.png}.
 
 Imports go train → jrt_jax: the studies train through `train.trainer.Trainer` and evaluate with `jrt_jax.evals`.

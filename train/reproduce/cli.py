@@ -125,12 +125,16 @@ def main(argv=None) -> int:
     from train.reproduce import common, load
 
     command = " ".join(["jrt", "reproduce", *map(shlex.quote, argv)])
+    log = lambda line: print(f"[{args.name}] {line}", file=sys.stderr, flush=True)
+    study = load(args.name)
     jobs = args.jobs or (1 if args.quick else max(1, min(2, os.cpu_count() or 1)))
-    ctx = common.Context(quick=args.quick, seeds=args.seeds, out_dir=out, jobs=jobs,
-                         log=lambda line: print(f"[{args.name}] {line}", file=sys.stderr, flush=True))
+    if not getattr(study, "PARALLEL", False):  # the study trains one model at a time (no `common.run_jobs`)
+        if args.jobs and args.jobs > 1:
+            log(f"--jobs {args.jobs} ignored: this study trains one model at a time")
+        jobs = 1
+    ctx = common.Context(quick=args.quick, seeds=args.seeds, out_dir=out, jobs=jobs, log=log)
     previous = _on_sigterm_raise()
     try:
-        study = load(args.name)
         machine = common.machine_info()
         start = time.perf_counter()
         outcome = study.run(ctx)

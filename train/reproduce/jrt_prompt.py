@@ -36,6 +36,7 @@ from train.reproduce import common, mqar, set_disjointness
 
 NAME = "jrt-prompt"
 TITLE = "JRT-Prompt: context read once vs twice, Based and Llama"
+PARALLEL = True  # trains its runs through `common.run_jobs` (`--jobs` at a time)
 
 PAPER_GAIN = "+11.0 ± 1.3 points (average over 16 recurrent LMs × 6 tasks, Table 1)"
 

@@ -30,6 +30,7 @@ from train.reproduce import common
 
 NAME = "mqar"
 TITLE = "MQAR recall vs state size: Based vs JRT-RNN vs Llama"
+PARALLEL = True  # trains its runs through `common.run_jobs` (`--jobs` at a time)
 
 TASK = dict(seq_len=48, num_pairs=12, num_queries=6, num_keys=48, num_values=48)
 VOCAB = 128  # the task uses ids < 4 + 48 + 48; a 128-row embedding instead of the presets' 512 (faster head)

@@ -44,6 +44,7 @@ from train.reproduce import common
 
 NAME = "set-disjointness"
 TITLE = "Set disjointness: order × causal vs non-causal × state size"
+PARALLEL = True  # trains its runs through `common.run_jobs` (`--jobs` at a time)
 
 TASK = dict(seq_len=24, short_set=4, long_set=16, universe=64)
 ORDERS = ("long_first", "short_first")
