@@ -9,10 +9,31 @@ So after any test that leaves the process above half the limit, the compiled cac
 
 from __future__ import annotations
 
+import atexit
 import gc
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def _shared_compilation_cache() -> None:
+    """One persistent compilation cache for every process of a test run: the pytest-xdist workers and the
+    subprocesses the tests start inherit the environment variable set here, in the first process (the xdist
+    controller, which starts the workers afterwards; or the only process). A program that several processes
+    compile — the trainer subprocesses of the kill -9 / resume and restore tests, the CLI tests' default models —
+    is then compiled once and loaded by the others. jax stores only compiles that took at least a second (its
+    default threshold). The directory is removed when the process that made it exits. A cache already named by
+    the caller (JAX_COMPILATION_CACHE_DIR set) is used as it is."""
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return
+    path = tempfile.mkdtemp(prefix="jrt-jax-test-jit-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+
+
+_shared_compilation_cache()
 
 _MAPS_LIMIT = 65530
 
