@@ -171,6 +171,27 @@ def test_jit_and_default_auto():
 # ------------------------------------------------------------------------------------------------ gradients
 
 
+@pytest.mark.parametrize("impl", ["xla", "auto"])
+def test_jitted_one_chunk_forward_at_large_batch(impl):
+    """Regression: XLA:CPU (jaxlib 0.10.2) miscompiled the jitted forward of a one-chunk sequence from the zero
+    state at batch >= 64 (outputs of 1e20-1e36, different on every run); the op no longer traces that state
+    read. Causal and PLA with packed documents, two head counts, three runs each."""
+    keys = jax.random.split(jax.random.key(7), 3)
+    for b, t, h, d in [(64, 32, 1, 64), (128, 64, 2, 16)]:
+        q = jax.random.normal(keys[0], (b, t, h, 8))
+        k = jax.random.normal(keys[1], (b, t, h, 8))
+        v = jax.random.normal(keys[2], (b, t, h, d))
+        seg = jnp.broadcast_to(jnp.where(jnp.arange(t) < t // 2, 1, 2), (b, t))
+        ref = ops.linear_attention(q, k, v, implementation="reference")
+        ref_pla = ops.prefix_linear_attention(q, k, v, k[:, :8], v[:, :8], segment_ids=seg, implementation="reference")
+        causal = jax.jit(lambda q, k, v: ops.linear_attention(q, k, v, implementation=impl))
+        pla = jax.jit(lambda q, k, v: ops.prefix_linear_attention(q, k, v, k[:, :8], v[:, :8], segment_ids=seg,
+                                                                  implementation=impl))
+        for _ in range(3):
+            assert_rel(causal(q, k, v), ref, 1e-5)
+            assert_rel(pla(q, k, v), ref_pla, 1e-5)
+
+
 @pytest.mark.parametrize("impl", FAST_IMPLS)
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_gradients_match_reference(impl, with_mask):

@@ -50,6 +50,7 @@ class Canonical(NamedTuple):
     real: jax.Array | None  # [B, T] bool: positions whose outputs are kept (None: all)
     kv0: jax.Array
     z0: jax.Array
+    zero_start: bool = False  # (kv0, z0) is the zero state made here, not a caller's
 
 
 def _scrub(x, keep):
@@ -81,10 +82,11 @@ def canonical(q, k, v, k_enc, v_enc, inputs: Inputs, padding) -> Canonical:
     q, k, v = _scrub(q, real), _scrub(k, real), _scrub(v, real)
     k_enc, v_enc = _scrub(k_enc, enc_real), _scrub(v_enc, enc_real)
     weight = lambda r: None if r is None else r.astype(jnp.float32)
-    if st is None:
+    zero_start = st is None
+    if zero_start:
         st = zero_state(b, h, f, v.shape[-1])
     return Canonical(q, k, v, k_enc, v_enc, weight(real), weight(enc_real), doc, real, st.kv.astype(jnp.float32),
-                      st.z.astype(jnp.float32))
+                      st.z.astype(jnp.float32), zero_start)
 
 
 def _full_length(x, t):
@@ -127,22 +129,26 @@ def chunked_attend(be: Backend, c: Canonical, *, eps, scale_dim, chunk):
     kw = dict(chunk=chunk, scale_dim=scale_dim)
     t = c.q.shape[1]
     if c.doc is None:
-        kv0, z0 = c.kv0, c.z0
+        kv0, z0, zero_start = c.kv0, c.z0, c.zero_start
         if c.k_enc is not None and c.k_enc.shape[1] > 0:
             kv0, z0 = be.state(c.k_enc, c.v_enc, c.enc_w, None, kv0, z0, chunk=_xla.state_chunk_size(chunk),
                                scale_dim=scale_dim)
-        return be.causal(c.q, c.k, c.v, c.key_w, None, kv0, z0, eps=eps, normalize=True, **kw)
+            zero_start = False
+        return be.causal(c.q, c.k, c.v, c.key_w, None, kv0, z0, eps=eps, normalize=True, zero_start=zero_start, **kw)
     seg = pallas_kernels.document_flags(c.doc, chunk)
     if c.k_enc is None:
-        return be.causal(c.q, c.k, c.v, c.key_w, seg, c.kv0, c.z0, eps=eps, normalize=True, **kw)
+        return be.causal(c.q, c.k, c.v, c.key_w, seg, c.kv0, c.z0, eps=eps, normalize=True,
+                         zero_start=c.zero_start, **kw)
     ke, ve, ew = _full_length(c.k_enc, t), _full_length(c.v_enc, t), _encoder_weights(c, t)
     zero_kv, zero_z = jnp.zeros_like(c.kv0), jnp.zeros_like(c.z0)
-    (n1, d1), kv1, z1 = be.causal(c.q, c.k, c.v, c.key_w, seg, c.kv0, c.z0, eps=eps, normalize=False, **kw)
-    (n2, d2), kv2, z2 = be.causal(c.q, ke, ve, ew, seg, zero_kv, zero_z, eps=eps, normalize=False, **kw)
+    (n1, d1), kv1, z1 = be.causal(c.q, c.k, c.v, c.key_w, seg, c.kv0, c.z0, eps=eps, normalize=False,
+                                  zero_start=c.zero_start, **kw)
+    (n2, d2), kv2, z2 = be.causal(c.q, ke, ve, ew, seg, zero_kv, zero_z, eps=eps, normalize=False, zero_start=True,
+                                  **kw)
     flip = lambda x: jnp.flip(x, axis=1)
     seg_rev = pallas_kernels.document_flags(flip(c.doc), chunk)
     (n3, d3), _, _ = be.causal(flip(c.q), flip(ke), flip(ve), flip(ew), seg_rev, zero_kv, zero_z, eps=eps,
-                               normalize=False, **kw)
+                               normalize=False, zero_start=True, **kw)
     # The query's own encoder slot was read by both passes: take it out once.
     d_scale = c.q.shape[-1] if scale_dim is None else scale_dim
     s = jnp.sum(c.q.astype(jnp.float32) * ke.astype(jnp.float32), axis=-1) * (1.0 / d_scale**0.5)

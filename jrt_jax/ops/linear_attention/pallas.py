@@ -30,13 +30,13 @@ def unsupported_reason(q, v, chunk_size: int) -> str | None:
     return pallas_kernels.unsupported_reason(q.shape, v.shape, q.dtype, backend="tpu", chunk_size=chunk_size)
 
 
-def _xla_fallback(options, *args):
+def _xla_fallback(options, *args, zero_start=False):
     """The XLA forward in the kernels' flat-tuple form (`pallas_kernels.linear_attention_prefill(fallback=)`)."""
     q, k, v, kv0, z0, w, seg = split_args(options, args)
     if not options.emit_output:
         return tuple(_xla.accumulate_state(k, v, w, seg, kv0, z0, options.chunk, options.scale_dim))
     y, kv, z, states = _xla._forward(q, k, v, w, seg, kv0, z0, options.chunk, options.eps, options.scale_dim,
-                                     options.save_states, options.normalize)
+                                     options.save_states, options.normalize, zero_start)
     out = [y.astype(v.dtype)] if options.normalize else list(y)
     out += [kv, z]
     if options.save_states:
@@ -45,30 +45,30 @@ def _xla_fallback(options, *args):
 
 
 def _prefill(q, k, v, w, seg, kv0, z0, *, chunk, eps, scale_dim, auto, emit_output=True, normalize=True,
-             save_states=False):
+             save_states=False, zero_start=False):
     return pallas_kernels.linear_attention_prefill(
         q, k, v, w=w, segments=seg, initial_state=(kv0, z0), chunk_size=chunk, eps=eps, scale_dim=scale_dim,
         emit_output=emit_output, normalize=normalize, save_states=save_states,
-        fallback=_xla_fallback if auto else None,
+        fallback=(functools.partial(_xla_fallback, zero_start=True) if zero_start else _xla_fallback) if auto else None,
     )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10, 11))
-def _core(q, k, v, w, seg, kv0, z0, chunk, eps, scale_dim, normalize, auto):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10, 11, 12))
+def _core(q, k, v, w, seg, kv0, z0, chunk, eps, scale_dim, normalize, auto, zero_start):
     y, (kv, z), _ = _prefill(q, k, v, w, seg, kv0, z0, chunk=chunk, eps=eps, scale_dim=scale_dim, auto=auto,
-                             normalize=normalize)
+                             normalize=normalize, zero_start=zero_start)
     return y, kv, z
 
 
-def _core_fwd(q, k, v, w, seg, kv0, z0, chunk, eps, scale_dim, normalize, auto):
+def _core_fwd(q, k, v, w, seg, kv0, z0, chunk, eps, scale_dim, normalize, auto, zero_start):
     y, (kv, z), states = _prefill(q, k, v, w, seg, kv0, z0, chunk=chunk, eps=eps, scale_dim=scale_dim, auto=auto,
-                                  normalize=normalize, save_states=True)
+                                  normalize=normalize, save_states=True, zero_start=zero_start)
     return (y, kv, z), (q, k, v, w, seg, states)
 
 
-def _core_bwd(chunk, eps, scale_dim, normalize, auto, residuals, cotangents):
+def _core_bwd(chunk, eps, scale_dim, normalize, auto, zero_start, residuals, cotangents):
     del auto
-    return _xla.causal_core_bwd(chunk, eps, scale_dim, normalize, residuals, cotangents)
+    return _xla.causal_core_bwd(chunk, eps, scale_dim, normalize, zero_start, residuals, cotangents)
 
 
 _core.defvjp(_core_fwd, _core_bwd)
@@ -93,11 +93,11 @@ def _accumulate_bwd(chunk, scale_dim, auto, residuals, cotangents):
 _accumulate.defvjp(_accumulate_fwd, _accumulate_bwd)
 
 
-def causal(q, k, v, w, seg, kv0, z0, *, chunk, eps, scale_dim, normalize=True, auto=False):
+def causal(q, k, v, w, seg, kv0, z0, *, chunk, eps, scale_dim, normalize=True, auto=False, zero_start=False):
     """`xla.causal` with the platform's kernel as the forward pass."""
     if w is not None:
         w = w.astype(_F32)
-    return _core(q, k, v, w, seg, kv0, z0, chunk, eps, scale_dim, normalize, auto)
+    return _core(q, k, v, w, seg, kv0, z0, chunk, eps, scale_dim, normalize, auto, zero_start)
 
 
 def state(k, v, w, seg, kv0, z0, *, chunk, scale_dim, auto=False):

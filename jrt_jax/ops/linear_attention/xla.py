@@ -80,12 +80,14 @@ def _chunk_seg(seg, n, chunk):
     return _slice(doc, n, chunk), _slice(r, n, chunk), _slice(u, n, chunk), lax.dynamic_index_in_dim(keep, n, 1, False)
 
 
-def _chunk_step(kv, z, qc, kc, vc, wc, segc=None, *, scale_dim, eps, precision, head_groups=1, normalize=True):
+def _chunk_step(kv, z, qc, kc, vc, wc, segc=None, *, scale_dim, eps, precision, head_groups=1, normalize=True,
+                read_state=True):
     """One chunk. qc, kc [B,C,H,F], vc [B,C,H,D], wc [B,C] or None, segc from `_chunk_seg` or None; kv, z fp32.
 
     Returns (kv, z, y fp32 [B,C,H,D]), or (kv, z, (num [B,C,H,D], den [B,C,H])) when not `normalize`.
     Works head-major ([B,H,C,·]) inside: batched matmuls with leading batch dims are what XLA:CPU runs fastest.
     The feature maps and q kᵀ are built for all heads at once; the reads and updates run per head group.
+    `read_state=False` skips the read of (kv, z), for a state known to be zero.
     """
     _, c, h, _ = qc.shape
     qc, kc, vc = (x.astype(_F32).transpose(0, 2, 1, 3) for x in (qc, kc, vc))
@@ -114,8 +116,10 @@ def _chunk_step(kv, z, qc, kc, vc, wc, segc=None, *, scale_dim, eps, precision, 
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         a_g, v_g, pq_g, pk_g = a[:, lo:hi], vc[:, lo:hi], phi_q[:, lo:hi], phi_k[:, lo:hi]
         num = jnp.einsum("bhij,bhjd->bhid", a_g, v_g, precision=precision)
-        num = num + jnp.einsum("bhip,bhpd->bhid", pq_g, kv[:, lo:hi], precision=precision)
-        den = jnp.sum(a_g, axis=-1) + jnp.einsum("bhip,bhp->bhi", pq_g, z[:, lo:hi], precision=precision)
+        den = jnp.sum(a_g, axis=-1)
+        if read_state:
+            num = num + jnp.einsum("bhip,bhpd->bhid", pq_g, kv[:, lo:hi], precision=precision)
+            den = den + jnp.einsum("bhip,bhp->bhi", pq_g, z[:, lo:hi], precision=precision)
         if normalize:
             ys.append(num / (den[..., None] + eps))
         else:
@@ -135,7 +139,7 @@ def _pad_weights(w, b, t, tp):
     return jnp.pad(jnp.ones((b, t), _F32) if w is None else w, [(0, 0), (0, tp - t)])
 
 
-def _forward(q, k, v, w, seg, kv0, z0, chunk, eps, scale_dim, save_states, normalize):
+def _forward(q, k, v, w, seg, kv0, z0, chunk, eps, scale_dim, save_states, normalize, zero_start=False):
     b, t, h, _ = q.shape
     d_v = v.shape[-1]
     n = -(-t // chunk)
@@ -143,8 +147,13 @@ def _forward(q, k, v, w, seg, kv0, z0, chunk, eps, scale_dim, save_states, norma
     w = _pad_weights(w, b, t, tp)
     q, k, v = (_pad_time(x, tp) for x in (q, k, v))
     out_dtype = jnp.result_type(q.dtype, k.dtype, v.dtype)
+    # A one-chunk pass from a zero start state reads no state. Besides saving two matmuls, this sidesteps an
+    # XLA:CPU miscompilation (jaxlib 0.10.2): with the zero state a constant of the jitted program, the YNNPACK
+    # fusion of the read returned 1e20-1e36 at batch >= 64, differently on every run
+    # (tests/test_linear_attention.py::test_jitted_one_chunk_forward_at_large_batch).
     step = functools.partial(_chunk_step, scale_dim=scale_dim, eps=eps, precision=matmul_precision(out_dtype),
-                             head_groups=forward_head_groups(b, h), normalize=normalize)
+                             head_groups=forward_head_groups(b, h), normalize=normalize,
+                             read_state=not (zero_start and n == 1))
 
     def body(i, carry):
         kv, z, y, states = carry
@@ -172,18 +181,18 @@ def _forward(q, k, v, w, seg, kv0, z0, chunk, eps, scale_dim, save_states, norma
     return y, kv, z, states
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10))
-def _causal_core(q, k, v, w, seg, kv0, z0, chunk, eps, scale_dim, normalize):
-    y, kv, z, _ = _forward(q, k, v, w, seg, kv0, z0, chunk, eps, scale_dim, False, normalize)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10, 11))
+def _causal_core(q, k, v, w, seg, kv0, z0, chunk, eps, scale_dim, normalize, zero_start=False):
+    y, kv, z, _ = _forward(q, k, v, w, seg, kv0, z0, chunk, eps, scale_dim, False, normalize, zero_start)
     return y, kv, z
 
 
-def _causal_core_fwd(q, k, v, w, seg, kv0, z0, chunk, eps, scale_dim, normalize):
-    y, kv, z, states = _forward(q, k, v, w, seg, kv0, z0, chunk, eps, scale_dim, True, normalize)
+def _causal_core_fwd(q, k, v, w, seg, kv0, z0, chunk, eps, scale_dim, normalize, zero_start=False):
+    y, kv, z, states = _forward(q, k, v, w, seg, kv0, z0, chunk, eps, scale_dim, True, normalize, zero_start)
     return (y, kv, z), (q, k, v, w, seg, states)
 
 
-def causal_core_bwd(chunk, eps, scale_dim, normalize, residuals, cotangents):
+def causal_core_bwd(chunk, eps, scale_dim, normalize, zero_start, residuals, cotangents):
     """Reverse loop over the chunks: re-run each under `jax.vjp` from its saved start state."""
     q, k, v, w, seg, (kv_states, z_states) = residuals
     dy, dkv, dz = cotangents
@@ -195,7 +204,7 @@ def causal_core_bwd(chunk, eps, scale_dim, normalize, residuals, cotangents):
     dyp = _pad_time(dy, tp) if normalize else (_pad_time(dy[0], tp), _pad_time(dy[1], tp))
     step = functools.partial(
         _chunk_step, scale_dim=scale_dim, eps=eps, precision=matmul_precision(q, k, v),
-        normalize=normalize,
+        normalize=normalize, read_state=not (zero_start and n == 1),
     )
 
     def body(i, carry):
@@ -342,15 +351,16 @@ def state_chunk_size(chunk_size: int, has_documents: bool = False) -> int:
     return chunk_size if has_documents else max(chunk_size, 256)
 
 
-def causal(q, k, v, w, seg, kv0, z0, *, chunk, eps, scale_dim, normalize=True):
+def causal(q, k, v, w, seg, kv0, z0, *, chunk, eps, scale_dim, normalize=True, zero_start=False):
     """Chunked causal linear attention from the state (kv0, z0). The backend contract of `api.py`.
 
     q, k [B,T,H,F], v [B,T,H,D]; w [B,T] float or None; seg = `document_flags(doc, chunk)` or None.
+    `zero_start`: (kv0, z0) is zero and its gradient is not wanted (no read of it is traced where that helps).
     Returns (y [B,T,H,D] in the inputs' dtype — or (num fp32, den fp32) when not `normalize` — kv, z).
     """
     if w is not None:
         w = w.astype(_F32)
-    return _causal_core(q, k, v, w, seg, kv0, z0, chunk, eps, scale_dim, normalize)
+    return _causal_core(q, k, v, w, seg, kv0, z0, chunk, eps, scale_dim, normalize, zero_start)
 
 
 def state(k, v, w, seg, kv0, z0, *, chunk, scale_dim):
