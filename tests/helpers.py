@@ -8,6 +8,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pallas_kernels.linear_attention import api as kernel_api
+
+
+def simulated_devices_env(devices: int, *, fast_compile: bool = False, pythonpath: str | None = None) -> dict:
+    """Environment for a subprocess on `devices` simulated CPU devices: the device count, XLA:CPU's patient
+    collective timeouts (`jrt_jax.parallel.host`: a loaded machine must not abort a correct run), JAX on the CPU,
+    the repository on PYTHONPATH. fast_compile: LLVM optimisation level 0 (a third less compile time; the HLO,
+    the numerics and the memory analysis are unchanged)."""
+    import os
+    import pathlib
+
+    from jrt_jax.parallel.host import patient_collective_flags
+
+    flags = f"--xla_force_host_platform_device_count={devices}"
+    if fast_compile:
+        flags += " --xla_backend_optimization_level=0"
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = patient_collective_flags(flags)
+    env["JAX_PLATFORMS"] = "cpu"
+    root = pythonpath or str(pathlib.Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
 
 def rel_err(x, ref) -> float:
     """max |x - ref| / max |ref| in float64."""
@@ -44,8 +67,7 @@ def random_qkv(seed, b, t, h, f, d, m=None, dtype=jnp.float32):
 CUDA_EXPORT_DEVICE = jax.sharding.AbstractDevice(device_kind="NVIDIA H100", num_cores=132, platform="gpu")
 
 # The GPU kernels' custom calls (Pallas-Triton, jax-triton) are not on jax.export's list of stable targets.
-TRITON_CHECKS = (jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton"),
-                 jax.export.DisabledSafetyCheck.custom_call("triton_kernel_call"))
+TRITON_CHECKS = tuple(jax.export.DisabledSafetyCheck.custom_call(t) for t in kernel_api.gpu_custom_call_targets())
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ import pytest
 
 import pallas_kernels
 from jrt_jax import ops
+from pallas_kernels.linear_attention import api as kernel_api
 from tests.helpers import assert_rel, export_for, random_qkv
 
 BACKENDS = ["tpu", "gpu"]
@@ -184,3 +185,19 @@ def test_gpu_kernel_on_device():
         y = ops.prefix_linear_attention(*args, implementation="pallas")
         ref = ops.prefix_linear_attention(*(a.astype(jnp.float32) for a in args), implementation="reference")
         assert_rel(y, ref, tol)
+
+
+@pytest.mark.skipif(not kernel_api.jax_triton_available(),
+                    reason="jax-triton cannot lower here (needs jax-triton and the jax CUDA plugin's bindings)")
+@pytest.mark.parametrize("normalize", [True, False])
+def test_triton_backend_exports_for_cuda(normalize):
+    """With jax-triton, `backend="triton"` and `backend=None` lower for CUDA to jax-triton's kernel call (the
+    kernel compiled to PTX on the host; without a local GPU for compute capability 9.0). Needs no torch, so the
+    Python 3.12 / jax-triton 0.4 stage of CI runs it too."""
+    args = [jax.ShapeDtypeStruct((2, 300, 2, 16), jnp.bfloat16)] * 2 + [jax.ShapeDtypeStruct((2, 300, 2, 64),
+                                                                                               jnp.bfloat16)]
+    for backend in ("triton", None):
+        fn = jax.jit(lambda q, k, v, backend=backend: pallas_kernels.linear_attention_prefill(
+            q, k, v, doc=jnp.zeros(q.shape[:2], jnp.int32), backend=backend, normalize=normalize, save_states=True))
+        text = export_for(fn, ["cuda"], *args).mlir_module()
+        assert "triton_kernel_call" in text and "xla.gpu.triton" not in text

@@ -300,21 +300,6 @@ def test_cpu_tensors_need_the_interpreter():
                                            common.KernelState(*map(t, kin["state"])), **_options("plain"))
 
 
-@pytest.mark.skipif(not api.jax_triton_available(), reason="jax_triton does not import (needs a CUDA jaxlib)")
-@pytest.mark.parametrize("normalize", [True, False])
-def test_triton_backend_exports_for_cuda(normalize):
-    """With jax-triton, `backend="triton"` and `backend=None` lower for CUDA to jax-triton's kernel call (the
-    kernel compiled to PTX on the host; without a local GPU for compute capability 9.0)."""
-    args = [jax.ShapeDtypeStruct((2, 300, 2, F), jnp.bfloat16)] * 2 + [jax.ShapeDtypeStruct((2, 300, 2, 64),
-                                                                                              jnp.bfloat16)]
-    checks = [jax.export.DisabledSafetyCheck.custom_call("triton_kernel_call")]
-    for backend in ("triton", None):
-        fn = jax.jit(lambda q, k, v, backend=backend: pallas_kernels.linear_attention_prefill(
-            q, k, v, doc=jnp.zeros(q.shape[:2], jnp.int32), backend=backend, normalize=normalize, save_states=True))
-        text = jax.export.export(fn, platforms=["cuda"], disabled_checks=checks)(*args).mlir_module()
-        assert "triton_kernel_call" in text and "xla.gpu.triton" not in text
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not (ON_GPU and api.jax_triton_available()), reason="needs an NVIDIA GPU and jax-triton")
 def test_triton_kernel_on_device():

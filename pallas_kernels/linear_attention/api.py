@@ -24,14 +24,50 @@ from pallas_kernels.linear_attention import common
 BACKENDS = ("tpu", "gpu", "triton")
 
 
+def patch_triton_for_jax_triton() -> str | None:
+    """Give triton < 3.7 the `TMA_TF32` constant that jax-triton 0.4 imports; must run before jax_triton is first
+    imported. jax-triton 0.4.1 asks for triton >= 3.7 and imports `triton.backends.nvidia.driver.TMA_TF32` under a
+    guard: on triton 3.6 (the GPU image's) the guard replaces its whole NVIDIA backend by stubs and every kernel
+    call fails later. The constant is 11 (CUDA's TF32 tensor-map type), used only for TMA descriptors, which this
+    project's kernel does not use. Returns what it did, or None where nothing was needed or triton is absent."""
+    try:
+        from triton.backends.nvidia import driver
+    except Exception:  # noqa: BLE001 - no triton, or no NVIDIA backend: nothing for jax-triton to use anyway
+        return None
+    if hasattr(driver, "TMA_TF32"):
+        return None
+    driver.TMA_TF32 = 11  # CU_TENSOR_MAP_DATA_TYPE_TFLOAT32
+    return "defined triton.backends.nvidia.driver.TMA_TF32 = 11 for jax-triton (triton < 3.7)"
+
+
 @functools.cache
 def jax_triton_available() -> bool:
-    """Whether `jax_triton` imports: it needs a CUDA jaxlib (on a CPU-only jaxlib its import raises)."""
+    """Whether jax-triton can lower a kernel call here: it imports and jaxlib has the CUDA plugin's Triton
+    kernel-call bindings (`jaxlib.gpu_triton.TritonKernel`). jax-triton 0.3 refuses to import without them; 0.4
+    imports and then fails at lowering ("module 'jaxlib.gpu_triton' has no attribute 'TritonKernel'")."""
+    patch_triton_for_jax_triton()
     try:
         import jax_triton  # noqa: F401
+        from jaxlib import gpu_triton
     except ImportError:
         return False
-    return True
+    return hasattr(gpu_triton, "TritonKernel")
+
+
+def gpu_custom_call_targets() -> tuple[str, ...]:
+    """The custom-call targets of the GPU kernels, which `jax.export` must be told to accept
+    (`disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(t) for t in ...]`): they are not on its list of
+    stable targets. The Pallas-Triton kernel lowers to "__gpu$xla.gpu.triton"; jax-triton's kernel call is named by
+    `jax_triton.CUSTOM_CALL_TARGET_NAME` from jax-triton 0.4 on ("triton_kernel_call_ffi") and was
+    "triton_kernel_call" before (the name is read where jax-triton imports, both are listed where it does not)."""
+    names = ["__gpu$xla.gpu.triton"]
+    if jax_triton_available():
+        import jax_triton
+
+        names.append(getattr(jax_triton, "CUSTOM_CALL_TARGET_NAME", "triton_kernel_call"))
+    else:
+        names += ["triton_kernel_call", "triton_kernel_call_ffi"]
+    return tuple(names)
 
 
 def cuda_backend() -> str:

@@ -38,6 +38,9 @@ flag is off).
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import jax
 import jax.numpy as jnp
 import triton
@@ -230,11 +233,7 @@ def prefill_triton(q, k, v, w, ea, eb, state: KernelState, seg=None, *, heads, c
     if _interpreted():
         raise ValueError("prefill_triton: triton was imported with TRITON_INTERPRET=1; jax-triton compiles the "
                          "kernel and needs it unset")
-    try:
-        import jax_triton
-    except ImportError as exc:
-        need = "prefill_triton needs jax-triton and a CUDA jaxlib: pip install 'jrt-jax[gpu]'"
-        raise ImportError(f"{need} ({exc})") from exc
+    jax_triton = _jax_triton()
     grid, meta, shapes = _plan(
         q.shape, v.shape, ea.shape[1], heads=heads, chunk=chunk, eps=eps, scale_dim=scale_dim,
         emit_output=emit_output, normalize=normalize, save_states=save_states, segmented=seg is not None,
@@ -244,10 +243,11 @@ def prefill_triton(q, k, v, w, ea, eb, state: KernelState, seg=None, *, heads, c
     w_arg = placeholder if w is None else w[..., 0].astype(_F32)
     seg_args = [placeholder] * 4 if seg is None else [x[..., 0] for x in seg]
     dtypes = [v.dtype if normalize and emit_output else _F32] + [_F32] * (len(shapes) - 1)
+    out_types = [jax.ShapeDtypeStruct(s, dt) for s, dt in zip(shapes, dtypes)]
     outs = jax_triton.triton_call(
         q, k, v, w_arg, ea, eb, *seg_args, *_state_views(state),
         kernel=_prefill_kernel,
-        out_shape=[jax.ShapeDtypeStruct(s, dt) for s, dt in zip(shapes, dtypes)],
+        **{_out_keyword(jax_triton): out_types},
         grid=grid,
         name="jrt_linear_attention_prefill_triton",
         num_warps=num_warps,
@@ -256,6 +256,39 @@ def prefill_triton(q, k, v, w, ea, eb, state: KernelState, seg=None, *, heads, c
         **meta,
     )
     return _results(list(outs), emit_output, normalize, save_states)
+
+
+@functools.cache
+def _jax_triton():
+    """jax_triton, imported once, with its dead-code-elimination rule adapted to the running jax.
+
+    jax-triton 0.4.1 registers a rule `(used_outputs, eqn)` (jax 0.11's signature); jax 0.12 calls DCE rules as
+    `(used_outputs, live_inputs, eqn)`, so every jit holding a kernel call failed ("takes 2 positional arguments
+    but 3 were given"). The rule keeps every input and the call itself whatever is used, so the adapter drops
+    `live_inputs` and changes nothing else; a rule of the right arity is left alone."""
+    from pallas_kernels.linear_attention import api  # imported here: api imports this module
+
+    api.patch_triton_for_jax_triton()
+    try:
+        import jax_triton
+    except ImportError as exc:
+        need = "prefill_triton needs jax-triton and a CUDA jaxlib: pip install 'jrt-jax[gpu]'"
+        raise ImportError(f"{need} ({exc})") from exc
+    from jax._src.interpreters import partial_eval as pe
+
+    prim = getattr(getattr(jax_triton, "triton_lib", None), "triton_kernel_call_p", None)
+    rule = pe.dce_rules.get(prim) if prim is not None else None
+    expects = len(inspect.signature(pe.dce_jaxpr_closed_call_rule).parameters)
+    if rule is not None and expects == 3 and len(inspect.signature(rule).parameters) == 2:
+        pe.dce_rules[prim] = lambda used_outputs, live_inputs, eqn: rule(used_outputs, eqn)
+    return jax_triton
+
+
+@functools.cache
+def _out_keyword(jax_triton) -> str:
+    """jax-triton 0.4 (jax >= 0.11, Python >= 3.12) names the outputs `out_type=`; 0.3, the last release for
+    jax 0.10 / Python 3.11, names them `out_shape=` (0.4 still takes it, with a DeprecationWarning)."""
+    return "out_type" if "out_type" in inspect.signature(jax_triton.triton_call).parameters else "out_shape"
 
 
 def _compute_capability() -> int | None:
