@@ -10,13 +10,14 @@ Runs on a 0.2 M-parameter trainer state with random values; nothing is compiled 
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import shutil
 
 import jax
 import numpy as np
 import pytest
+
+from tests.helpers import simulated_devices_env
 
 from train.checkpoint import (
     SET_ASIDE,
@@ -228,8 +229,7 @@ for spec in (P("a", "b"), P("b", None), P(None, ("a", "b"))):
     assert array_digests({"x": jax.device_put(x, NamedSharding(mesh, spec))})[0]["x"] == one, spec
 print("ok", one)
 """
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
-               PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]))
+    env = simulated_devices_env(4)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr[-2000:]
 

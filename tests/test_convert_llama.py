@@ -26,6 +26,7 @@ from jrt_jax import from_pretrained, save_pretrained  # noqa: E402
 from jrt_jax.convert import load_config  # noqa: E402
 from jrt_jax.models import LlamaConfig, LlamaLM  # noqa: E402
 from tests import convert_helpers as ch  # noqa: E402
+from tests.helpers import simulated_devices_env  # noqa: E402
 
 _one_torch_thread = pytest.fixture(scope="module", autouse=True)(ch.torch_single_thread)
 
@@ -242,8 +243,7 @@ CHILD = textwrap.dedent(r"""
 
 def test_sharded_placement_on_a_mesh(tmp_path):
     ch.tiny_hf_llama(seed=7, vocab=301, tie=False).save_pretrained(tmp_path)
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-           "PYTHONPATH": os.getcwd()}
+    env = simulated_devices_env(4, pythonpath=os.getcwd())
     proc = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path)], capture_output=True, text=True, env=env,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

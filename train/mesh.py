@@ -17,7 +17,7 @@ from flax import nnx
 from flax.core import spmd
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-from jrt_jax.nn.axes import SUGGESTED_RULES
+from jrt_jax.nn.axes import SUGGESTED_RULES, VOCAB
 
 #: Mesh axes in device order: the sequence axis sits between the batch axes and tensor, so tensor-parallel
 #: groups stay innermost (nearest devices) and sequence shards next (one collective per linear-attention layer).
@@ -104,6 +104,13 @@ def batch_sharding(mesh) -> NamedSharding:
 def activation_sharding(mesh) -> NamedSharding:
     """[B, T, d] activations (the residual stream): as the batch, width replicated."""
     return NamedSharding(mesh, ACTIVATION_SPEC)
+
+
+def embedding_lookup_sharding(mesh, rules) -> NamedSharding:
+    """The token-embedding table as the lookup reads it: rows sharded as `rules` map `vocab`, the width gathered
+    (see `jrt_jax.nn.constraints.embed_lookup`: with the width FSDP-sharded like the batch, XLA would replicate
+    the table and re-partition the gathered rows instead)."""
+    return NamedSharding(mesh, PartitionSpec(dict(rules).get(VOCAB), None))
 
 
 def check_sequence(model_config, seq_len: int, n: int) -> None:

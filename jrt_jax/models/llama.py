@@ -21,6 +21,7 @@ from jrt_jax.models._checks import check_mask_shape, check_tokens
 from jrt_jax.models.decoder import DecoderBlock, DecoderLM
 from jrt_jax.models.llama_config import LlamaConfig
 from jrt_jax.nn.axes import EMBED, VOCAB, partitioned
+from jrt_jax.nn.constraints import embed_lookup
 from jrt_jax.nn.context import SequenceContext
 from jrt_jax.nn.dense import linear, resolve_dtype
 
@@ -95,7 +96,7 @@ class LlamaLM(DecoderLM):
         return SequenceContext.for_sequence(b, t, mask=mask, segment_ids=segment_ids)
 
     def embed_input(self, tokens):
-        return self.embed_tokens(tokens).astype(_F32)
+        return embed_lookup(self.embed_tokens, tokens).astype(_F32)
 
     def output_logits(self, x):
         h = self.norm(x).astype(self.dtype)
