@@ -2,6 +2,8 @@
 
     jrt train [--config FILE] [key=value ...]     train (built-in default: tiny JRT-RNN on set disjointness)
     jrt train --resume RUN_DIR [key=value ...]    continue a run from its newest verified checkpoint
+    jrt sweep [--config FILE] [key=value ...]     train a grid of seeds x learning rates as one program
+                                                   (sweep.seeds=[0,1,2] sweep.lr=[1e-3,3e-3]; --json)
     jrt eval-checkpoint --dir DIR [key=value ...]  evaluate the latest (or --step) checkpoint of a run
     jrt export RUN_DIR DST [--step N] [--format F] a run's checkpoint → a from_pretrained / transformers folder
     jrt prepare-data --output DIR ... FILE ...     tokenize text into shards for data.kind=tokens
@@ -220,6 +222,96 @@ def _train(argv) -> int:
     return 0
 
 
+def _sweep(argv) -> int:
+    p = argparse.ArgumentParser(prog="jrt sweep", description="Train every (seed, lr) of sweep.seeds x sweep.lr as "
+                                "one jitted program (train.sweep); options are key=value overrides of "
+                                "train.config.TrainConfig, as for jrt train (e.g. sweep.seeds=[0,1,2] "
+                                "sweep.lr=[1e-3,3e-3] sweep.steps_per_scan=50 model.preset=recall-based "
+                                "data.kind=mqar).")
+    p.add_argument("--config", help="YAML or JSON file with any subset of the config tree")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the sweep in RUN_DIR from its newest verified "
+                   "checkpoint (its config.yaml, then the overrides)")
+    p.add_argument("--overwrite", action="store_true", help="start a new sweep even if checkpoint.dir holds another "
+                   "run's checkpoints (moved to checkpoint.dir/set-aside/); = checkpoint.overwrite=true")
+    p.add_argument("--json", action="store_true", help='print one JSON object {"runs": [...], "best": {...}} '
+                   "(progress and logs go to stderr)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    args = p.parse_args(argv)
+    from train.config import load_config, load_run_config, to_dict
+
+    prog = "jrt sweep"
+    try:
+        if args.resume is not None:
+            if args.config is not None or args.overwrite:
+                raise ValueError("--resume takes the run's own config.yaml and continues it; give changes as "
+                                 "key=value overrides, not --config / --overwrite")
+            cfg = load_run_config(args.resume, list(args.overrides))
+        else:
+            cfg = load_config(args.config, list(args.overrides)
+                              + (["checkpoint.overwrite=true"] if args.overwrite else []))
+    except ValueError as exc:
+        return _fail(prog, exc)
+    if args.print_config:
+        print(json.dumps(to_dict(cfg), indent=2))
+        return 0
+    _quiet_orbax()
+    from train.checkpoint import CheckpointError
+    from train.sweep import Sweep
+
+    runner = None
+    try:
+        runner = Sweep(cfg)
+        try:
+            summary = runner.run()
+        except CheckpointError:
+            raise  # as in _train: _exit_now ends the process without closing orbax under its write threads
+        except BaseException:
+            try:
+                runner.close()
+            except Exception:
+                pass
+            raise
+        runner.close()
+    except CheckpointError as exc:
+        code = _fail(prog, exc, 1 if runner is not None else 2)
+        return _exit_now(code) if runner is not None else code
+    except (ValueError, OSError) as exc:
+        return _fail(prog, exc, 1 if runner is not None else 2)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        return _unexpected(prog, exc)
+    if args.json:
+        print(json.dumps({"runs": summary["runs"], "best": summary["best"]}))
+    else:
+        print(_sweep_table(summary))
+    if summary.get("stopped") == "SIGTERM":
+        how = (f"; continue it: jrt sweep --resume {summary['run_dir']}" if summary.get("run_dir")
+               and runner.checkpointer is not None else "")
+        print(f"{prog}: stopped by SIGTERM at step {summary['steps']}{how}", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    return 0
+
+
+def _sweep_table(summary: dict) -> str:
+    """The replicas as a text table, best first, then where the files are."""
+    rows = sorted(summary["runs"], key=lambda r: (-(r.get("eval_accuracy") or -1.0), r.get("eval_loss") or 0.0))
+    lines = [f"{'seed':>6} {'lr':>10} {'step':>7} {'loss':>9} {'eval_acc':>9} {'eval_loss':>10}"]
+    for r in rows:
+        num = lambda k, f: format(r[k], f) if r.get(k) is not None else "-"
+        lines.append(f"{r['seed']:>6} {r['lr']:>10.3g} {r['step']:>7} {num('loss', '.4f'):>9} "
+                     f"{num('eval_accuracy', '.4f'):>9} {num('eval_loss', '.4f'):>10}"
+                     + (f"  diverged at step {r['diverged_at']}" if r.get("diverged_at") is not None else ""))
+    best = summary.get("best")
+    if best is not None:
+        lines.append(f"best: seed {best['seed']} lr {best['lr']:g}: eval_accuracy {best['eval_accuracy']:.4f}")
+    if summary.get("run_dir"):
+        lines.append(f"results: {summary['run_dir']}/results.jsonl (curves: metrics.jsonl)")
+    return "\n".join(lines)
+
+
 def _eval_checkpoint(argv) -> int:
     p = argparse.ArgumentParser(prog="jrt eval-checkpoint", description="Evaluate a training checkpoint with the "
                                 "config it was saved with (overrides may change e.g. the mesh or eval size).")
@@ -253,6 +345,7 @@ def _delegate(module: str):
 
 COMMANDS = {
     "train": _train,
+    "sweep": _sweep,
     "eval-checkpoint": _eval_checkpoint,
     "export": _delegate("train.export"),
     "prepare-data": _delegate("train.data.prepare"),
@@ -268,6 +361,7 @@ USAGE = """usage: jrt COMMAND [options]   (jrt COMMAND --help for each command's
 commands:
   train            train a model (default: a micro JRT-RNN on set disjointness); options are key=value;
                    each run gets runs/NAME, continued with jrt train --resume RUN_DIR
+  sweep            train a grid of seeds x learning rates as one program (sweep.seeds=[...] sweep.lr=[...])
   eval-checkpoint  evaluate a training checkpoint with the config it was saved with
   export           turn a training run into a from_pretrained folder (weights, config, tokenizer)
   prepare-data     tokenize text files once into shards for data.kind=tokens
@@ -289,6 +383,11 @@ def _version() -> str:
 
 
 def main(argv=None) -> int:
+    # Before any backend starts: simulated CPU devices wait minutes, not 40 s, for a late peer in a collective
+    # (a loaded machine aborted multi-device runs; see jrt_jax.parallel.host).
+    from jrt_jax.parallel.host import use_patient_collectives
+
+    use_patient_collectives()
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
@@ -302,7 +401,7 @@ def main(argv=None) -> int:
     if command not in COMMANDS:
         print(f"jrt: unknown command {command!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    if command not in ("train", "eval-checkpoint"):
+    if command not in ("train", "sweep", "eval-checkpoint"):
         return COMMANDS[command](rest)
     stream = sys.stderr
     sys.stderr = _DropEchoes(stream)

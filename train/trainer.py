@@ -28,7 +28,6 @@ checkpoint.dir) and sets checkpoint.resume=true (on an empty directory that star
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import signal
@@ -41,7 +40,7 @@ import optax
 from flax import nnx
 
 from jrt_jax import models
-from jrt_jax.nn.constraints import activation_sharding
+from jrt_jax.nn.constraints import activation_sharding, embedding_sharding
 from jrt_jax.nn.sequence_parallel import sequence_parallel
 from train import mesh as meshlib
 from train import objectives
@@ -93,18 +92,8 @@ class Trainer:
         meshlib.check_batch(cfg.data.batch_size, self.mesh, cfg.optim.grad_accum)
         self.rules = meshlib.resolve_rules(cfg.mesh.rules)
         self.task = make_task(cfg.data, self.model_config, checkpoint=cfg.model.checkpoint)
-        self.enc_len = self.task.enc_len if self.task.enc_len is not None else getattr(self.model_config, "enc_len", None)
+        self.objective, self.enc_len = resolve_objective(cfg, self.model_config, self.task)
         self.is_jrt = getattr(self.model_config, "linear_kind", None) == "prefix"
-        self.objective = cfg.objective.kind if cfg.objective.kind != "auto" else ("jrt" if self.is_jrt else "ntp")
-        if self.objective == "jrt" and not self.is_jrt:
-            raise ValueError(f"objective.kind='jrt' needs a JRT-RNN (prefix) model; {cfg.model.preset!r} is not one "
-                             "(use objective.kind=ntp)")
-        if self.objective == "jrt" and self.enc_len is not None and cfg.data.seq_len <= self.enc_len:
-            source = "the task's prefix" if self.task.enc_len is not None else "model enc_len"
-            raise ValueError(f"data.seq_len={cfg.data.seq_len} leaves no decoder positions for the JRT objective: "
-                             f"positions >= {self.enc_len} ({source}) carry its next-token loss, so only the MLM loss "
-                             f"would train. Raise data.seq_len above {self.enc_len} or lower "
-                             "model.overrides.enc_len")
 
         # Abstract model → shardings → initialise parameters directly into them.
         abstract = models.abstract_model(self.model_config)
@@ -115,6 +104,7 @@ class Trainer:
         self.batch_sharding = meshlib.batch_sharding(self.mesh)
         self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         self.activation_sharding = meshlib.activation_sharding(self.mesh)
+        self.embedding_sharding = meshlib.embedding_lookup_sharding(self.mesh, self.rules)
 
         config = self.model_config
         graphdef = self.graphdef
@@ -167,72 +157,21 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------- steps
 
     def _forward(self, params, rest, tokens, segment_ids=None):
-        model = nnx.merge(self.graphdef, params, rest)
-        kw = {} if segment_ids is None else {"segment_ids": segment_ids}
         # Context parallelism (mesh.sequence > 1): the mixers run jrt_jax.parallel over the sequence axis.
-        with activation_sharding(self.activation_sharding), sequence_parallel(
-                self.mesh, meshlib.SEQUENCE_AXIS, batch_axes=meshlib.BATCH_AXES):
-            if isinstance(self.model_config, models.JRTConfig) and self.enc_len is not None:
-                return model(tokens, enc_len=min(self.enc_len, tokens.shape[1]), **kw)
-            return model(tokens, **kw)
+        # The embedding lookup reads the table with its width gathered (train.mesh.embedding_lookup_sharding).
+        with activation_sharding(self.activation_sharding), embedding_sharding(self.embedding_sharding), \
+                sequence_parallel(self.mesh, meshlib.SEQUENCE_AXIS, batch_axes=meshlib.BATCH_AXES):
+            return self._model_forward(params, rest, tokens, segment_ids)
 
     def _build_steps(self, graphdef):
         cfg = self.cfg
-        accum = cfg.optim.grad_accum
-        obj = cfg.objective
-        enc_len = self.enc_len
-        use_jrt = self.objective == "jrt"
-        mlm_prob = resolved_mlm_prob(cfg)
+        self._model_forward = model_forward(graphdef, self.model_config, self.enc_len)
+        step_fn = make_train_step(self._forward, self.tx, self.schedule, cfg, self.objective, self.enc_len)
         key = jax.random.PRNGKey(cfg.seed)
 
-        def loss_terms(params, rest, tokens, labels, mlm_labels, segment_ids, ntp_count, mlm_count):
-            logits = self._forward(params, rest, tokens, segment_ids)
-            if use_jrt:
-                ntp, mlm = objectives.jrt_loss(logits, labels, mlm_labels, enc_len, _doc_positions(segment_ids))
-                loss = ntp[0] / jnp.maximum(ntp_count, 1.0) + obj.mlm_weight * mlm[0] / jnp.maximum(mlm_count, 1.0)
-                return loss, (ntp[0], mlm[0])
-            ntp = objectives.ntp_loss(logits, labels)
-            return ntp[0] / jnp.maximum(ntp_count, 1.0), (ntp[0], jnp.zeros(()))
-
         def train_step(state, rest, tokens, labels, segment_ids, step):
-            params, opt_state = state["params"], state["opt_state"]
-            if use_jrt:
-                positions = _doc_positions(segment_ids)
-                real = None if segment_ids is None else segment_ids != 0
-                tokens, mlm_labels = objectives.mlm_mask(jax.random.fold_in(key, step), tokens, enc_len, mlm_prob,
-                                                         obj.mask_token_id, positions=positions, real=real)
-                decoder = objectives.decoder_positions(labels, enc_len, positions)
-                ntp_count = jnp.sum(((labels >= 0) & decoder).astype(jnp.float32))
-            else:
-                mlm_labels = jnp.full_like(labels, -1)
-                ntp_count = jnp.sum((labels >= 0).astype(jnp.float32))
-            mlm_count = jnp.sum((mlm_labels >= 0).astype(jnp.float32))
-
-            def micro(x):  # [B, T] → [accum, B/accum, T], strided so every device holds rows of each micro-batch
-                return x.reshape(x.shape[0] // accum, accum, x.shape[1]).swapaxes(0, 1)
-
-            grad_fn = jax.value_and_grad(loss_terms, has_aux=True)
-
-            def body(carry, mb):
-                grads, loss, ntp_sum, mlm_sum = carry
-                (l, (n, m)), g = grad_fn(params, rest, mb[0], mb[1], mb[2], mb[3], ntp_count, mlm_count)
-                return (jax.tree.map(jnp.add, grads, g), loss + l, ntp_sum + n, mlm_sum + m), None
-
-            zeros = jax.tree.map(jnp.zeros_like, params)
-            init = (zeros, jnp.zeros(()), jnp.zeros(()), jnp.zeros(()))
-            segments = None if segment_ids is None else micro(segment_ids)
-            (grads, loss, ntp_sum, mlm_sum), _ = jax.lax.scan(body, init, (micro(tokens), micro(labels),
-                                                                         micro(mlm_labels), segments))
-            updates, opt_state = self.tx.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
-            metrics = {
-                "loss": loss,
-                "ntp_loss": ntp_sum / jnp.maximum(ntp_count, 1.0),
-                "grad_norm": optax.tree.norm(grads),
-                "lr": self.schedule(step),
-            }
-            if use_jrt:
-                metrics["mlm_loss"] = mlm_sum / jnp.maximum(mlm_count, 1.0)
+            params, opt_state, metrics = step_fn(state["params"], state["opt_state"], rest, tokens, labels,
+                                                 segment_ids, step, key)
             return {"params": params, "opt_state": opt_state}, metrics
 
         state_shardings = {"params": self.param_shardings, "opt_state": self.opt_shardings}
@@ -243,16 +182,9 @@ class Trainer:
             out_shardings=(state_shardings, None),
             donate_argnums=(0,),
         )
-
-        def eval_step(params, rest, tokens, labels, segment_ids):
-            logits = self._forward(params, rest, tokens, segment_ids)
-            valid = labels >= 0
-            correct = jnp.sum((jnp.argmax(logits, -1) == labels) & valid)
-            ce, count = objectives.ntp_loss(logits, labels)
-            return correct, count, ce
-
-        self.eval_step = jax.jit(eval_step, in_shardings=(self.param_shardings, self.replicated, self.batch_sharding,
-                                                          self.batch_sharding, self.batch_sharding))
+        self.eval_step = jax.jit(make_eval_step(self._forward),
+                                 in_shardings=(self.param_shardings, self.replicated, self.batch_sharding,
+                                               self.batch_sharding, self.batch_sharding))
 
     # -------------------------------------------------------------------------------------------------- data
 
@@ -347,7 +279,7 @@ class Trainer:
             if cfg.logging.eval_every:  # the starting point of the curve (a fine-tune's baseline)
                 start = self.evaluate()
                 writer.write(0, start)
-                self.log(f"step      0  " + "  ".join(f"{k} {v:.4g}" for k, v in start.items()))
+                self.log("step      0  " + "  ".join(f"{k} {v:.4g}" for k, v in start.items()))
         flops = self.flops_per_step()
         peak, peak_source = peak_flops_per_device()
         tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
@@ -411,6 +343,126 @@ class Trainer:
     def close(self) -> None:
         if self.checkpointer is not None:
             self.checkpointer.close()
+
+
+def resolve_objective(cfg: TrainConfig, model_config, task) -> tuple[str, int | None]:
+    """(objective "ntp" or "jrt", prefix length M or None) of a run: objective.kind with "auto" resolved (JRT for
+    prefix-linear-attention models), M = the task's prefix (else the model's enc_len); ValueError when the JRT
+    objective has no model or no decoder positions to train."""
+    enc_len = task.enc_len if task.enc_len is not None else getattr(model_config, "enc_len", None)
+    is_jrt = getattr(model_config, "linear_kind", None) == "prefix"
+    objective = cfg.objective.kind if cfg.objective.kind != "auto" else ("jrt" if is_jrt else "ntp")
+    if objective == "jrt" and not is_jrt:
+        raise ValueError(f"objective.kind='jrt' needs a JRT-RNN (prefix) model; {cfg.model.preset!r} is not one "
+                         "(use objective.kind=ntp)")
+    if objective == "jrt" and enc_len is not None and cfg.data.seq_len <= enc_len:
+        source = "the task's prefix" if task.enc_len is not None else "model enc_len"
+        raise ValueError(f"data.seq_len={cfg.data.seq_len} leaves no decoder positions for the JRT objective: "
+                         f"positions >= {enc_len} ({source}) carry its next-token loss, so only the MLM loss "
+                         f"would train. Raise data.seq_len above {enc_len} or lower "
+                         "model.overrides.enc_len")
+    return objective, enc_len
+
+
+def model_forward(graphdef, model_config, enc_len):
+    """forward(params, rest, tokens, segment_ids=None) -> logits: the model of `graphdef` rebuilt from its state
+    (`nnx.merge`), a JRT-RNN reading the first min(enc_len, T) tokens as its encoder. Pure: it can be jitted,
+    vmapped over stacked states (`train.sweep`) or traced inside the trainer's mesh contexts."""
+    is_jrt_model = isinstance(model_config, models.JRTConfig)
+
+    def forward(params, rest, tokens, segment_ids=None):
+        model = nnx.merge(graphdef, params, rest)
+        kw = {} if segment_ids is None else {"segment_ids": segment_ids}
+        if is_jrt_model and enc_len is not None:
+            return model(tokens, enc_len=min(enc_len, tokens.shape[1]), **kw)
+        return model(tokens, **kw)
+
+    return forward
+
+
+def make_train_step(forward, tx, schedule, cfg: TrainConfig, objective: str, enc_len):
+    """The training step as a pure function, shared by `Trainer` and `train.sweep`:
+
+        step(params, opt_state, rest, tokens, labels, segment_ids, step, key, lr_scale=None)
+            -> (params, opt_state, metrics)
+
+    `key` seeds the JRT objective's masking (fold_in(key, step)); `lr_scale` (a scalar, e.g. a sweep replica's
+    learning rate when `tx` was built with optim.lr = 1) multiplies the optimizer's updates and the reported lr.
+    Gradients accumulate over optim.grad_accum micro-batches.
+    """
+    accum = cfg.optim.grad_accum
+    obj = cfg.objective
+    use_jrt = objective == "jrt"
+    mlm_prob = resolved_mlm_prob(cfg)
+
+    def loss_terms(params, rest, tokens, labels, mlm_labels, segment_ids, ntp_count, mlm_count):
+        logits = forward(params, rest, tokens, segment_ids)
+        if use_jrt:
+            ntp, mlm = objectives.jrt_loss(logits, labels, mlm_labels, enc_len, _doc_positions(segment_ids))
+            loss = ntp[0] / jnp.maximum(ntp_count, 1.0) + obj.mlm_weight * mlm[0] / jnp.maximum(mlm_count, 1.0)
+            return loss, (ntp[0], mlm[0])
+        ntp = objectives.ntp_loss(logits, labels)
+        return ntp[0] / jnp.maximum(ntp_count, 1.0), (ntp[0], jnp.zeros(()))
+
+    def step_fn(params, opt_state, rest, tokens, labels, segment_ids, step, key, lr_scale=None):
+        if use_jrt:
+            positions = _doc_positions(segment_ids)
+            real = None if segment_ids is None else segment_ids != 0
+            tokens, mlm_labels = objectives.mlm_mask(jax.random.fold_in(key, step), tokens, enc_len, mlm_prob,
+                                                     obj.mask_token_id, positions=positions, real=real)
+            decoder = objectives.decoder_positions(labels, enc_len, positions)
+            ntp_count = jnp.sum(((labels >= 0) & decoder).astype(jnp.float32))
+        else:
+            mlm_labels = jnp.full_like(labels, -1)
+            ntp_count = jnp.sum((labels >= 0).astype(jnp.float32))
+        mlm_count = jnp.sum((mlm_labels >= 0).astype(jnp.float32))
+
+        def micro(x):  # [B, T] → [accum, B/accum, T], strided so every device holds rows of each micro-batch
+            return x.reshape(x.shape[0] // accum, accum, x.shape[1]).swapaxes(0, 1)
+
+        grad_fn = jax.value_and_grad(loss_terms, has_aux=True)
+
+        def body(carry, mb):
+            grads, loss, ntp_sum, mlm_sum = carry
+            (l, (n, m)), g = grad_fn(params, rest, mb[0], mb[1], mb[2], mb[3], ntp_count, mlm_count)
+            return (jax.tree.map(jnp.add, grads, g), loss + l, ntp_sum + n, mlm_sum + m), None
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        init = (zeros, jnp.zeros(()), jnp.zeros(()), jnp.zeros(()))
+        segments = None if segment_ids is None else micro(segment_ids)
+        (grads, loss, ntp_sum, mlm_sum), _ = jax.lax.scan(body, init, (micro(tokens), micro(labels),
+                                                                     micro(mlm_labels), segments))
+        updates, opt_state = tx.update(grads, opt_state, params)
+        lr = schedule(step)
+        if lr_scale is not None:
+            updates = jax.tree.map(lambda u: u * lr_scale.astype(u.dtype), updates)
+            lr = lr * lr_scale
+        params = optax.apply_updates(params, updates)
+        metrics = {
+            "loss": loss,
+            "ntp_loss": ntp_sum / jnp.maximum(ntp_count, 1.0),
+            "grad_norm": optax.tree.norm(grads),
+            "lr": lr,
+        }
+        if use_jrt:
+            metrics["mlm_loss"] = mlm_sum / jnp.maximum(mlm_count, 1.0)
+        return params, opt_state, metrics
+
+    return step_fn
+
+
+def make_eval_step(forward):
+    """eval_step(params, rest, tokens, labels, segment_ids) -> (correct, count, summed cross-entropy) over the
+    labelled positions (greedy argmax = label counts as correct)."""
+
+    def eval_step(params, rest, tokens, labels, segment_ids):
+        logits = forward(params, rest, tokens, segment_ids)
+        valid = labels >= 0
+        correct = jnp.sum((jnp.argmax(logits, -1) == labels) & valid)
+        ce, count = objectives.ntp_loss(logits, labels)
+        return correct, count, ce
+
+    return eval_step
 
 
 def _doc_positions(segment_ids):

@@ -305,6 +305,7 @@ def config_from_dict(cfg: Mapping, shapes: Mapping[str, tuple] | None = None) ->
 
 def config_to_dict(c: JRTConfig) -> dict:
     """A release-style ``config.json`` dict for `c` (reads back to the same `JRTConfig` with `config_from_dict`)."""
+    _check_release_layout(c)
     if c.linear_kind == "prefix":
         alt = {"_target_": PLA_TARGET, "feature_dim": c.feature_dim, "num_heads": c.num_heads,
                "enc_length": c.enc_len, "eps": c.linear_eps}
@@ -351,8 +352,19 @@ def config_to_dict(c: JRTConfig) -> dict:
 # ------------------------------------------------------------------------------------------------- keys
 
 
+def _check_release_layout(c: JRTConfig) -> None:
+    """The release format has no full-attention mixer and no MLP-less block (the recall presets have both)."""
+    if c.attention_layers:
+        raise ConversionError(f"attention_layers={list(c.attention_layers)}: the HazyResearch release format has no "
+                              "full-attention mixer; this model cannot be written as a JRT/Based release")
+    if not c.mlp:
+        raise ConversionError("mlp=False: the HazyResearch release format has an MLP in every block; this model "
+                              "cannot be written as a JRT/Based release")
+
+
 def entries(c: JRTConfig) -> list[Entry]:
     """Every `JRTLM` parameter with its release key, checkpoint shape and layout transforms."""
+    _check_release_layout(c)
     d = c.d_model
     out = [Entry("embed.embedding", "transformer.embeddings.word_embeddings.weight", (c.vocab_size, d)),
            Entry("final_norm.scale", "transformer.ln_f.weight", (d,))]

@@ -26,7 +26,7 @@ class DecoderBlock(nnx.Module):
     """``x += mixer(norm_a(x)); x += mlp(norm_b(x))`` with a float32 residual.
 
     Subclasses create the four submodules and list their attribute names in `PARTS` (pre-mixer norm, mixer,
-    pre-MLP norm, MLP): the names are the checkpoint's parameter paths.
+    pre-MLP norm, MLP): the names are the checkpoint's parameter paths. A block whose MLP is None is mixer-only.
     """
 
     PARTS: tuple[str, str, str, str] = ("norm1", "mixer", "norm2", "mlp")
@@ -39,6 +39,8 @@ class DecoderBlock(nnx.Module):
         norm_a, mixer, norm_b, mlp = self.parts()
         y, cache = mixer(norm_a(x), ctx, cache)
         x = x + y.astype(_F32)
+        if mlp is None:  # a mixer-only block
+            return x, cache
         return x + mlp(norm_b(x)).astype(_F32), cache
 
 

@@ -2,7 +2,8 @@
 
     x = embed(tokens)                                   # float32 residual stream
     for block in layers:
-        x += mixer(norm1(x));  x += mlp(norm2(x))       # pre-norm; mixer per `config.mixers`
+        x += mixer(norm1(x));  x += mlp(norm2(x))       # pre-norm; mixer per `config.mixers`; no MLP
+                                                        # part when config.mlp is False
     logits = final_norm(x) @ embed.embeddingᵀ           # tied head, float32 logits
 
 Parameter paths follow the release's names: ``embed.embedding``, ``layers.{i}.norm1.scale``,
@@ -20,6 +21,7 @@ from jrt_jax.models._checks import check_enc_len, check_enc_lens, check_mask_sha
 from jrt_jax.models.decoder import DecoderBlock, DecoderLM
 from jrt_jax.models.jrt_config import JRTConfig
 from jrt_jax.nn.axes import EMBED, VOCAB, partitioned
+from jrt_jax.nn.constraints import embed_lookup
 from jrt_jax.nn.context import SequenceContext
 from jrt_jax.nn.dense import resolve_dtype
 
@@ -38,7 +40,8 @@ class JRTBlock(DecoderBlock):
         common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.kind = mixer  # the mixer's name in `config.mixers` (parameter tables group by it)
         self.norm1 = nn.RMSNorm(c.d_model, eps=c.norm_eps, **common)
-        self.norm2 = nn.RMSNorm(c.d_model, eps=c.norm_eps, **common)
+        # Mixer-only blocks (config.mlp=False) have neither the MLP nor its norm: `DecoderBlock` skips them.
+        self.norm2 = nn.RMSNorm(c.d_model, eps=c.norm_eps, **common) if c.mlp else None
         la = dict(feature_dim=c.feature_dim, eps=c.linear_eps, implementation=c.implementation,
                   chunk_size=c.chunk_size, init_std=c.init_std, out_init_std=out_std, **common)
         if mixer == "prefix_linear":
@@ -52,9 +55,16 @@ class JRTBlock(DecoderBlock):
         elif mixer == "base_conv":
             self.mixer = nn.BaseConv(c.d_model, kernel_size=c.conv_kernel, expand=c.conv_expand,
                                      use_bias=c.conv_bias, init_std=c.init_std, out_init_std=out_std, **common)
+        elif mixer == "attention":
+            head_dim = c.d_model // c.num_heads
+            self.mixer = nn.Attention(
+                c.d_model, c.num_heads, c.num_heads, head_dim, use_rope=False,
+                implementation="reference" if c.implementation == "reference" else None,
+                init_std=c.init_std, out_init_std=out_std, **common)
         else:
             raise ValueError(f"unknown mixer {mixer!r}")
-        self.mlp = nn.GatedMLP(c.d_model, c.n_inner, init_std=c.init_std, out_init_std=out_std, **common)
+        self.mlp = nn.GatedMLP(c.d_model, c.n_inner, init_std=c.init_std, out_init_std=out_std, **common) \
+            if c.mlp else None
 
 
 class JRTLM(DecoderLM):
@@ -102,7 +112,7 @@ class JRTLM(DecoderLM):
                                             enc_lens=enc_lens)
 
     def embed_input(self, tokens):
-        return self.embed(tokens).astype(_F32)
+        return embed_lookup(self.embed, tokens).astype(_F32)
 
     def output_logits(self, x):
         h = self.final_norm(x).astype(self.dtype)

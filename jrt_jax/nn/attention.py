@@ -1,7 +1,7 @@
 """Llama softmax attention: grouped-query heads, RoPE with any Hugging Face scaling, and a KV cache.
 
     q = q_proj(x) [H heads],  k, v = k_proj(x), v_proj(x) [KVH heads]     (optional biases: attention_bias)
-    q, k = rope(q), rope(k)         # `ops.rope_frequencies(head_dim, base, scaling, seq_len, max_pos)`
+    q, k = rope(q), rope(k)         # `ops.rope_frequencies(head_dim, base, scaling, seq_len, max_pos)`; use_rope
     y = softmax(q kᵀ / √Dh + causal/pad mask) v      # `ops.attention.causal_attention`, GQA
     out = o_proj(y)
 
@@ -9,6 +9,9 @@
 `jax.nn.dot_product_attention` up to `ops.attention.DENSE_MAX_LEN` tokens, the blocked linear-memory path
 above), "xla" → "dense" (`jax.nn.dot_product_attention` at every length), "cudnn" → "cudnn". "auto",
 "reference", "dense" and "blocked" (the op's blocked "xla" path at every length) are accepted as well.
+
+`use_rope=False` leaves q and k unrotated: attention without positions, as in Zoology's recall models, where
+the short convolution before the attention layer is the only source of order.
 
 RoPE frequencies depend on the sequence length only for the "dynamic" and "longrope" types; they are computed
 for the length of the call (the forward's T, or the KV cache length when decoding). Hugging Face recomputes
@@ -70,7 +73,9 @@ class Attention(nnx.Module):
         max_position_embeddings: int | None = None,
         use_bias: bool = False,
         implementation: str | None = None,
+        use_rope: bool = True,
         init_std: float = 0.02,
+        out_init_std: float | None = None,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
@@ -87,15 +92,16 @@ class Attention(nnx.Module):
         self.rope_scaling = rope_scaling
         self.max_position_embeddings = max_position_embeddings
         self.implementation = implementation
+        self.use_rope = bool(use_rope)
         self.dtype = dtype
-        # Validate the RoPE settings now rather than at the first call.
-        ops.rope_frequencies(head_dim, base=self.rope_theta, scaling=rope_scaling,
-                             max_position_embeddings=max_position_embeddings)
-        kw = dict(use_bias=use_bias, stddev=init_std, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.q_proj = linear(d_model, num_heads * head_dim, (EMBED, HEADS), **kw)
-        self.k_proj = linear(d_model, num_kv_heads * head_dim, (EMBED, KV), **kw)
-        self.v_proj = linear(d_model, num_kv_heads * head_dim, (EMBED, KV), **kw)
-        self.o_proj = linear(num_heads * head_dim, d_model, (HEADS, EMBED), **kw)
+        if self.use_rope:  # validate the RoPE settings now rather than at the first call
+            ops.rope_frequencies(head_dim, base=self.rope_theta, scaling=rope_scaling,
+                                 max_position_embeddings=max_position_embeddings)
+        kw = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.q_proj = linear(d_model, num_heads * head_dim, (EMBED, HEADS), stddev=init_std, **kw)
+        self.k_proj = linear(d_model, num_kv_heads * head_dim, (EMBED, KV), stddev=init_std, **kw)
+        self.v_proj = linear(d_model, num_kv_heads * head_dim, (EMBED, KV), stddev=init_std, **kw)
+        self.o_proj = linear(num_heads * head_dim, d_model, (HEADS, EMBED), stddev=out_init_std or init_std, **kw)
 
     def rope(self, seq_len: int):
         """(inv_freq, attention_scale) for a call over `seq_len` positions."""
@@ -107,6 +113,8 @@ class Attention(nnx.Module):
         q = self.q_proj(x).reshape(lead + (self.num_heads, self.head_dim))
         k = self.k_proj(x).reshape(lead + (self.num_kv_heads, self.head_dim))
         v = self.v_proj(x).reshape(lead + (self.num_kv_heads, self.head_dim))
+        if not self.use_rope:
+            return q, k, v
         inv_freq, scale = self.rope(seq_len)
         return ops.apply_rope(q, positions, inv_freq, scale), ops.apply_rope(k, positions, inv_freq, scale), v
 

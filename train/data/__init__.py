@@ -1,5 +1,6 @@
-"""Training data: synthetic recall tasks generated per step, tokenized text packed into sequences, and
-pre-tokenized `jrt prepare-data` directories streamed with grain (`train.data.tokens`)."""
+"""Training data: synthetic recall tasks generated per step (by numpy on the host, or by `jax.random` on the
+device: `train.data.device`), tokenized text packed into sequences, and pre-tokenized `jrt prepare-data`
+directories streamed with grain (`train.data.tokens`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,13 @@ def make_task(cfg: DataConfig, model_config=None, *, checkpoint: str | None = No
     if cfg.read_twice and cfg.kind not in ("mqar", "set_disjointness"):
         raise ValueError(f"data.read_twice applies to the synthetic tasks (mqar, set_disjointness); got "
                          f"data.kind={cfg.kind!r}")
-    if cfg.kind in ("mqar", "set_disjointness"):
+    if cfg.kind == "set_disjointness" and cfg.set_format == "paper" and not cfg.on_device:
+        raise ValueError("data.set_format=paper is made by the on-device generator only; set data.on_device=true")
+    if cfg.on_device:
+        from train.data.device import device_task
+
+        task = device_task(cfg)
+    elif cfg.kind in ("mqar", "set_disjointness"):
         task = _synthetic(cfg, cfg.seq_len)
         if cfg.read_twice:
             inner_len = cfg.seq_len - task.enc_len

@@ -80,7 +80,7 @@ def run(ctx: common.Context) -> common.Outcome:
     gpu_col = ("GPU present: run benchmarks/kernels.py for the kernel ratios" if gpu else "not measured (no GPU)")
     x_fmt = lambda v: "—" if v is None else f"{v:.1f}×"
     claims = [
-        common.Claim(f"PLA (JRT-RNN) prefill vs attention at long T",
+        common.Claim("PLA (JRT-RNN) prefill vs attention at long T",
                      f"{PAPER['pla']}× faster than FA2 (H100, T={PAPER['T']}, batch {PAPER['batch']})",
                      f"{x_fmt(top['pla_speedup'])} at T={top['T']} (CPU, batch 1; GPU: {gpu_col})",
                      _verdict(top["pla_speedup"], ctx.quick)),
