@@ -21,8 +21,8 @@ def simulated_devices_env(devices: int, *, fast_compile: bool = False, pythonpat
 
     from jrt_jax.parallel.host import patient_collective_flags
 
-    flags = f"--xla_force_host_platform_device_count={devices}"
-    if fast_compile:
+    flags = f"{inherited_xla_flags()} --xla_force_host_platform_device_count={devices}".strip()
+    if fast_compile and "xla_backend_optimization_level" not in flags:
         flags += " --xla_backend_optimization_level=0"
     env = dict(os.environ)
     env["XLA_FLAGS"] = patient_collective_flags(flags)
@@ -30,6 +30,15 @@ def simulated_devices_env(devices: int, *, fast_compile: bool = False, pythonpat
     root = pythonpath or str(pathlib.Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+def inherited_xla_flags() -> str:
+    """This process's XLA_FLAGS without a simulated device count: what a test's subprocess keeps (the suite's
+    compile settings from tests/conftest.py) when it chooses its own devices."""
+    import os
+
+    return " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                    if not f.startswith("--xla_force_host_platform_device_count"))
 
 
 def rel_err(x, ref) -> float:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import pathlib
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -65,6 +67,7 @@ def test_prefill_table_times_the_ceiling_with_the_linear_rows(monkeypatch):
     assert rows[0].flops == 2 * 64**3 and rows[0].seconds > 0
 
 
+@pytest.mark.slow
 def test_prefill_benchmark_runs(capsys, tmp_path):
     _load("prefill").main(["--seq-lens", "128", "256", "--heads", "2", "--repeats", "1", "--json", str(tmp_path / "r.json")])
     out = capsys.readouterr().out
@@ -75,6 +78,7 @@ def test_prefill_benchmark_runs(capsys, tmp_path):
     assert (tmp_path / "r.json").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_kernel_benchmark_cpu_sanity_runs(capsys, tmp_path):
     _load("kernels").main(["--cpu-sanity", "--seq-lens", "128", "--repeats", "1", "--plot", "",
                            "--json", str(tmp_path / "k.json")])

@@ -10,13 +10,14 @@ The comparisons run in one subprocess with 8 simulated CPU devices (XLA_FLAGS mu
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
 import time
 
 import pytest
+
+from tests.helpers import simulated_devices_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOL = 1e-5
@@ -219,12 +220,9 @@ def _explicit_mesh_error(p, aux):
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory):
     out = tmp_path_factory.mktemp("cp") / "errors.json"
-    env = dict(os.environ)
     # 8 simulated devices; optimisation level 0 cuts XLA:CPU compile time by a third (numerics are unchanged:
     # fp32 throughout, no fast-math either way).
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env = simulated_devices_env(8, fast_compile=True, pythonpath=str(ROOT))
     proc = subprocess.run([sys.executable, "-m", "tests.test_context_parallel", str(out)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
@@ -233,6 +231,7 @@ def measured(tmp_path_factory):
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh", MESHES)
 def test_sharded_ops_equal_one_device(measured, mesh):
     errs = measured[mesh]
@@ -242,10 +241,12 @@ def test_sharded_ops_equal_one_device(measured, mesh):
                          "conv_packed", "attn", "attn_packed", "document_positions"}
 
 
+@pytest.mark.slow
 def test_explicit_axes_mesh(measured):
     assert measured["explicit_mesh"] <= TOL
 
 
+@pytest.mark.slow
 def test_bad_input_raises_clear_errors(measured):
     msgs = measured["errors"]
     assert "not divisible" in msgs["indivisible"] and "30" in msgs["indivisible"]

@@ -485,6 +485,7 @@ def _grain_children():
     return [p for p in multiprocessing.active_children() if p.name.startswith("grain")]
 
 
+@pytest.mark.slow
 def test_worker_iterator_stops_when_closed_or_deleted(corpus):
     out, _ = corpus
     data = TokenData(_cfg(out, workers=1))
@@ -503,6 +504,7 @@ def test_worker_iterator_stops_when_closed_or_deleted(corpus):
     assert not _grain_children()
 
 
+@pytest.mark.slow
 def test_worker_iterator_does_not_hang_at_exit(corpus, tmp_path):
     """A process that leaves a worker iterator open (mid-stream, buffers full) still exits promptly and quietly."""
     out, _ = corpus
@@ -584,6 +586,7 @@ def test_unusable_directories_are_one_line_errors(tmp_path):
         TokenData(_cfg(tmp_path / "cut", seq_len=4))
 
 
+@pytest.mark.slow
 def test_prepare_with_a_gguf_files_own_tokenizer(tmp_path, monkeypatch):
     """--tokenizer model.gguf tokenizes with the file's tokenizer (SmolLM2's), recorded as a tokenizer.json."""
     from jrt_jax.convert import gguf_tokenizer, smollm2_path

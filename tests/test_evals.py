@@ -129,6 +129,7 @@ def _cli(args, **kw):
                           env=env, cwd=ROOT, timeout=600, **kw)
 
 
+@pytest.mark.slow
 def test_cli_json_is_one_object(tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("the quick brown fox jumps over the lazy dog. " * 8)
@@ -182,6 +183,7 @@ def test_passkey_prompt_fits_its_length_and_places_the_key_at_its_depth():
         prompt(tok, 600, 1.5, 12345)
 
 
+@pytest.mark.slow
 def test_passkey_cli_reports_every_trial(tmp_path):
     r = _cli(["passkey", "--model", "llama-tiny", "--lengths", "512,600", "--trials", "2", "--json"])
     assert r.returncode == 0, r.stderr[-2000:]
@@ -233,7 +235,7 @@ def test_chat_wrapper_puts_the_prompt_in_the_user_turn():
         chat_wrapper(ByteTokenizer())
 
 
-@pytest.mark.parametrize("jrt_prompt", [False, True])
+@pytest.mark.parametrize("jrt_prompt", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_recall_accuracy_is_the_greedy_accuracy_at_the_labels(jrt_prompt):
     from jrt_jax.evals.recall import FRESH_SPLIT, make_task, recall
 

@@ -135,6 +135,7 @@ def test_llama_run_exports_to_a_transformers_folder(llama_run, tmp_path):
     assert isinstance(load_tokenizer(tmp_path / "out"), ByteTokenizer)
 
 
+@pytest.mark.slow
 def test_tied_llama_stores_the_embedding_once(tmp_path):
     from safetensors import safe_open
 
@@ -163,6 +164,7 @@ def test_tied_llama_stores_the_embedding_once(tmp_path):
 # -------------------------------------------------------------------------------------------------- JRT
 
 
+@pytest.mark.slow
 def test_jrt_run_export_and_run_dir_give_the_trained_logits(jrt_run, tmp_path):
     run, trained, _ = jrt_run
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 40)), jnp.int32)
@@ -182,6 +184,7 @@ def test_jrt_run_export_and_run_dir_give_the_trained_logits(jrt_run, tmp_path):
         load_tokenizer(run)
 
 
+@pytest.mark.slow
 def test_a_step_folder_and_an_older_step(jrt_run, tmp_path):
     """RUN/<step> selects a step; `--step` too; the newest step is the default."""
     run, trained, cfg = jrt_run
@@ -208,6 +211,7 @@ def _generate(checkpoint, monkeypatch, capsys) -> str:
     return captured.out
 
 
+@pytest.mark.slow
 def test_generate_reads_the_run_dir_and_the_export(llama_run, tmp_path, monkeypatch, capsys):
     assert _export(llama_run, tmp_path / "out")[0] == 0
     from_run = _generate(llama_run, monkeypatch, capsys)
@@ -232,6 +236,7 @@ def _assert_one_line_error(code, out, err, *needles):
         assert n in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_errors_are_one_line_and_write_nothing(jrt_run, tmp_path):
     run = jrt_run[0]
     dst = tmp_path / "dst"
@@ -279,6 +284,7 @@ def _alter_a_parameter(step_dir: pathlib.Path) -> None:
         ckpt.save(step_dir / "state", state)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage, reason", [(_edit_meta, "SHA-256"), (_alter_a_parameter, "digest")],
                          ids=["metadata", "parameters"])
 def test_a_corrupt_newest_step_falls_back_unless_asked_for(jrt_run, tmp_path, damage, reason):

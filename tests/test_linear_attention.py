@@ -15,6 +15,9 @@ from jrt_jax import ops
 from tests.helpers import assert_rel, random_qkv, rel_err
 
 FAST_IMPLS = ["xla", "pallas"]  # "pallas" runs the kernels in the Pallas interpreter on CPU
+# The unjitted reference on its own contract tests costs 5-15 s a case: the slow tier runs it; the fast tier holds the
+# fast implementations to it.
+REFERENCE = pytest.param("reference", marks=pytest.mark.slow)
 
 
 # ---------------------------------------------------------------------------------------------- feature map
@@ -77,7 +80,7 @@ SHAPES = [  # (b, t, h, f, d, m)
 
 @pytest.mark.parametrize("impl", FAST_IMPLS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "b{}t{}h{}f{}d{}m{}".format(*s))
-@pytest.mark.parametrize("chunk", [16, 64])
+@pytest.mark.parametrize("chunk", [16, pytest.param(64, marks=pytest.mark.slow)])
 def test_pla_matches_reference_fp32(impl, shape, chunk):
     b, t, h, f, d, m = shape
     q, k, v, ke, ve = random_qkv(0, b, t, h, f, d, m)
@@ -89,6 +92,7 @@ def test_pla_matches_reference_fp32(impl, shape, chunk):
     assert_rel(s.z, sr.z, 1e-5, "z")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(1, 100, 8, 16, 8, 30), (2, 70, 6, 8, 8, 10), (1, 40, 16, 4, 4, 40)],
                          ids=lambda s: "b{}t{}h{}f{}d{}m{}".format(*s))
 def test_xla_head_groups_match_reference(shape):
@@ -153,7 +157,7 @@ def test_reference_is_the_formula():
     assert_rel(got, want, 1e-6)
 
 
-@pytest.mark.parametrize("impl", ["reference"] + FAST_IMPLS)
+@pytest.mark.parametrize("impl", [REFERENCE] + FAST_IMPLS)
 def test_bf16_inputs(impl):
     q, k, v, ke, ve = random_qkv(4, 2, 100, 2, 16, 32, 30, dtype=jnp.bfloat16)
     y = ops.prefix_linear_attention(q, k, v, ke, ve, implementation=impl, chunk_size=32)
@@ -219,7 +223,7 @@ def test_gradients_bf16_have_input_dtype():
 # ---------------------------------------------------------------------------------------- recurrent form
 
 
-@pytest.mark.parametrize("impl", ["reference"] + FAST_IMPLS)
+@pytest.mark.parametrize("impl", [REFERENCE] + FAST_IMPLS)
 @pytest.mark.parametrize("prompt,m", [(1, 1), (37, 20), (64, 64)])
 def test_prefill_then_steps_equals_parallel_pass(impl, prompt, m):
     b, t, h, f, d = 2, 80, 2, 16, 8
@@ -237,7 +241,7 @@ def test_prefill_then_steps_equals_parallel_pass(impl, prompt, m):
     assert_rel(jnp.stack(ys, 1), full[:, prompt:], 1e-5, "decode")
 
 
-@pytest.mark.parametrize("impl", ["reference"] + FAST_IMPLS)
+@pytest.mark.parametrize("impl", [REFERENCE] + FAST_IMPLS)
 def test_prefill_state_functions(impl):
     q, k, v, ke, ve = random_qkv(10, 2, 50, 3, 16, 8, 20)
     _, want = ops.prefix_linear_attention(q, k, v, ke, ve, implementation="reference", return_state=True)
@@ -260,7 +264,7 @@ def test_state_is_fp32_for_bf16_inputs():
 # --------------------------------------------------------------------------------------------------- masks
 
 
-@pytest.mark.parametrize("impl", ["reference"] + FAST_IMPLS)
+@pytest.mark.parametrize("impl", [REFERENCE] + FAST_IMPLS)
 def test_exclude_padding_equals_unpadded_run(impl):
     """Left padding with the default mode: real positions see exactly what the unpadded sequence sees."""
     t, pad, m = 40, 9, 12
@@ -275,7 +279,7 @@ def test_exclude_padding_equals_unpadded_run(impl):
     assert float(jnp.max(jnp.abs(y[:, :pad]))) == 0.0
 
 
-@pytest.mark.parametrize("impl", ["reference"] + FAST_IMPLS)
+@pytest.mark.parametrize("impl", [REFERENCE] + FAST_IMPLS)
 def test_zero_keys_padding_is_the_released_behaviour(impl):
     """Compatibility mode: pads keep their values but have raw k = 0, so φ(k) = [1, 0, …]."""
     t, m = 30, 10
@@ -290,7 +294,7 @@ def test_zero_keys_padding_is_the_released_behaviour(impl):
     assert rel_err(y, ops.prefix_linear_attention(q, k, v, ke, ve, mask=mask, implementation="reference")) > 1e-3
 
 
-@pytest.mark.parametrize("impl", ["reference"] + FAST_IMPLS)
+@pytest.mark.parametrize("impl", [REFERENCE] + FAST_IMPLS)
 def test_fully_masked_rows_and_zero_keys_are_finite(impl):
     q, k, v, ke, ve = random_qkv(14, 2, 33, 2, 16, 8, 5)
     mask = jnp.zeros((2, 33), bool)
@@ -317,6 +321,7 @@ def test_long_sequence_128k_is_finite():
 # ------------------------------------------------------------------------------------------ property tests
 
 
+@pytest.mark.slow
 @hypothesis.settings(max_examples=12, deadline=None, derandomize=True)
 @hypothesis.given(
     b=st.integers(1, 2),

@@ -19,6 +19,7 @@ from tests.helpers import assert_rel, export_for, random_qkv
 from tests.segment_helpers import documents, random_segment_ids
 
 IMPLS = ["xla", "pallas"]  # "pallas" runs the kernels in the Pallas interpreter on CPU
+SLOW_REFERENCE = pytest.param("reference", marks=pytest.mark.slow)
 F = 16
 
 
@@ -67,7 +68,7 @@ def _alone(q, k, v, ke=None, ve=None):
     return num / (den[..., None] + 1e-12)
 
 
-@pytest.mark.parametrize("impl", ["reference"] + IMPLS)
+@pytest.mark.parametrize("impl", [SLOW_REFERENCE] + IMPLS)
 def test_packed_row_equals_each_document_alone(impl):
     b, t, h, d = 2, 75, 2, 8
     q, k, v, ke, ve = random_qkv(0, b, t, h, F, d, t)
@@ -139,7 +140,7 @@ def _case(name):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("name", [n if n in ("straddling", "holes") else pytest.param(n, marks=pytest.mark.slow)
+@pytest.mark.parametrize("name", [n if n == "straddling" else pytest.param(n, marks=pytest.mark.slow)
                                   for n in CASES])
 def test_packed_outputs_and_states_match_reference(impl, name):
     (q, k, v, ke, ve), kw = _case(name)
@@ -193,7 +194,9 @@ def test_packed_bf16(impl):
 # ------------------------------------------------------------------------------------- two calls equal one
 
 
-@pytest.mark.parametrize("impl", ["reference"] + IMPLS)
+# The fast tier splits at 23 through XLA; the other splits and implementations are in the slow tier.
+@pytest.mark.parametrize("impl", [SLOW_REFERENCE] + [i if i == "xla" else pytest.param(i, marks=pytest.mark.slow)
+                                  for i in IMPLS])
 @pytest.mark.parametrize("split", [pytest.param(1, marks=pytest.mark.slow), 23, pytest.param(32, marks=pytest.mark.slow)])
 def test_two_calls_equal_one(impl, split):
     b, t, h, d, m = 2, 60, 2, 8, 20
@@ -230,7 +233,7 @@ def test_two_calls_equal_one(impl, split):
 # ---------------------------------------------------------------------------------------------- NaN safety
 
 
-@pytest.mark.parametrize("impl,how", [("reference", "segment_ids")]
+@pytest.mark.parametrize("impl,how", [pytest.param("reference", "segment_ids", marks=pytest.mark.slow)]
                          + [(i, h) for i in IMPLS for h in ("mask", "segment_ids", "enc_mask")])
 def test_nan_in_an_excluded_token_stays_there(impl, how):
     b, t, h, d, m = 2, 40, 2, 8, 40

@@ -124,6 +124,7 @@ def test_loglikelihood_equals_target_logprobs():
         assert greedy == ref[1]
 
 
+@pytest.mark.slow
 def test_jrt_rnn_encoder_reads_the_context_and_rolling_equals_perplexity():
     # jrt-micro: prefix linear attention with M = 64 encoder tokens (read non-causally). Byte tokenizer: one
     # token per ASCII character. Lengths are chosen so that the batches are the unpadded rows' shapes: the
@@ -241,6 +242,7 @@ def cli_runs(tmp_path_factory):
             p.communicate()
 
 
+@pytest.mark.slow
 def test_module_cli_runs_lm_evals_command_line(cli_runs):
     r = cli_runs("module")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -250,6 +252,7 @@ def test_module_cli_runs_lm_evals_command_line(cli_runs):
     assert "jrt-jax (" in r.stdout  # lm-eval's summary line names the model
 
 
+@pytest.mark.slow
 def test_jrt_eval_lm_eval_reports_a_task_error_in_one_line(cli_runs):
     r = cli_runs("jrt")
     lines = [line for line in r.stderr.splitlines() if line.strip()]

@@ -70,6 +70,7 @@ def test_saved_chunk_states_and_decoding_continues(backend):
         assert_rel(y_i, full[:, i], 1e-5)
 
 
+@pytest.mark.slow
 def test_ops_pallas_path_and_gradients():
     b, t, h, d, m = 2, 37, 2, 16, 11
     q, k, v, ke, ve = random_qkv(3, b, t, h, 16, d, m)
@@ -111,7 +112,7 @@ def _count_kernels(text):
     return text.count("tpu_custom_call"), text.count("xla.gpu.triton") + text.count("@triton_kernel_call")
 
 
-@pytest.mark.parametrize("impl", ["pallas", "auto"])
+@pytest.mark.parametrize("impl", [pytest.param("pallas", marks=pytest.mark.slow), "auto"])
 def test_one_function_exports_for_every_platform(impl):
     """One jitted, differentiable PLA (kernel forward, XLA backward) exported for TPU, CUDA and CPU from this
     CPU-only machine: each platform's kernel is in it, chosen by platform, not by a context manager."""

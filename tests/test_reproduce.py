@@ -53,7 +53,9 @@ def _files(quick, name):
     return stdout, folder, record, report
 
 
-@pytest.mark.parametrize("name", list(STUDIES))
+# The fast tier runs the quickest study (prefill-speed, ~30 s); the others train and are in the slow tier.
+@pytest.mark.parametrize("name", [n if n == "prefill-speed" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in STUDIES])
 def test_quick_variant_writes_results_report_and_plot(quick, name):
     stdout, folder, record, report = _files(quick, name)
     # stdout: the report's path and the claims table
@@ -79,6 +81,7 @@ def test_quick_variant_writes_results_report_and_plot(quick, name):
         assert f"]({plot})" in report
 
 
+@pytest.mark.slow
 def test_set_disjointness_quick_numbers(quick):
     _, _, record, _ = _files(quick, "set-disjointness")
     cells = record["results"]["cells"]
@@ -96,6 +99,7 @@ def test_set_disjointness_quick_numbers(quick):
     assert all(c["reproduced"].startswith("n/a") for c in record["claims"])
 
 
+@pytest.mark.slow
 def test_mqar_quick_state_bytes(quick):
     _, _, record, _ = _files(quick, "mqar")
     rows = {r["family"]: r for r in record["results"]["rows"]}
@@ -110,6 +114,7 @@ def test_mqar_quick_state_bytes(quick):
         assert len(r["seeds"]) == 1 and 0.0 <= r["accuracy"] <= 1.0
 
 
+@pytest.mark.slow
 def test_jrt_prompt_quick_has_both_protocols(quick):
     _, _, record, report = _files(quick, "jrt-prompt")
     rows = record["results"]["rows"]
@@ -123,6 +128,7 @@ def test_jrt_prompt_quick_has_both_protocols(quick):
     assert "SmolLM2" in report and "trained format" in report
 
 
+@pytest.mark.slow
 def test_pi_zero_shot_quick_prefixes_are_single_windows(quick):
     """The study reads perplexity at context C off the first C positions of one forward; for these RoPE settings
     that must equal `jrt_jax.evals.perplexity` on a single window of C tokens."""
@@ -143,6 +149,7 @@ def test_pi_zero_shot_quick_prefixes_are_single_windows(quick):
     assert len(record["results"]["ppl_by_bin"]["YaRN, factor 2"]) == 256 // pz.QUICK.bin
 
 
+@pytest.mark.slow
 def test_pi_finetune_quick_evaluates_every_method_and_budget(quick):
     """Four methods; the fine-tuned ones at every budget, each read back from its run's checkpoint; perplexity by
     128-byte bin over 4L and passkey accuracy at L, 2L, 3L, 4L for each."""

@@ -22,7 +22,6 @@ LLVM optimisation level 0 (a third less compile time; the same HLO and numbers).
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import socket
 import subprocess
@@ -30,6 +29,8 @@ import sys
 
 import numpy as np
 import pytest
+
+from tests.helpers import simulated_devices_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOL = 1e-5
@@ -183,11 +184,7 @@ def main(argv):
 
 
 def _env(devices):
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+    return simulated_devices_env(devices, fast_compile=True, pythonpath=str(ROOT))
 
 
 def _command(scenario, out, overrides):
@@ -203,7 +200,10 @@ def _worker(scenario, out, overrides=(), devices=8):
     return json.loads(pathlib.Path(out).read_text())
 
 
-@pytest.mark.parametrize("model", [JRT, BASED, LLAMA], ids=["jrt", "based", "llama"])
+# The fast tier runs Llama (one attention layer, ~30 s); JRT-RNN and Based compile the packed linear-attention
+# layers on four meshes (~150 s and ~50 s) and are in the slow tier.
+@pytest.mark.parametrize("model", [pytest.param(JRT, marks=pytest.mark.slow), pytest.param(BASED, marks=pytest.mark.slow),
+                                   LLAMA], ids=["jrt", "based", "llama"])
 def test_trainer_losses_match_one_device(tmp_path, model):
     """5 packed steps on sequence = 2, 4, 8 and data 2 × sequence 4 equal one device (JRT's encoder, 24 tokens,
     spans shards of 16 and 8; unpacked rows: the resume test)."""
@@ -217,6 +217,7 @@ def test_trainer_losses_match_one_device(tmp_path, model):
     assert one["packed"][-1] != one["packed"][0]
 
 
+@pytest.mark.slow
 def test_grad_accum_and_restore_onto_other_sequence_sizes(tmp_path):
     result = _worker("resume", tmp_path / "out.json", COMMON + JRT + [f"checkpoint.dir={tmp_path / 'ckpt'}"])
     print("\n", result)
@@ -232,6 +233,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_split_the_sequence(tmp_path):
     """Two processes of 2 devices, mesh.sequence=4: each process feeds half of every row's positions."""
     overrides = COMMON + LLAMA + ["mesh.data=1", "mesh.sequence=4"]
@@ -254,6 +256,7 @@ def test_two_processes_split_the_sequence(tmp_path):
         assert _rel(r["losses"], one["losses"]) <= TOL
 
 
+@pytest.mark.slow
 def test_context_parallel_prefill_then_one_device_decoding(tmp_path):
     result = _worker("generate", tmp_path / "out.json")
     for preset, r in result.items():

@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from tests.helpers import simulated_devices_env
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # A small JRT-RNN whose dimensions divide every mesh axis used below.
 SMALL = ["model.preset=jrt-micro", "data.kind=mqar", "data.seq_len=48", "data.num_pairs=8", "data.num_queries=4",
@@ -20,11 +22,7 @@ SMALL = ["model.preset=jrt-micro", "data.kind=mqar", "data.seq_len=48", "data.nu
 
 
 def _env(devices: int) -> dict:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+    return simulated_devices_env(devices, pythonpath=str(ROOT))
 
 
 def _worker(scenario, out, overrides, devices=8, timeout=600, check=True):
@@ -35,6 +33,7 @@ def _worker(scenario, out, overrides, devices=8, timeout=600, check=True):
     return proc
 
 
+@pytest.mark.slow
 def test_meshes_match_one_device(tmp_path):
     out = tmp_path / "meshes.json"
     _worker("meshes", out, SMALL)
@@ -53,6 +52,7 @@ def test_meshes_match_one_device(tmp_path):
     assert result["one_device"][-1] < result["one_device"][0]
 
 
+@pytest.mark.slow
 def test_restore_onto_other_meshes(tmp_path):
     out = tmp_path / "remesh.json"
     _worker("remesh", out, SMALL + [f"checkpoint.dir={tmp_path / 'ckpt'}", "checkpoint.async_save=false"])
@@ -187,6 +187,7 @@ def test_kill_minus_9_then_resume_follows_the_same_trajectory(tmp_path, data):
         assert r["loss"] == reference[r["step"]], (r["step"], r["loss"], reference[r["step"]])
 
 
+@pytest.mark.slow
 def test_kill_during_async_save_keeps_previous_checkpoint(tmp_path):
     ckpt = tmp_path / "ckpt"
     proc = _worker("kill_in_save", tmp_path / "unused", SMALL + [f"checkpoint.dir={ckpt}", "mesh.data=1",
@@ -232,6 +233,7 @@ for extra, expect in [(["mesh.data=3"], "has 3 devices but 8 are available"),
     assert missing.returncode != 0 and "does not exist" in missing.stderr
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_reported_and_nothing_is_deleted(tmp_path):
     ckpt = tmp_path / "ckpt"
     _worker("run", tmp_path / "r", SMALL + ["steps=4", f"checkpoint.dir={ckpt}", "checkpoint.every=2",

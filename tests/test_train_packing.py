@@ -46,10 +46,11 @@ def _alone(docs, seq_len):
     return Batch(tokens, labels, None, None)
 
 
+@pytest.mark.slow  # the trainer's packed step; the models' and the ops' packing are tested in the fast tier
 @pytest.mark.parametrize("preset,extra", [
     ("jrt-micro", ["model.overrides={enc_len: 8}", "objective.mlm_prob=0.0"]),  # JRT objective, PLA layers
-    ("based-micro", []),
-    ("llama-tiny", ["model.overrides={num_hidden_layers: 1}"]),
+    pytest.param("based-micro", [], marks=pytest.mark.slow),
+    pytest.param("llama-tiny", ["model.overrides={num_hidden_layers: 1}"], marks=pytest.mark.slow),
 ])
 def test_packed_step_equals_documents_alone(preset, extra):
     seq_len = 48
