@@ -836,7 +836,8 @@ def kernel_with_xla_backward(backend: str, interpret: bool, chunk: int = 64):
         b, _, h, f = q.shape
         p = common.compact_features(f)
         zeros = (jnp.zeros((b, h, p, v.shape[-1]), jnp.float32), jnp.zeros((b, h, p), jnp.float32))
-        grads = xla_path.causal_core_bwd(chunk, 1e-12, float(f), True, (q, k, v, None, None, states), (dy, *zeros))
+        grads = xla_path.causal_core_bwd(chunk, 1e-12, float(f), True, False, (q, k, v, None, None, states),
+                                          (dy, *zeros))
         return grads[:3]
 
     attend.defvjp(fwd, bwd)
