@@ -148,6 +148,20 @@ def _exit_now(code: int) -> int:
     return code
 
 
+def _run_config(args):
+    """The config of `jrt train` / `jrt sweep` from their shared options: --resume RUN_DIR (the run's own
+    config.yaml, then the overrides) or --config FILE + overrides (+ checkpoint.overwrite=true for --overwrite).
+    Raises ValueError for a bad config or for --resume combined with --config / --overwrite."""
+    from train.config import load_config, load_run_config
+
+    if args.resume is not None:
+        if args.config is not None or args.overwrite:
+            raise ValueError("--resume takes the run's own config.yaml and continues it; give changes as "
+                             "key=value overrides, not --config / --overwrite")
+        return load_run_config(args.resume, list(args.overrides))
+    return load_config(args.config, list(args.overrides) + (["checkpoint.overwrite=true"] if args.overwrite else []))
+
+
 def _train(argv) -> int:
     p = argparse.ArgumentParser(prog="jrt train", description="Train a model; options are key=value overrides of "
                                 "train.config.TrainConfig (e.g. steps=200 optim.lr=1e-3 model.preset=based-micro).")
@@ -160,18 +174,11 @@ def _train(argv) -> int:
     p.add_argument("--print-shardings", action="store_true", help="print every parameter's sharding")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
-    from train.config import load_config, load_run_config, to_dict
+    from train.config import to_dict
 
     prog = "jrt train"
     try:
-        if args.resume is not None:
-            if args.config is not None or args.overwrite:
-                raise ValueError("--resume takes the run's own config.yaml and continues it; give changes as "
-                                 "key=value overrides, not --config / --overwrite")
-            cfg = load_run_config(args.resume, list(args.overrides))
-        else:
-            cfg = load_config(args.config, list(args.overrides)
-                              + (["checkpoint.overwrite=true"] if args.overwrite else []))
+        cfg = _run_config(args)
     except ValueError as exc:
         return _fail(prog, exc)
     if args.print_config:
@@ -238,18 +245,11 @@ def _sweep(argv) -> int:
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
-    from train.config import load_config, load_run_config, to_dict
+    from train.config import to_dict
 
     prog = "jrt sweep"
     try:
-        if args.resume is not None:
-            if args.config is not None or args.overwrite:
-                raise ValueError("--resume takes the run's own config.yaml and continues it; give changes as "
-                                 "key=value overrides, not --config / --overwrite")
-            cfg = load_run_config(args.resume, list(args.overrides))
-        else:
-            cfg = load_config(args.config, list(args.overrides)
-                              + (["checkpoint.overwrite=true"] if args.overwrite else []))
+        cfg = _run_config(args)
     except ValueError as exc:
         return _fail(prog, exc)
     if args.print_config:

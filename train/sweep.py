@@ -57,7 +57,14 @@ from train.data import make_task
 from train.data.device import batch_key, make_batch
 from train.metrics import _prepare_jsonl
 from train.optim import make_optimizer
-from train.trainer import build_model_config, make_eval_step, make_train_step, model_forward, resolve_objective
+from train.trainer import (
+    build_model_config,
+    make_eval_step,
+    make_train_step,
+    model_forward,
+    open_run_checkpointer,
+    resolve_objective,
+)
 
 STEP_KEYS = ("loss", "ntp_loss", "mlm_loss", "grad_norm")
 
@@ -117,22 +124,8 @@ class Sweep:
         self.step = 0
         self._build()
 
-        self.checkpointer = None
         self._stop_requested = False
-        if cfg.checkpoint.dir is not None:
-            c = cfg.checkpoint
-            self.checkpointer = Checkpointer(c.dir, keep=c.keep, async_save=c.async_save, log=self.log)
-            try:
-                if self.checkpointer.open_run(to_dict(cfg), resume=c.resume, overwrite=c.overwrite):
-                    self.restore(c.step)
-                    if c.step is not None:
-                        self.checkpointer.set_aside_newer(c.step)
-                elif c.step is not None:
-                    raise CheckpointError(f"checkpoint.step={c.step}: {str(self.checkpointer.path)!r} holds no "
-                                          "checkpoint")
-            except BaseException:
-                self.checkpointer.close()
-                raise
+        self.checkpointer = open_run_checkpointer(cfg, self.restore, self.log)
         write_run_config(cfg, new_run=self.step == 0)
 
     # ------------------------------------------------------------------------------------------------ build
@@ -229,9 +222,10 @@ class Sweep:
         if self.checkpointer is not None:
             self.checkpointer.save(self.step, self.state, self._meta(), force=force)
 
-    def restore(self, step: int | None = None) -> None:
-        """Load a verified checkpoint of this sweep (`step`, or the newest that verifies)."""
-        ckpt = self.checkpointer
+    def restore(self, step: int | None = None, *, checkpointer: Checkpointer | None = None) -> None:
+        """Load a verified checkpoint of this sweep (`step`, or the newest that verifies); `checkpointer` defaults
+        to the sweep's own."""
+        ckpt = checkpointer if checkpointer is not None else self.checkpointer
         # The replicas first (metadata only): another grid is a config error, not a layout or corruption problem.
         self._check_replicas(ckpt.restore_meta(ckpt.latest_step() if step is None else step), ckpt)
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.state)

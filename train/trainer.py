@@ -134,23 +134,8 @@ class Trainer:
         self.rows, self.positions = meshlib.host_block(cfg.data.batch_size, cfg.data.seq_len, self.mesh)
         self._build_steps(graphdef)
 
-        self.checkpointer = None
         self._stop_requested = False
-        if cfg.checkpoint.dir is not None:
-            c = cfg.checkpoint
-            self.checkpointer = Checkpointer(c.dir, keep=c.keep,
-                                             async_save=c.async_save, log=self.log)
-            try:
-                if self.checkpointer.open_run(to_dict(cfg), resume=c.resume, overwrite=c.overwrite):
-                    self.restore(c.step)
-                    if c.step is not None:
-                        self.checkpointer.set_aside_newer(c.step)
-                elif c.step is not None:
-                    raise CheckpointError(f"checkpoint.step={c.step}: {str(self.checkpointer.path)!r} holds no "
-                                          "checkpoint")
-            except BaseException:
-                self.checkpointer.close()
-                raise
+        self.checkpointer = open_run_checkpointer(cfg, self.restore, self.log)
         if jax.process_index() == 0:  # after the checkpoint directory accepted the run, never before
             write_run_config(cfg, new_run=self.step == 0)
 
@@ -343,6 +328,28 @@ class Trainer:
     def close(self) -> None:
         if self.checkpointer is not None:
             self.checkpointer.close()
+
+
+def open_run_checkpointer(cfg: TrainConfig, restore, log) -> Checkpointer | None:
+    """The run's checkpoint directory (None without checkpoint.dir), opened for this run: a resumed run is restored
+    through `restore(step)` (checkpoint.step, or the newest verified one; later steps are set aside when a step is
+    named); checkpoint.step on a directory without checkpoints is an error. Closed again if anything fails.
+    `restore(step, checkpointer=...)` is called with the new checkpointer (the caller's attribute is not set yet)."""
+    c = cfg.checkpoint
+    if c.dir is None:
+        return None
+    checkpointer = Checkpointer(c.dir, keep=c.keep, async_save=c.async_save, log=log)
+    try:
+        if checkpointer.open_run(to_dict(cfg), resume=c.resume, overwrite=c.overwrite):
+            restore(c.step, checkpointer=checkpointer)
+            if c.step is not None:
+                checkpointer.set_aside_newer(c.step)
+        elif c.step is not None:
+            raise CheckpointError(f"checkpoint.step={c.step}: {str(checkpointer.path)!r} holds no checkpoint")
+    except BaseException:
+        checkpointer.close()
+        raise
+    return checkpointer
 
 
 def resolve_objective(cfg: TrainConfig, model_config, task) -> tuple[str, int | None]:
