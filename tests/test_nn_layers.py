@@ -296,6 +296,73 @@ def test_pla_decode_uses_causal_projections_only():
     assert state.kv.shape == (B, 2, 1 + 4 + 10, D // 2) and state.kv.dtype == jnp.float32
 
 
+def test_pla_constructor_enc_len_is_causal_past_the_encoder():
+    """Called alone (no context), a layer built with enc_len=M matches the formula with encoder M, and is causal
+    past the encoder: perturbing token j ≥ M leaves every position < j unchanged, while perturbing an encoder
+    token (< M) changes positions before it too (every token reads the whole encoder)."""
+    m, t = 4, 11
+    layer = _make(nn.PrefixLinearAttention, D, 2, feature_dim=4, enc_len=m)
+    x = _x(30, (1, t, D))
+    base = _np(layer(x)[0])
+    np.testing.assert_allclose(base, _la_np(layer, _np(x), enc=m), rtol=1e-4, atol=1e-5)
+    bump = _x(31, (D,)) * 3.0
+    for j in range(t):
+        out = _np(layer(x.at[0, j].add(bump))[0])
+        changed = np.max(np.abs(out - base), axis=(0, 2))  # [t]
+        if j >= m:
+            np.testing.assert_array_equal(out[0, :j], base[0, :j], err_msg=f"perturbing token {j} leaked back")
+            assert changed[j] > 1e-4
+        else:
+            assert np.all(changed > 1e-4), (j, changed)  # an encoder token reaches every position, even 0
+    # a constructor enc_len longer than the sequence covers the whole (shorter) sequence
+    long = _make(nn.PrefixLinearAttention, D, 2, feature_dim=4, enc_len=100)
+    np.testing.assert_allclose(_np(long(x[:, :6])[0]), _la_np(long, _np(x[:, :6]), enc=6), rtol=1e-4, atol=1e-5)
+
+
+def test_pla_without_enc_len_refuses_to_run():
+    """No context encoder length and no constructor enc_len: a one-line ValueError naming enc_len (not the
+    silent "whole sequence is the encoder" of before); decoding steps need no encoder length."""
+    layer = _make(nn.PrefixLinearAttention, D, 2, feature_dim=4)
+    for call in (lambda: layer(_x(32)), lambda: layer(_x(32), SequenceContext()),
+                 lambda: layer(_x(32), SequenceContext(mask=jnp.ones((B, T), bool)), layer.init_cache(B))):
+        with pytest.raises(ValueError, match="enc_len") as e:
+            call()
+        assert "\n" not in str(e.value) and "SequenceContext(enc_len=" in str(e.value)
+    # per-row enc_lens alone are an encoder length given by the context (capped at T)
+    per_row = _call(layer, _x(32), enc_lens=jnp.asarray([3, 6]))
+    np.testing.assert_allclose(_np(per_row[0]), _la_np(layer, _np(_x(32)[:1]), enc=3)[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(_np(per_row[1]), _la_np(layer, _np(_x(32)[1:]), enc=6)[0], rtol=1e-4, atol=1e-5)
+    # a decoding step after a prefill with an explicit context runs without any enc_len
+    ys, _ = _decode(layer, _x(33, (B, 7, D)), 3, SequenceContext(enc_len=3))
+    np.testing.assert_allclose(_np(ys), _la_np(layer, _np(_x(33, (B, 7, D))), enc=3), rtol=1e-4, atol=1e-5)
+
+
+def test_pla_context_enc_len_overrides_constructor():
+    """ctx.enc_len (or ctx.enc_lens) wins over the constructor's enc_len: the output equals that of a layer
+    built with the context's value."""
+    x = _x(34)
+    built7 = _make(nn.PrefixLinearAttention, D, 2, feature_dim=4, enc_len=7)
+    built3 = _make(nn.PrefixLinearAttention, D, 2, feature_dim=4, enc_len=3)  # same parameters (same seed)
+    np.testing.assert_array_equal(_np(_call(built7, x, enc_len=3)), _np(built3(x)[0]))
+    np.testing.assert_array_equal(_np(_call(built3, x, enc_len=7)), _np(built7(x)[0]))
+    assert np.max(np.abs(_np(built7(x)[0]) - _np(built3(x)[0]))) > 1e-4  # the two lengths do differ
+    # per-row lengths from the context: not capped by the constructor's 3
+    per_row = _call(built3, x, enc_lens=jnp.asarray([7, 7]))
+    np.testing.assert_allclose(_np(per_row), _np(built7(x)[0]), rtol=1e-5, atol=1e-6)
+    # the context is still checked against the sequence length
+    with pytest.raises(ValueError, match="enc_len"):
+        _call(built3, x, enc_len=T + 1)
+
+
+@pytest.mark.parametrize("bad,err", [(0, ValueError), (-2, ValueError), (2.0, TypeError), ("4", TypeError),
+                                     (True, TypeError), (np.float32(3), TypeError)])
+def test_pla_constructor_rejects_bad_enc_len(bad, err):
+    with pytest.raises(err, match="enc_len") as e:
+        nnx.eval_shape(lambda: nn.PrefixLinearAttention(D, 2, enc_len=bad, rngs=nnx.Rngs(0)))
+    assert repr(bad) in str(e.value) and "\n" not in str(e.value)
+    assert nnx.eval_shape(lambda: nn.PrefixLinearAttention(D, 2, enc_len=np.int64(5), rngs=nnx.Rngs(0))).enc_len == 5
+
+
 # --- Llama attention -----------------------------------------------------------------------------------------------
 
 

@@ -13,6 +13,9 @@ No biases. Decoding state: `ops.LinearAttentionState` (kv [B, H, Φ, D], z [B, H
 constant in the sequence length. After a PLA prefill the encoder terms are already in the state, so decoding
 uses only proj_q / proj_k / proj_v (`ops.linear_attention_step`).
 
+Encoder length: `SequenceContext.enc_len` / `enc_lens` of the call, else the constructor's `enc_len`; PLA
+refuses a parallel pass that has neither (it would otherwise make the whole sequence the encoder).
+
 Padding: pads are excluded (``padding="exclude"``). For PLA the encoder of a row is its first `enc_len` real
 tokens (capped by the row's length), or its first `enc_lens[b]`: the op's ``enc_mask`` marks exactly those
 positions, wherever left padding put them (the encoder projections then cover all T positions; without a mask
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jrt_jax import ops, parallel
@@ -123,7 +127,16 @@ class CausalLinearAttention(nnx.Module):
 
 
 class PrefixLinearAttention(CausalLinearAttention):
-    """Prefix linear attention (JRT-RNN): every token also reads all encoder tokens (the first `enc_len`).
+    """Prefix linear attention (JRT-RNN): every token also reads all encoder tokens (the first M).
+
+    The encoder length M (the released PyTorch layer's ``enc_length``) comes from the call's context when it
+    gives one (``ctx.enc_len`` and/or per-row ``ctx.enc_lens``, as `jrt_jax.models.JRTLM` always does), else
+    from the constructor's ``enc_len``; a parallel pass with neither raises ValueError rather than silently
+    making the whole sequence the encoder (which would let position 0 read the last token). Tokens past the
+    encoder are causal: position i reads every encoder token and the tokens j ≤ i.
+
+    ``PrefixLinearAttention(64, 4, enc_len=16, rngs=nnx.Rngs(0))(x)`` uses the first min(16, T) tokens of
+    each row as the encoder; ``layer(x, SequenceContext(enc_len=8))`` overrides that for one call.
 
     Parameters: those of `CausalLinearAttention` plus ``proj_k_enc.kernel`` [d, H·F] (embed, feature) and
     ``proj_v_enc.kernel`` [d, d] (embed, heads).
@@ -134,6 +147,7 @@ class PrefixLinearAttention(CausalLinearAttention):
         d_model: int,
         num_heads: int,
         *,
+        enc_len: int | None = None,
         feature_dim: int = 16,
         eps: float = 1e-12,
         implementation: str = "auto",
@@ -144,18 +158,39 @@ class PrefixLinearAttention(CausalLinearAttention):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
+        """enc_len: the default encoder length M (an int ≥ 1; capped at the sequence length T of a call),
+        used when a call's context gives none; None = every parallel call must give it in its context."""
+        if enc_len is not None:
+            if isinstance(enc_len, bool) or not isinstance(enc_len, (int, np.integer)):
+                raise TypeError(f"enc_len must be an int >= 1 or None; got {enc_len!r} ({type(enc_len).__name__})")
+            if enc_len < 1:
+                raise ValueError(f"enc_len must be an int >= 1 or None; got {enc_len!r}")
+            enc_len = int(enc_len)
         super().__init__(d_model, num_heads, feature_dim=feature_dim, eps=eps, implementation=implementation,
                          chunk_size=chunk_size, init_std=init_std, out_init_std=out_init_std, dtype=dtype,
                          param_dtype=param_dtype, rngs=rngs)
+        self.enc_len = enc_len
         kw = dict(stddev=init_std, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.proj_k_enc = linear(d_model, num_heads * feature_dim, (EMBED, FEATURE), **kw)
         self.proj_v_enc = linear(d_model, d_model, (EMBED, HEADS), **kw)
 
+    def _encoder_length(self, ctx: SequenceContext, t: int) -> int:
+        """The encoder length (cap) of a parallel pass over T = t tokens: ctx.enc_len, else T when the
+        context gives per-row ctx.enc_lens, else min(constructor enc_len, T); neither → ValueError."""
+        if ctx.enc_len is not None:
+            if not 1 <= ctx.enc_len <= t:
+                raise ValueError(f"enc_len must be in [1, T={t}]; got {ctx.enc_len}")
+            return ctx.enc_len
+        if ctx.enc_lens is not None:
+            return t
+        if self.enc_len is not None:
+            return min(self.enc_len, t)
+        raise ValueError("PrefixLinearAttention needs the encoder length enc_len: pass "
+                         "PrefixLinearAttention(..., enc_len=M) or call it with SequenceContext(enc_len=M)")
+
     def _attend(self, x, ctx, cache):
         b, t, _ = x.shape
-        enc_len = t if ctx.enc_len is None else ctx.enc_len
-        if not 1 <= enc_len <= t:
-            raise ValueError(f"enc_len must be in [1, T={t}]; got {enc_len}")
+        enc_len = self._encoder_length(ctx, t)
         q, k, v = self._qkv(x)
         sp = current_sequence_parallel()
         enc_mask = encoder_mask(ctx.mask, ctx.segment_ids, enc_len, ctx.enc_lens, b, t)
@@ -173,10 +208,13 @@ class PrefixLinearAttention(CausalLinearAttention):
     def __call__(self, x: jax.Array, ctx: SequenceContext | None = None, cache=None):
         """x [B, T, d] → (y [B, T, d], state or None).
 
-        The encoder of row b is its first min(ctx.enc_len, L_b) real tokens (L_b its real length; enc_len
-        defaults to T), or with per-row `ctx.enc_lens` [B] its first min(enc_lens[b], L_b, enc_len) tokens;
-        with `ctx.segment_ids` (packed documents) the first `enc_len` tokens of every document. The returned
-        state has the encoder terms folded in: decoding steps use the causal projections only.
+        The encoder length M is ctx.enc_len when the context sets it (an int in [1, T]); else T when the
+        context gives only per-row `ctx.enc_lens`; else min(enc_len of the constructor, T). A parallel pass
+        (training, scoring, prefill) with none of these raises ValueError; decoding steps (`ctx.decode`) need
+        no encoder length. The encoder of row b is its first min(M, L_b) real tokens (L_b its real length),
+        or with per-row `ctx.enc_lens` [B] its first min(enc_lens[b], L_b, M) tokens; with `ctx.segment_ids`
+        (packed documents) the first M tokens of every document. The returned state has the encoder terms
+        folded in: decoding steps use the causal projections only.
         """
         return super().__call__(x, ctx, cache)
 
