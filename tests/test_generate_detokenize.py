@@ -153,6 +153,148 @@ def test_decoder_rewriting_older_text_is_followed():
     assert d.rewinds >= 1 and d.text == "cat\ufffd\ufffd\ufffdsA"
 
 
+def _llama2_style_tokenizer():
+    """A Llama-2-style tokenizer built in-test: a BPE with byte fallback whose ids are <unk>, <s>, </s>, then the
+    256 byte tokens <0x00>…<0xFF> (ids 3…258), then a few words; the Llama-2 decoder (▁ → space, ByteFallback,
+    Fuse, Strip one leading space)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    vocab.update({f"<0x{b:02X}>": 3 + b for b in range(256)})
+    for word in ["▁the", "▁cat", "s", "▁", "é", "▁€", "中", "▁sat", "ing", "▁é", "▁▁", "a", "t", "at"]:
+        vocab[word] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[("▁", "▁"), ("a", "t")], byte_fallback=True,
+                               unk_token="<unk>"))
+    tok.add_special_tokens([AddedToken(t, special=True) for t in ("<unk>", "<s>", "</s>")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    return tok, vocab
+
+
+def _byte_heavy_stream(rng: random.Random, vocab: dict, n: int) -> list[int]:
+    """Random ids of a `_llama2_style_tokenizer`: any id at all, runs of byte tokens spelling whole, truncated or
+    invalid UTF-8 (control bytes, spaces, lone continuations, 0xFF), words and specials."""
+    words = [i for w, i in vocab.items() if not w.startswith("<")]
+    out = []
+    while len(out) < n:
+        r = rng.random()
+        if r < 0.25:
+            out.append(rng.randrange(len(vocab)))
+        elif r < 0.45:
+            out += [3 + b for b in rng.choice(CHARS).encode()]
+        elif r < 0.55:
+            out += [3 + b for b in rng.choice(CHARS[7:]).encode()][: rng.randint(1, 3)]
+        elif r < 0.65:
+            out.append(3 + rng.choice([0x00, 0x01, 0x1B, 0x20, 0x7F, 0x80, 0xBF, 0xC0, 0xC3, 0xE2, 0xF0, 0xFF]))
+        elif r < 0.7:
+            out.append(rng.randrange(3))
+        else:
+            out.append(rng.choice(words))
+    return out[:n]
+
+
+def _stream(detokenize, tokens, stops=()):
+    """Stream `tokens` through a TextTracker: (the pieces of every `add`, the `flush`); checks on the way that
+    what was emitted is always a prefix of the full decoding of the whole stream (never taken back)."""
+    whole = detokenize(tokens)
+    tr = TextTracker(detokenize, stops)
+    pieces = []
+    for t in tokens:
+        pieces.append(tr.add(t))
+        assert whole.startswith("".join(pieces)), (tokens, pieces)
+    return pieces, tr.flush()
+
+
+@pytest.mark.parametrize("skip_special", [False, True])
+def test_streamed_byte_fallback_text_equals_full_decoding(skip_special):
+    """Issue 25: with a byte-fallback decoder a later invalid byte rewrites a whole group of byte tokens as one
+    U+FFFD per byte, so streaming the group's text (raw control bytes, "é", a space) as it arrived differed from
+    the full decode. The concatenation of the streamed pieces and the flush must equal ``decode(all tokens)``
+    and nothing emitted may ever differ from it — for random streams, with specials decoded or skipped (skipped,
+    the bytes around a special join into one group). The detokenizer's text is exact after every token."""
+    tok, vocab = _llama2_style_tokenizer()
+
+    def decode(ids):
+        return tok.decode(list(ids), skip_special_tokens=skip_special)
+
+    streamed_early = 0
+    for seed in range(150):
+        rng = random.Random(1000 + seed)
+        tokens = _byte_heavy_stream(rng, vocab, rng.randint(1, 120))
+        pieces, tail = _stream(decode, tokens)
+        assert "".join(pieces) + tail == decode(tokens), seed
+        streamed_early += bool("".join(pieces))
+        if not skip_special or seed % 5 == 0:
+            _check_stream(decode, tokens)
+    assert streamed_early > 100  # text is still streamed, not all held to the end
+
+
+def test_streaming_holds_text_that_a_later_byte_can_rewrite():
+    tok, vocab = _llama2_style_tokenizer()
+
+    def decode(ids):
+        return tok.decode(list(ids), skip_special_tokens=False)
+
+    b = lambda x: 3 + x  # the id of byte token <0xNN>
+    assert IncrementalDetokenizer(decode).probe == b(0x80)  # the first id that decodes alone to U+FFFD
+    # a control byte then an invalid byte: nothing before the end, then two U+FFFD (not "\x01" + U+FFFD)
+    assert _stream(decode, [b(0x01), b(0x80)]) == (["", ""], "\ufffd\ufffd")
+    # a word is final at once; "é" spelled in bytes is held, and a stray continuation byte rewrites it
+    assert _stream(decode, [vocab["▁cat"], b(0xC3), b(0xA9), b(0x80)]) == (["cat", "", "", ""], "\ufffd" * 3)
+    # a following word ends the byte group: everything is final, nothing is left for the flush
+    assert _stream(decode, [vocab["▁cat"], b(0xC3), b(0xA9), vocab["s"]]) == (["cat", "", "", "és"], "")
+    # a lone space byte after a word whose leading space the decoder would strip alone, then rewritten
+    tokens = [vocab["▁cat"], vocab["▁"], b(0x20), b(0xC4)]
+    assert decode(tokens) == "cat \ufffd\ufffd"
+    assert _check_stream(decode, tokens).text == decode(tokens)
+    assert "".join(_stream(decode, tokens)[0]) + _stream(decode, tokens)[1] == decode(tokens)
+
+
+@pytest.mark.parametrize("stops", [["\n"], ["at", " c"], ["\ufffd\ufffd"]])
+def test_streamed_byte_fallback_with_stop_strings_matches_full_decoding(stops):
+    """With stop strings the streamed text (never containing a stop string) plus the flush is the full decoding
+    cut before the first stop string, as the previous whole-text search found it."""
+    tok, vocab = _llama2_style_tokenizer()
+
+    def decode(ids):
+        return tok.decode(list(ids), skip_special_tokens=False)
+
+    for seed in range(80):
+        rng = random.Random(2000 + seed)
+        tokens = _byte_heavy_stream(rng, vocab, rng.randint(1, 100))
+        want_text, want_stop = _naive_tracker_run(decode, tokens, stops)
+        tr = TextTracker(decode, stops)
+        out, stop_at = "", None
+        for k, t in enumerate(tokens):
+            out += tr.add(t)
+            assert want_text.startswith(out) and not any(s in out for s in stops), (seed, k)
+            if tr.stopped:
+                stop_at = k
+                break
+        out += tr.flush()
+        assert (out, stop_at) == (want_text, want_stop), seed
+
+
+def test_streamed_text_equals_full_decoding_for_other_decoders():
+    """Byte-level BPE and `ByteTokenizer` (decoders that never rewrite): streamed pieces + flush = full decode,
+    and a stream that ends in a complete character leaves nothing for the flush."""
+    tok, size = _byte_level_tokenizer(random.Random(11))
+
+    def decode(ids):
+        return tok.decode(list(ids), skip_special_tokens=False)
+
+    byte_tok = ByteTokenizer()
+    for seed in range(60):
+        rng = random.Random(3000 + seed)
+        tokens = [rng.randrange(size) for _ in range(rng.randint(1, 150))]
+        pieces, tail = _stream(decode, tokens)
+        assert "".join(pieces) + tail == decode(tokens)
+        tokens = byte_stream(rng, rng.randint(1, 200))
+        pieces, tail = _stream(byte_tok.decode, tokens)
+        assert "".join(pieces) + tail == byte_tok.decode(tokens)
+    assert _stream(byte_tok.decode, list("héllo".encode())) == (["h", "", "é", "l", "l", "o"], "")
+
+
 @pytest.mark.parametrize("stops", [["\n"], ["€€", "ab"], ["😀a", "é"], ["zzzz"]])
 def test_text_tracker_matches_full_decoding_with_stop_strings(stops):
     tok = ByteTokenizer()

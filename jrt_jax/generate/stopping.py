@@ -2,12 +2,15 @@
 
 `IncrementalDetokenizer` keeps the text of a growing list of token ids while decoding only a small window of
 recent tokens per new token (linear in the stream length; decoding everything again for every token made a
-2000-token stream twice as slow). `TextTracker` turns that text into pieces that are safe to emit: it never
-emits part of a stop string nor an incomplete UTF-8 character, and cuts the text where a stop string begins.
+2000-token stream twice as slow), and how much of it is *final* (no later token can change it). `TextTracker`
+turns that text into pieces that are safe to emit: only final text, never part of a stop string nor an
+incomplete UTF-8 character, and it cuts the text where a stop string begins. The emitted pieces plus the final
+`flush` concatenate to exactly ``detokenize(tokens)`` (cut before a stop string).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 
 Detokenize = Callable[[Sequence[int]], str]
@@ -34,14 +37,38 @@ class IncrementalDetokenizer:
     Every step checks that the window still starts with its context's text. A decoder that rewrites text it
     produced earlier — byte-fallback groups (``<0xNN>`` tokens) that turn invalid when a byte is appended and
     then show every byte as U+FFFD — fails that check; the last settled pieces are then taken back into the
-    window until it holds again (`rewinds` counts this), so the text stays exactly ``detokenize(tokens)``.
+    window until it holds again (`rewinds` counts this), so the text stays exactly ``detokenize(tokens)``. For
+    the check to see a rewrite the context must show the text it covers: one that decodes to nothing while its
+    piece is not empty (a lone ``<0x20>`` whose space the decoder strips as the leading one) is widened by
+    joining the last two pieces.
     Exact, with no rewinds, for byte-level BPE (GPT-2, ``ByteLevel`` tokenizer.json), `ByteTokenizer` and
     SentencePiece-style ``Metaspace`` decoders; tested on random streams in tests/test_generate_detokenize.py.
+
+    Final text: `final_len` characters of the text can no longer change, whatever tokens follow. With a
+    decoder that never rewrites (byte-level BPE, `ByteTokenizer`, Metaspace without byte fallback) that is all
+    but a trailing U+FFFD of the pending text (an incomplete character). A byte-fallback decoder *groups*: a run
+    of ``<0xNN>`` tokens is decoded as a whole, valid UTF-8 or one U+FFFD per byte, so a later byte can rewrite
+    the whole run (and a skipped special token between bytes does not end it). There the text becomes final
+    only at a token that *seals*: its own text is non-empty, does not end in U+FFFD and survives an appended
+    invalid byte. ``<0x41>`` decodes to "A" like a word would but does not seal. Both are told apart with a
+    ``probe``: a token id that decodes alone to U+FFFD (``<0x80>``, or a lone high byte of a byte-level
+    vocabulary). The decoder groups when some id near the probe that decodes to text turns into U+FFFD after
+    it. Within a group the window is never split. The probe is the first id in [0, `PROBE_SCAN`) that decodes
+    to U+FFFD, unless given. If there is none there, the first such token of the stream becomes the probe, and
+    until then the decoder is taken not to rewrite. What each token id does is decoded once per `detokenize`
+    and shared by its detokenizers (one per row of a batch).
+
+    Args:
+      detokenize: token ids → text, e.g. ``tokenizer.decode``.
+      stall: tokens after which a window whose text keeps ending in U+FFFD is split (see above).
+      probe: a token id that decodes alone to U+FFFD (see above); None = look one up.
     """
 
-    def __init__(self, detokenize: Detokenize, *, stall: int = 8):
+    def __init__(self, detokenize: Detokenize, *, stall: int = 8, probe: int | None = None):
         self.detokenize = detokenize
         self.stall = stall
+        self._facts = _facts_of(detokenize) if probe is None else _DecoderFacts(detokenize, int(probe))
+        self.final_len = 0  # characters of the text that no later token can change
         self.tokens: list[int] = []
         self.rewinds = 0
         self._pieces: list[str] = []  # settled text; "".join == detokenize(tokens[:read])
@@ -67,7 +94,7 @@ class IncrementalDetokenizer:
             self.rewinds += 1
             self.settled_len -= len(self._pieces.pop())
             self._ends.pop()
-            self._ctx = self.detokenize(self.tokens[self._prefix:self._read])
+            self._set_context()
             window = self.detokenize(self.tokens[self._prefix:])
         new = window[len(self._ctx):]
         if new and not new.endswith(_REPLACEMENT):
@@ -75,16 +102,42 @@ class IncrementalDetokenizer:
         elif n - self._read < self.stall:
             self.pending = new
         elif not new:  # a run of tokens without text (e.g. specials that decode to nothing)
-            self._settle(n, "")
+            if not self._facts.groups or self._read == 0 or self._facts.seals(self.tokens[self._read - 1]):
+                self._settle(n, "")  # (a grouping decoder joins the bytes around skipped tokens: not there)
         else:
             self._split(window)
+        facts = self._facts
+        if facts.probe is None:
+            facts.note(self.tokens[-1])
+        if not facts.groups:  # all but an incomplete trailing character
+            unsure = len(self.pending) - len(self.pending.rstrip(_REPLACEMENT))
+            self.final_len = max(self.final_len, len(self) - unsure)
+        elif facts.seals(self.tokens[-1]):
+            self.final_len = len(self)
+
+    @property
+    def probe(self) -> int | None:
+        """The token id used to tell byte tokens from words (see the class docstring); None if none is known."""
+        return self._facts.probe
 
     def _settle(self, upto: int, text: str, pending: str = "") -> None:
         self._pieces.append(text)
         self._ends.append(upto)
         self.settled_len += len(text)
-        self._ctx = self.detokenize(self.tokens[self._prefix:self._read])
+        self._set_context()
         self.pending = pending
+
+    def _set_context(self) -> None:
+        """``_ctx = detokenize(tokens[prefix:read])``, made non-empty when the last piece is: a context that
+        decodes to nothing although its text is not empty (a lone space byte whose leading space the decoder
+        strips) would not show the decoder rewriting it, so the last two pieces are joined until it does
+        (or the context starts at token 0, where the window is the exact text)."""
+        self._ctx = self.detokenize(self.tokens[self._prefix:self._read])
+        while not self._ctx and self._pieces and self._pieces[-1] and len(self._ends) > 1:
+            last = self._pieces.pop()
+            self._pieces[-1] += last
+            del self._ends[-2]
+            self._ctx = self.detokenize(self.tokens[self._prefix:self._read])
 
     def _split(self, window: str) -> None:
         """Settle all tokens but the last when the window provably splits there (see the class docstring)."""
@@ -92,7 +145,10 @@ class IncrementalDetokenizer:
         m = n - 1
         head = self.detokenize(self.tokens[self._prefix:m])
         tail = self.detokenize(self.tokens[m:n])
-        if tail and head + tail == window and len(head) > len(self._ctx) and head.startswith(self._ctx):
+        facts = self._facts
+        if facts.groups and not (facts.seals(self.tokens[m - 1]) or facts.starts_fresh(self.tokens[m])):
+            self.pending = window[len(self._ctx):]  # inside a byte-fallback group: a window from m would misread it
+        elif tail and head + tail == window and len(head) > len(self._ctx) and head.startswith(self._ctx):
             self._settle(m, head[len(self._ctx):], window[len(head):])
         else:
             self.pending = window[len(self._ctx):]
@@ -117,6 +173,108 @@ class IncrementalDetokenizer:
 
     def __len__(self) -> int:
         return self.settled_len + len(self.pending)
+
+
+#: how many ids from 0 on are decoded, at most, to find a probe token (byte tokens sit near the start)
+PROBE_SCAN = 1024
+
+
+class _DecoderFacts:
+    """What single token ids do under one `detokenize`: the probe id and which ids seal (see
+    `IncrementalDetokenizer`); each id is decoded once, on first sight."""
+
+    def __init__(self, detokenize: Detokenize, probe: int | None, *, weak: bool = False):
+        # weak: the shared facts must not keep their `detokenize` (the key of `_FACTS`) alive
+        self._detokenize = weakref.ref(detokenize) if weak else lambda: detokenize
+        self.probe = None
+        self.groups = False  # whether an invalid byte turns the bytes after it into U+FFFD too (byte fallback)
+        self._seals: dict[int, bool] = {}
+        self._fresh: dict[int, bool] = {}
+        self._noted: set[int] = set()
+        if probe is not None:
+            self._set_probe(probe)
+
+    def _set_probe(self, probe: int) -> None:
+        """Adopt `probe` and find out whether the decoder groups bytes: some id near it that decodes alone to
+        text without U+FFFD shows as U+FFFD after the probe (``<0x80><0x41>`` → two U+FFFD, where a byte-level
+        decoder gives U+FFFD + "A")."""
+        self.probe = probe
+        self._seals.clear()
+        self._fresh.clear()
+        self.groups = False
+        for i in range(max(0, probe - 256), probe + 256):
+            text = self._decode([i])
+            if text and _REPLACEMENT not in text:
+                both = self._decode([probe, i])
+                if both is not None and both.startswith(_REPLACEMENT * 2):
+                    self.groups = True
+                    return
+
+    def _decode(self, ids) -> str | None:
+        detokenize = self._detokenize()
+        if detokenize is None:
+            return None
+        try:
+            return detokenize(ids)
+        except Exception:  # noqa: BLE001 — decoders raise assorted errors on ids past their vocabulary
+            return None
+
+    def find_probe(self) -> None:
+        """The first id below `PROBE_SCAN` that decodes alone to U+FFFD (an invalid byte), if any."""
+        for i in range(PROBE_SCAN):
+            if self._decode([i]) == _REPLACEMENT:
+                self._set_probe(i)
+                return
+
+    def note(self, token: int) -> None:
+        """Without a probe yet: take `token` as the probe if it decodes alone to U+FFFD (each id tried once)."""
+        if token not in self._noted:
+            self._noted.add(token)
+            if self._decode([token]) == _REPLACEMENT:
+                self._set_probe(token)
+
+    def seals(self, token: int) -> bool:
+        """Whether the text before and including `token` is final once it is decoded."""
+        known = self._seals.get(token)
+        if known is not None:
+            return known
+        text = self._decode([token])
+        ok = bool(text) and not text.endswith(_REPLACEMENT)
+        if ok and self.probe is not None:
+            probed = self._decode([token, self.probe])
+            ok = probed is not None and probed.startswith(text)
+        self._seals[token] = ok
+        return ok
+
+    def starts_fresh(self, token: int) -> bool:
+        """Whether `token` never joins the byte group before it: after the probe it still shows text that does
+        not begin with U+FFFD (a word does; a byte token turns into U+FFFD; an empty one shows nothing)."""
+        known = self._fresh.get(token)
+        if known is None:
+            after = None if self.probe is None else self._decode([self.probe, token])
+            known = after is not None and after.startswith(_REPLACEMENT) and len(after) > 1 \
+                and after[1] != _REPLACEMENT
+            self._fresh[token] = known
+        return known
+
+
+_FACTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _facts_of(detokenize: Detokenize) -> _DecoderFacts:
+    """The shared `_DecoderFacts` of `detokenize` (one probe search per decoder, e.g. per generate call)."""
+    try:
+        facts = _FACTS.get(detokenize)
+    except TypeError:  # not weakly referenceable or not hashable: nothing to share
+        facts = None
+    if facts is None:
+        try:
+            facts = _DecoderFacts(detokenize, None, weak=True)
+            _FACTS[detokenize] = facts
+        except TypeError:
+            facts = _DecoderFacts(detokenize, None)
+        facts.find_probe()
+    return facts
 
 
 class TextTracker:
@@ -150,21 +308,24 @@ class TextTracker:
         """The text so far (cut before the stop string once stopped)."""
         return self._final if self._final is not None else self._detok.text
 
-    def _holdback(self, tail: str, pending: str) -> int:
-        """How many trailing characters might still become a stop string or a full UTF-8 character.
+    def _safe_end(self, region: str, start: int) -> int:
+        """Where the text that is safe to emit ends (a character offset); `region` is the text from `start` on.
 
-        Trailing U+FFFD of the pending text (an incomplete character) are held, and so is whatever before them
-        could start a stop string that the completed character might continue.
+        Only final text (`IncrementalDetokenizer.final_len`) is safe, and of it not the trailing U+FFFD of the
+        pending text (an incomplete character) nor whatever at its end could start a stop string that later
+        text might complete.
         """
-        unsure = len(pending) - len(pending.rstrip(_REPLACEMENT))  # an incomplete multi-byte character
-        core = tail[: len(tail) - unsure]
+        d = self._detok
+        unsure = len(d.pending) - len(d.pending.rstrip(_REPLACEMENT))  # an incomplete multi-byte character
+        limit = min(d.final_len, len(d) - unsure)
+        core = region[: max(0, limit - start)]
         hold = 0
         for s in self.stop_strings:
             for n in range(min(len(s) - 1, len(core)), 0, -1):
                 if core.endswith(s[:n]):
                     hold = max(hold, n)
                     break
-        return unsure + hold
+        return limit - hold
 
     def add(self, token: int) -> str:
         """Append a token; return the newly safe text (may be ""). Sets `stopped` when a stop string appears."""
@@ -185,7 +346,7 @@ class TextTracker:
             piece = self._final[self.emitted:end] if end > self.emitted else ""
             self.emitted = max(self.emitted, end)
             return piece
-        safe = len(d) - self._holdback(region, d.pending)
+        safe = self._safe_end(region, start)
         piece = region[self.emitted - start:safe - start] if safe > self.emitted else ""
         self.emitted = max(self.emitted, safe)
         return piece
