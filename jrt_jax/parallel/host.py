@@ -6,11 +6,13 @@ process when one participant has not arrived within `--xla_cpu_collective_call_t
 (default 40 s; a warning after 20 s). On a 2-core machine with other processes competing, a device thread can
 legitimately be that late: `jrt train` on 8 simulated devices, mesh (2, 2, 2), aborted (exit 134, "Expected 2
 threads to join the rendezvous, but only 1 of them arrived on time") in 3 of 5 tries beside two busy processes.
-Those aborts are not all a slow clock: with a 1200 s timeout, the same run (beside two busy processes) once stayed
-in the rendezvous for more than 13 minutes after its last step — three device threads waiting at ops 5 and 6 of one
-program, their peers never arriving (measured 2026-12-04) — so some are a real hang, which no timeout cures. The
-rendezvous is given five minutes: a peer that is late on a loaded machine arrives, a hang fails in five minutes
-rather than twenty (the hang itself is an open problem; a timeout only decides how it ends).
+Those aborts were not all a slow clock: with a 1200 s timeout, the same run once stayed in the rendezvous for more
+than 13 minutes after its last step. That hang had a cause in this project, now removed: the checkpoint digests
+(`jrt_jax.convert.run.array_digests`) were one small multi-device program per array, dozens in flight at once,
+and a device's part of one program waited for one of the device's in-flight-computation slots while its peers
+waited for it in an all-reduce (gdb: six device threads in AllReduce, two in `Semaphore::Acquire`; measured
+2026-12-04). They are one program per save now. The rendezvous is still given five minutes: a peer that is late
+on a loaded machine arrives, and a hang from another cause fails in five minutes rather than twenty.
 
 `patient_collective_flags(flags)` returns an XLA_FLAGS string with these timeouts added (values the caller set
 are kept). `use_patient_collectives()` applies it to this process's environment; it must run before JAX
