@@ -387,3 +387,41 @@ def test_tokenizer_records(tmp_path):
     (base / "generation_config.json").write_text(json.dumps({"eos_token_id": [1, 2], "pad_token_id": 2}))
     r = record([f"model.checkpoint={base}", "data.kind=mqar"], tmp_path / "other")
     assert (r.kind, r.bos, r.eos, r.pad) == ("checkpoint", 0, [1, 2], 2)
+
+
+@pytest.mark.slow
+def test_text_tools_refuse_a_run_without_a_text_tokenizer(jrt_run, tmp_path, capsys):
+    """A synthetic-task run has no text tokenizer: jrt generate (run directory or its export) and the text evaluations
+    refuse it in one line naming the reason and what to use instead, instead of decoding / scoring its ids through a
+    byte tokenizer guessed from the vocabulary size (U+FFFD characters with exit 0, a perplexity of task symbols).
+    jrt eval recall, which feeds task symbols, still takes it."""
+    run = jrt_run[0]
+    assert _export(run, tmp_path / "out")[0] == 0
+    capsys.readouterr()
+    reason = ("no text tokenizer (data.kind=set_disjointness is a synthetic task: its token ids are task symbols, not "
+              "text, so there is no text tokenizer and no bos / eos / pad id)")
+    for checkpoint in (run, tmp_path / "out"):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["generate", "--checkpoint", str(checkpoint), "--prompt", "It was the", "--max-new-tokens", "2"])
+        message = str(exc.value.code)
+        assert message == (f"jrt generate: error: --checkpoint {checkpoint} has {reason}; generate from a model "
+                           "trained on text (or force one with --tokenizer bytes), or evaluate a synthetic-task run "
+                           f"with jrt eval recall --model {checkpoint}")
+        assert capsys.readouterr().out == ""  # nothing generated
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT)
+    rows = tmp_path / "qa.jsonl"
+    rows.write_text(json.dumps({"context": "Paris is in France.", "question": "Where is Paris?", "answer": "France"}))
+    for command in (["perplexity", "--text", str(text), "--context", "16"], ["passkey", "--lengths", "64"],
+                    ["qa", "--data", str(rows)]):
+        code = cli.main(["eval", command[0], "--model", str(run), *command[1:]])
+        captured = capsys.readouterr()
+        lines = captured.err.strip().splitlines()
+        assert code == 2 and captured.out == "" and len(lines) == 1, captured.err
+        assert lines[0] == (f"jrt eval {command[0]}: error: --model {run} has {reason}; this evaluation reads text: "
+                            f"give a model trained on text, or evaluate a synthetic-task run with jrt eval recall "
+                            f"--model {run}")
+    code = cli.main(["eval", "recall", "--model", str(run), "--task", "set_disjointness", "--examples", "4", "--json",
+                     "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0 and 0 <= json.loads(captured.out)["accuracy"] <= 1, captured.err

@@ -1,7 +1,8 @@
 """`jrt train` failure paths: each is one line on stderr, a non-zero exit and no traceback, and loses nothing.
 
-Config syntax errors (YAML / JSON, naming file, line and column), a checkpoint.dir that is a file (before any
-step), resume=false on another run's directory (refused; --overwrite sets it aside), the JRT objective without
+Config syntax errors (YAML / JSON, naming file, line and column), non-finite hyper-parameters, a checkpoint.dir that
+is a file (before any step), resume=false on another run's directory (refused; --overwrite sets it aside), a run
+directory another live run holds (refused, untouched; a dead owner's lock is taken over), the JRT objective without
 decoder positions, a non-finite loss, a checkpoint write failure in the middle of training (no hang), SIGTERM
 (saves, exits 143, resumes exactly), a corrupt latest checkpoint (falls back and continues exactly) and
 metrics.jsonl after a resume (every step once).
@@ -82,6 +83,20 @@ def test_config_syntax_errors_name_the_file_and_line(tmp_path, capsys, name, tex
     assert _one_line(err).startswith("jrt train: error: config file ")
 
 
+@pytest.mark.parametrize("override,expect", [
+    ("optim.lr=.nan", "optim.lr must be a finite number > 0; got nan"),
+    ("optim.lr=.inf", "optim.lr must be a finite number > 0; got inf"),
+    ("optim.weight_decay=.nan", "optim.weight_decay must be a finite number >= 0; got nan"),
+    ("optim.clip_norm=.inf", "optim.clip_norm must be a finite number >= 0; got inf"),
+    ("optim.b2=.nan", "optim.b2 must be in [0, 1); got nan"),
+    ("optim.eps=-.inf", "optim.eps must be a finite number > 0; got -inf"),
+])
+def test_non_finite_hyper_parameters_are_refused_before_training(override, expect, capsys):
+    """They used to pass the config check and fail at step 2, after compiling, as a non-finite loss."""
+    code, err = _main(SMALL + [override, "logging.dir=null"], capsys)
+    assert code == 2 and _one_line(err) == f"jrt train: error: {expect}"
+
+
 def test_checkpoint_step_needs_resume(capsys):
     code, err = _main(["checkpoint.dir=/tmp/x", "checkpoint.step=3", "checkpoint.resume=false"], capsys)
     assert code == 2 and "checkpoint.step=3 needs checkpoint.dir, checkpoint.resume=true" in _one_line(err)
@@ -156,6 +171,98 @@ def test_overwrite_flag_starts_a_new_run_and_keeps_the_old_one(tmp_path, capsys)
     assert sorted(p.name for p in d.iterdir() if p.name.isdigit()) == ["10", "5"]
     (old,) = (d / "set-aside").glob("overwritten-*")
     assert sorted(p.name for p in old.iterdir()) == ["50", "55", "60", "jrt_run.json"]
+
+
+def _tree(d: pathlib.Path) -> dict:
+    return {str(p.relative_to(d)): p.read_bytes() if p.is_file() else None for p in sorted(d.rglob("*"))}
+
+
+def _lock_record(pid: int, **extra) -> str:
+    import datetime
+    import socket
+
+    return json.dumps({"pid": pid, "host": socket.gethostname(), "started": datetime.datetime.now().isoformat(
+        timespec="seconds"), "time": time.time(), **extra})
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # reaped: the pid names no process now
+    return proc.pid
+
+
+def test_a_run_directory_held_by_a_live_run_is_refused_and_left_untouched(tmp_path, capsys):
+    """Two runs on one directory: the second (train, --resume, sweep) is refused in one line naming the owner, before
+    anything is written; every file of the directory, the lock included, is unchanged."""
+    import socket
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(f"name: run\nlogging:\n  dir: {run}\n")
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.5}\n')
+    (run / ".lock").write_text(_lock_record(os.getpid()))  # this test's process: alive
+    before = _tree(run)
+    owner = f"is in use by another run: pid {os.getpid()} on host {socket.gethostname()}"
+    for argv in (["train"] + SMALL + [f"logging.dir={run}", "checkpoint.resume=true", "steps=2"],
+                 ["train", "--resume", str(run)],
+                 ["sweep"] + SMALL + [f"logging.dir={run}", "steps=2"]):
+        code = cli.main(argv)
+        line = _one_line(capsys.readouterr().err)
+        assert code == 2 and line.startswith(f"jrt {argv[0]}: error: run directory '{run}' {owner}"), line
+        assert _tree(run) == before
+    # A lock written on another host cannot be checked from here: refused, and the message says what to delete.
+    (run / ".lock").write_text(_lock_record(os.getpid(), host="elsewhere"))
+    code = cli.main(["train", "--resume", str(run)])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 2 and "pid" in line and "on host elsewhere" in line and f"'{run / '.lock'}'" in line
+    assert "if that run is gone, delete the file" in line
+
+
+def test_lock_records_of_dead_and_reused_pids_are_stale(tmp_path):
+    """The claim itself: a dead pid's lock and a lock older than the process now holding its pid are taken over
+    (one warning each); one process may claim a directory it holds again; release removes the lock file."""
+    from train.lock import LOCK_FILE, RunDirLocked, claim_run
+
+    cfg = load_config(None, [f"logging.dir={tmp_path / 'run'}"])
+    (tmp_path / "run").mkdir()
+    lock = tmp_path / "run" / LOCK_FILE
+    for record in (_lock_record(_dead_pid()),
+                   _lock_record(os.getpid(), time=1.0)):  # written long before this process (which has its pid) started
+        lock.write_text(record)
+        warnings = []
+        resolved, held = claim_run(cfg, warn=warnings.append)
+        assert len(warnings) == 1 and "taking over the lock of pid" in warnings[0]
+        assert "no longer running" in warnings[0]
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        again, held2 = claim_run(cfg, warn=warnings.append)  # the same process: a second holder
+        held.release()
+        assert lock.exists()  # still held by the second holder
+        held2.release()
+        assert not lock.exists()
+    lock.write_text(_lock_record(os.getpid()))  # a live holder that is not this claim's: refused
+    with pytest.raises(RunDirLocked, match="is in use by another run"):
+        claim_run(cfg, warn=print)
+    lock.write_text("")  # unreadable (a writer that died mid-write, or a stranger's file): refused, not guessed
+    with pytest.raises(RunDirLocked, match="cannot be read"):
+        claim_run(cfg, warn=print)
+
+
+@pytest.mark.slow
+def test_a_stale_lock_is_taken_over_and_a_long_warmup_warns(tmp_path, capsys):
+    """A run killed with kill -9 leaves its lock: the next run on the directory takes it over with a one-line warning
+    and trains; at the end the lock is gone. The same run's warmup (2 steps) does not fit in its 1 step: a warning."""
+    run = tmp_path / "run"
+    run.mkdir()
+    dead = _dead_pid()
+    (run / ".lock").write_text(_lock_record(dead))
+    code = cli.main(["train"] + SMALL + [f"logging.dir={run}", "checkpoint.resume=true", "steps=1"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    lines = err.strip().splitlines()
+    assert f"warning: run directory '{run}': taking over the lock of pid {dead} on host " in err, err
+    assert ("warning: optim.warmup_steps=2 is not shorter than the schedule (steps=1): the warmup is cut to 0 steps "
+            "and the lr only peaks at the last step; set optim.warmup_steps below 1") in lines, err
+    assert not (run / ".lock").exists() and (run / "config.yaml").is_file()
 
 
 # ---------------------------------------------------------------------------------------------- training

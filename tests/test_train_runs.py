@@ -133,3 +133,50 @@ def test_a_run_directory_without_a_checkpoint_says_so(tmp_path):
         with pytest.raises(ConversionError, match="is a jrt train run directory with no checkpoint"):
             call()
     assert not (tmp_path / "out").exists()
+
+
+def _lrs(run) -> dict[int, float]:
+    return {r["step"]: r["lr"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "lr" in r}
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_saved_schedule_unless_asked_to_reschedule(tmp_path, capsys):
+    """`--resume RUN steps=6` after steps=4 continues on the 4-step schedule (it used to stretch the cosine over the
+    new steps: the lr jumped back up); optim.reschedule=true applies the 6-step schedule. Each says so in one line."""
+    import shutil
+
+    import jax.numpy as jnp
+
+    from train.optim import make_optimizer
+
+    first = tmp_path / "first"
+    code, _, err = _train(SMALL + ["steps=4", f"logging.dir={first}"], capsys)
+    assert code == 0, err
+    kept, stretched = tmp_path / "kept", tmp_path / "stretched"
+    shutil.copytree(first, kept)
+    shutil.copytree(first, stretched)
+    optim = load_run_config(first).optim
+    saved = make_optimizer(optim, 4)[1]
+    longer = make_optimizer(optim, 6)[1]
+    lr = lambda schedule, s: float(schedule(jnp.int32(s)))  # the row of step s trained with schedule(s - 1)
+
+    code, _, err = _train(["--resume", str(kept), "steps=6"], capsys)
+    assert code == 0, err
+    note = ("resuming with the saved schedule (peak lr 0.003, warmup 2 steps, cosine decay over 4 steps to 0.0003, "
+            "then constant to step 6); pass optim.reschedule=true to use decay over 6 steps instead")
+    assert note in err.splitlines(), err
+    rows = _lrs(kept)
+    assert sorted(rows) == [1, 2, 3, 4, 5, 6]
+    assert rows[5] == pytest.approx(lr(saved, 4), rel=1e-6) and rows[6] == pytest.approx(lr(saved, 5), rel=1e-6)
+    assert rows[5] == pytest.approx(0.1 * optim.lr, rel=1e-6)  # the floor of the 4-step cosine, not back up
+    config = yaml.safe_load((kept / "config.yaml").read_text())
+    assert config["steps"] == 6 and config["optim"]["decay_steps"] == 4 and config["optim"]["reschedule"] is False
+
+    code, _, err = _train(["--resume", str(stretched), "steps=6", "optim.reschedule=true"], capsys)
+    assert code == 0, err
+    assert ("resuming with a new schedule (optim.reschedule=true): decay over 6 steps; the saved one was peak lr "
+            "0.003, warmup 2 steps, cosine decay over 4 steps to 0.0003") in err.splitlines(), err
+    rows = _lrs(stretched)
+    assert rows[5] == pytest.approx(lr(longer, 4), rel=1e-6) and rows[5] != pytest.approx(lr(saved, 4), rel=1e-3)
+    config = yaml.safe_load((stretched / "config.yaml").read_text())
+    assert config["optim"]["decay_steps"] is None and config["optim"]["reschedule"] is False

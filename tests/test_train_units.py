@@ -287,3 +287,17 @@ def test_passkey_fraction_needs_room_for_the_example(tmp_path):
                              "data.seq_len=64", "data.passkey_fraction=0.5"])
     with pytest.raises(ValueError, match="data.passkey_fraction: data.seq_len=64 is too short for a passkey example"):
         make_task(cfg.data, None)
+
+
+def test_a_warmup_longer_than_the_schedule_is_warned_about():
+    """A warning, not a config error: the default warmup (50 steps) with a short run (steps=3) is what quick tries and
+    the test suite run; make_optimizer cuts the warmup to the schedule's length - 1."""
+    from train.config import OptimConfig
+    from train.optim import warmup_note
+
+    assert warmup_note(OptimConfig(warmup_steps=50), 3) == (
+        "warning: optim.warmup_steps=50 is not shorter than the schedule (steps=3): the warmup is cut to 2 steps and "
+        "the lr only peaks at the last step; set optim.warmup_steps below 3")
+    assert "(optim.decay_steps=20)" in warmup_note(OptimConfig(warmup_steps=50, decay_steps=20), 100)
+    assert warmup_note(OptimConfig(warmup_steps=50, decay_steps=100), 3) is None  # the first 3 of 100 steps
+    assert warmup_note(OptimConfig(warmup_steps=2), 3) is None

@@ -13,10 +13,10 @@
 
 The dispatcher lives in `train` because imports go train → jrt_jax, never the other way.
 
-Errors (bad config, unusable checkpoint directory, corrupt checkpoints, a non-finite loss) print one line on
-stderr and exit non-zero: 2 for a bad config / setup, 1 for a failure while training, 130 on Ctrl-C, 143 when
-SIGTERM stopped training (after saving a checkpoint; `jrt train --resume RUN_DIR` continues). JRT_TRACEBACK=1 prints the
-traceback of unexpected errors.
+Errors (bad config, unusable checkpoint directory, a run directory another live run holds (`train.lock`), corrupt
+checkpoints, a non-finite loss) print one line on stderr and exit non-zero: 2 for a bad config / setup, 1 for a
+failure while training, 130 on Ctrl-C, 143 when SIGTERM stopped training (after saving a checkpoint;
+`jrt train --resume RUN_DIR` continues). JRT_TRACEBACK=1 prints the traceback of unexpected errors.
 """
 
 from __future__ import annotations
@@ -207,6 +207,8 @@ def _train(argv) -> int:
         trainer.close()
     except CheckpointError as exc:
         code = _fail(prog, exc, 1 if trainer is not None else 2)
+        if trainer is not None:
+            trainer.release_run_dirs()  # _exit_now may end the process without running atexit hooks
         return _exit_now(code) if trainer is not None else code
     except (ValueError, OSError) as exc:
         return _fail(prog, exc, 1 if trainer is not None else 2)
@@ -275,6 +277,8 @@ def _sweep(argv) -> int:
         runner.close()
     except CheckpointError as exc:
         code = _fail(prog, exc, 1 if runner is not None else 2)
+        if runner is not None:
+            runner.release_run_dirs()  # _exit_now may end the process without running atexit hooks
         return _exit_now(code) if runner is not None else code
     except (ValueError, OSError) as exc:
         return _fail(prog, exc, 1 if runner is not None else 2)

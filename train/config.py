@@ -151,7 +151,14 @@ class OptimConfig:
     on norms/biases/1-D parameters, gradient accumulation over grad_accum micro-batches, and optional
     low-precision compute (compute_dtype) with fp32 master weights (param_dtype).
     decay_steps: the schedule's length (None: `steps`). Fix it to stop a run early or extend it later: a run with
-    steps=N is then exactly the first N steps of the longer one."""
+    steps=N is then exactly the first N steps of the longer one. warmup_steps should be shorter than it (a longer
+    warmup is cut to the schedule's length - 1, with a warning).
+    reschedule: on resume only. A resumed run keeps the schedule its checkpoint was saved with (peak lr, warmup,
+      decay length, min_lr_ratio): `jrt train --resume RUN steps=80` after steps=60 continues on the 60-step
+      schedule (at its final lr from step 60 on) and pins optim.decay_steps=60 in the run's config. true: apply this
+      config's schedule instead (e.g. stretch the cosine over the new `steps`); it then becomes the run's.
+      Which schedule is used is said in one line when they differ.
+    lr, weight_decay, b1, b2, eps, clip_norm must be finite (b1, b2 in [0, 1); lr, eps > 0)."""
 
     lr: float = 3e-3
     warmup_steps: int = 50
@@ -165,6 +172,7 @@ class OptimConfig:
     grad_accum: int = 1
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    reschedule: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,6 +306,10 @@ class TrainConfig:
             _positive("optim.decay_steps", o.decay_steps)
         _non_negative("optim.weight_decay", o.weight_decay)
         _non_negative("optim.clip_norm", o.clip_norm)
+        _positive("optim.eps", o.eps)
+        for name in ("b1", "b2"):
+            if not 0 <= getattr(o, name) < 1:  # NaN fails every comparison
+                raise ValueError(f"optim.{name} must be in [0, 1); got {getattr(o, name)!r}")
         if not 0 <= o.min_lr_ratio <= 1:
             raise ValueError(f"optim.min_lr_ratio must be in [0, 1]; got {o.min_lr_ratio}")
         if self.objective.mlm_prob is not None and not 0 <= self.objective.mlm_prob < 1:
@@ -318,7 +330,7 @@ class TrainConfig:
         if d.weights and len(d.weights) != len(d.path):
             raise ValueError(f"data.weights has {len(d.weights)} entries but data.path has {len(d.path)}; give one "
                              "weight per path (or none for equal weights)")
-        if any(not w > 0 for w in d.weights):
+        if any(not (w > 0 and w != float("inf")) for w in d.weights):
             raise ValueError(f"data.weights must be positive numbers; got {list(d.weights)}")
         if d.packing and d.kind != "tokens":
             raise ValueError(f"data.packing=true needs data.kind='tokens' (documents from `jrt prepare-data`); got "
@@ -479,13 +491,24 @@ def _check_sweep(sw: SweepConfig) -> None:
 
 
 def _positive(name, value):
+    _finite(name, value, "> 0")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise ValueError(f"{name} must be > 0; got {value!r}")
 
 
 def _non_negative(name, value):
+    _finite(name, value, ">= 0")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ValueError(f"{name} must be >= 0; got {value!r}")
+
+
+def _finite(name, value, bound: str) -> None:
+    """NaN and ±inf pass every `<` / `<=` test the checks above make; refuse them by name (e.g. optim.lr=.nan would
+    otherwise compile the step and fail at step 2 with a non-finite loss)."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number {bound}; got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------- loading

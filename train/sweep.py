@@ -25,7 +25,9 @@ The run directory is `jrt train`'s (`train.config.resolve_run`: runs/{name} by d
                  "eval_loss" (logging.eval_every, and at the end)
   results.jsonl  at the end, one row per replica: replica, seed, lr, step, loss, eval_accuracy, eval_loss, diverged_at
   checkpoints/   the stacked state through `train.checkpoint.Checkpointer`: resuming continues from the saved step
-                 and ends with the results of an uninterrupted sweep
+                 (on the saved lr schedule unless optim.reschedule=true, as jrt train) and ends with the results of
+                 an uninterrupted sweep
+  .lock          while the sweep runs: its claim on the directory (`train.lock`), as jrt train's
 Evaluation scores data.eval_examples fresh held-out examples per replica (the generator's split 1, a key no training
 batch uses) exactly as the trainer does: accuracy at the labelled positions and their mean cross-entropy.
 
@@ -52,11 +54,12 @@ from flax import nnx
 
 from jrt_jax import models
 from train.checkpoint import Checkpointer, CheckpointError
-from train.config import TrainConfig, resolve_run, to_dict, write_run_config
+from train.config import TrainConfig, to_dict, write_run_config
 from train.data import make_task
 from train.data.device import batch_key, make_batch
+from train.lock import claim_run
 from train.metrics import _prepare_jsonl
-from train.optim import make_optimizer
+from train.optim import make_optimizer, resume_schedule, warmup_note
 from train.trainer import (
     build_model_config,
     make_eval_step,
@@ -95,7 +98,21 @@ class Sweep:
         if cfg.model.checkpoint is not None:
             raise ValueError("model.checkpoint: jrt sweep trains replicas from initialisation; fine-tune with "
                              "jrt train")
-        self.cfg = cfg = resolve_run(cfg)
+        # The run directory is claimed before anything is written to it (`train.lock`); released by close().
+        # Warnings wait until the sweep is set up: one that fails to start prints its error alone.
+        self._notes: list[str] = []
+        self.cfg, self._locks = claim_run(cfg, warn=self._notes.append)
+        self.checkpointer = None
+        try:
+            self._setup()
+        except BaseException:
+            self._locks.release()
+            raise
+        for note in self._notes:
+            self.log(note)
+
+    def _setup(self) -> None:
+        cfg = self.cfg
         self.model_config = build_model_config(cfg)
         self.task = make_task(dataclasses.replace(cfg.data, on_device=True), self.model_config)
         self.objective, self.enc_len = resolve_objective(cfg, self.model_config, self.task)
@@ -125,8 +142,35 @@ class Sweep:
         self._build()
 
         self._stop_requested = False
+        self._resumed_config = None  # the saved config of the restored step (set by restore)
         self.checkpointer = open_run_checkpointer(cfg, self.restore, self.log)
-        write_run_config(cfg, new_run=self.step == 0)
+        try:
+            if self._resumed_config is not None:
+                self._keep_schedule(self._resumed_config)
+            write_run_config(self.cfg, new_run=self.step == 0)
+            note = warmup_note(self.cfg.optim, self.cfg.steps)  # of the schedule in use (a resumed sweep's own)
+            if note:
+                self._notes.append(note)
+        except BaseException:
+            if self.checkpointer is not None:
+                try:
+                    self.checkpointer.close()
+                except Exception:  # the first error is the one to report
+                    pass
+            raise
+
+    def _keep_schedule(self, saved: dict) -> None:
+        """A resumed sweep keeps the schedule shape it was saved with, as `jrt train` does
+        (`train.optim.resume_schedule`; the replicas' peak lrs are checked by `_check_replicas`)."""
+        cfg, note = resume_schedule(self.cfg, saved, compare_lr=False)
+        if note:
+            self._notes.append(note)
+        if cfg == self.cfg:
+            return
+        self.cfg = cfg
+        self.tx, self.schedule = make_optimizer(dataclasses.replace(cfg.optim, lr=1.0),
+                                                cfg.optim.decay_steps or cfg.steps)
+        self._build()
 
     # ------------------------------------------------------------------------------------------------ build
 
@@ -233,6 +277,7 @@ class Sweep:
         self._check_replicas(meta, ckpt)
         self.state = jax.device_put(state, self.device)
         self.step = int(meta["data_position"])
+        self._resumed_config = meta.get("config") if isinstance(meta.get("config"), dict) else None
         self.log(f"restored checkpoint step {meta['step']} from {ckpt.path}")
 
     def _check_replicas(self, meta: dict, ckpt) -> None:
@@ -363,8 +408,16 @@ class Sweep:
         return rows
 
     def close(self) -> None:
-        if self.checkpointer is not None:
-            self.checkpointer.close()
+        """Finish the pending checkpoint write, then release the run directory."""
+        try:
+            if self.checkpointer is not None:
+                self.checkpointer.close()
+        finally:
+            self.release_run_dirs()
+
+    def release_run_dirs(self) -> None:
+        """Release the sweep's directory locks (`train.lock`); `close` does it too. Idempotent."""
+        self._locks.release()
 
 
 def sweep(cfg: TrainConfig, *, log=None) -> dict:

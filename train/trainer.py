@@ -8,9 +8,11 @@ Everything a step depends on is a function of (config, step): the batch (`data`)
 exactly as the uninterrupted run from s on.
 
 Each run has a directory (`TrainConfig`: runs/{name}, a new timestamped one by default) holding config.yaml,
-metrics.jsonl, the TensorBoard events (with the config as hparams) and checkpoints/. Resuming is explicit:
-`jrt train --resume RUN_DIR`, or checkpoint.resume=true on the same directory. Which checkpoint directory a run may use, how restores are verified
-and what happens to corrupt steps is described in `train.checkpoint`.
+metrics.jsonl, the TensorBoard events (with the config as hparams) and checkpoints/; the run claims it (`train.lock`:
+RUN/.lock) before writing anything there, so a second run on the same directory is refused. Resuming is explicit:
+`jrt train --resume RUN_DIR`, or checkpoint.resume=true on the same directory; a resumed run keeps the learning-rate
+schedule it was saved with unless optim.reschedule=true (`train.optim.resume_schedule`). Which checkpoint directory
+a run may use, how restores are verified and what happens to corrupt steps is described in `train.checkpoint`.
 
 Context parallelism (`mesh.sequence=N`): the batch's time dimension is split over the mesh's `sequence` axis
 (`train.mesh.BATCH_SPEC`) and the model is traced inside `jrt_jax.nn.sequence_parallel`, so its sequence mixers
@@ -45,10 +47,11 @@ from jrt_jax.nn.sequence_parallel import sequence_parallel
 from train import mesh as meshlib
 from train import objectives
 from train.checkpoint import Checkpointer, CheckpointError
-from train.config import TrainConfig, resolve_run, resolved_mlm_prob, to_dict, write_run_config
+from train.config import TrainConfig, resolved_mlm_prob, to_dict, write_run_config
 from train.data import make_task
+from train.lock import claim_run
 from train.metrics import MetricsWriter, Progress, peak_flops_per_device
-from train.optim import make_optimizer
+from train.optim import make_optimizer, resume_schedule, warmup_note
 
 
 class TrainingError(ValueError):
@@ -64,7 +67,12 @@ def build_model_config(cfg: TrainConfig):
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, *, log=print):
+    """One training run (see the module docstring). Its directories are claimed (`train.lock`) before anything is
+    written to them and released by `close` (or `release_run_dirs`).
+
+    log: progress lines (process 0 only). warn: one-line warnings and notes (default: stderr, process 0 only)."""
+
+    def __init__(self, cfg: TrainConfig, *, log=print, warn=None):
         self.cfg = cfg
         if cfg.distributed.enabled and not jax.distributed.is_initialized():
             d = cfg.distributed
@@ -74,12 +82,27 @@ class Trainer:
                                        process_id=d.process_id, local_device_ids=d.local_device_ids)
         # Only after jax.distributed.initialize: asking for the process index starts the backend.
         self.log = log if jax.process_index() == 0 else (lambda *a, **k: None)
+        self.warn = (warn or _stderr) if jax.process_index() == 0 else (lambda *a, **k: None)
         stamp = None
         if jax.process_count() > 1:  # every host names the run directory from process 0's clock
             from jax.experimental import multihost_utils
 
             stamp = float(multihost_utils.broadcast_one_to_all(np.int64(time.time())))
-        self.cfg = cfg = resolve_run(cfg, timestamp=stamp)
+        # The run's directories are claimed before anything is written to them; released by close() or on failure.
+        # Warnings wait until the run is set up: a run that fails to start prints its error alone, in one line.
+        self._notes: list[str] = []
+        self.cfg, self._locks = claim_run(cfg, warn=self._notes.append, timestamp=stamp)
+        self.checkpointer = None
+        try:
+            self._setup()
+        except BaseException:
+            self.release_run_dirs()
+            raise
+        for note in self._notes:
+            self.warn(note)
+
+    def _setup(self) -> None:
+        cfg = self.cfg
         devices = jax.devices()
         if cfg.mesh.num_devices is not None:
             if cfg.mesh.num_devices > len(devices):
@@ -135,9 +158,39 @@ class Trainer:
         self._build_steps(graphdef)
 
         self._stop_requested = False
+        self._resumed_config = None  # the saved config of the restored step (set by restore)
         self.checkpointer = open_run_checkpointer(cfg, self.restore, self.log)
-        if jax.process_index() == 0:  # after the checkpoint directory accepted the run, never before
-            write_run_config(cfg, new_run=self.step == 0)
+        try:
+            if self._resumed_config is not None:
+                self._keep_schedule(self._resumed_config)
+            if jax.process_index() == 0:  # after the checkpoint directory accepted the run, never before
+                write_run_config(self.cfg, new_run=self.step == 0)
+            note = warmup_note(self.cfg.optim, self.cfg.steps)  # of the schedule in use (a resumed run's own)
+            if note:
+                self._notes.append(note)
+        except BaseException:
+            if self.checkpointer is not None:
+                try:
+                    self.checkpointer.close()
+                except Exception:  # the first error is the one to report
+                    pass
+            raise
+
+    def _keep_schedule(self, saved: dict) -> None:
+        """A resumed run keeps the learning-rate schedule it was saved with (`train.optim.resume_schedule`); the
+        optimizer and the step are rebuilt when the config's schedule differs (nothing is compiled yet)."""
+        cfg, note = resume_schedule(self.cfg, saved)
+        if note:
+            self._notes.append(note)
+        if cfg == self.cfg:
+            return
+        self.cfg = cfg
+        self.tx, self.schedule = make_optimizer(cfg.optim, cfg.optim.decay_steps or cfg.steps)
+        self._build_steps(self.graphdef)
+
+    def release_run_dirs(self) -> None:
+        """Release the run's directory locks (`train.lock`); `close` does it too. Idempotent."""
+        self._locks.release()
 
     # ------------------------------------------------------------------------------------------------- steps
 
@@ -211,6 +264,7 @@ class Trainer:
         else:
             self.state, meta = ckpt.restore(abstract, step)
         self.step = int(meta["data_position"])
+        self._resumed_config = meta.get("config") if isinstance(meta.get("config"), dict) else None
         self.log(f"restored checkpoint step {meta['step']} from {ckpt.path}")
 
     def _on_sigterm(self, signum, frame):
@@ -326,8 +380,18 @@ class Trainer:
         return summary
 
     def close(self) -> None:
-        if self.checkpointer is not None:
-            self.checkpointer.close()
+        """Finish the pending checkpoint write, then release the run's directories."""
+        try:
+            if self.checkpointer is not None:
+                self.checkpointer.close()
+        finally:
+            self.release_run_dirs()
+
+
+def _stderr(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
 
 
 def open_run_checkpointer(cfg: TrainConfig, restore, log) -> Checkpointer | None:

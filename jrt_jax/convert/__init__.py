@@ -15,7 +15,7 @@ Modules: `loader` (detection, key checks, streaming placement), `export` (save_p
 output folders), `cli`.
 """
 
-from jrt_jax.convert.errors import ConversionError, KeyMismatchError
+from jrt_jax.convert.errors import ConversionError, KeyMismatchError, NoTextTokenizer
 from jrt_jax.convert.export import save_pretrained
 from jrt_jax.convert.gguf import GGUFTokenizer, gguf_tokenizer, smollm2_path
 from jrt_jax.convert.loader import from_pretrained, load_config, load_tokenizer, open_checkpoint
@@ -24,6 +24,7 @@ __all__ = [
     "ConversionError",
     "GGUFTokenizer",
     "KeyMismatchError",
+    "NoTextTokenizer",
     "from_pretrained",
     "gguf_tokenizer",
     "load_config",

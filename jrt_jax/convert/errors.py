@@ -12,6 +12,16 @@ class ConversionError(ValueError):
     """
 
 
+class NoTextTokenizer(ConversionError):
+    """A checkpoint has no text tokenizer (a run trained on a synthetic task: its token ids are task symbols, or
+    one whose tokenizer cannot be found from here). Text tools (generate, perplexity, passkey, qa) refuse such a
+    model rather than guess a tokenizer from its vocabulary size. Attribute `reason`: why, in words."""
+
+    def __init__(self, message: str, reason: str = ""):
+        self.reason = reason or message
+        super().__init__(message)
+
+
 class KeyMismatchError(ConversionError):
     """The checkpoint's tensors do not match the model: every missing, unexpected and mis-shaped key, named.
 

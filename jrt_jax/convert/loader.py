@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 
 from jrt_jax.convert.architectures import Architecture, find
-from jrt_jax.convert.errors import ConversionError
+from jrt_jax.convert.errors import ConversionError, NoTextTokenizer
 from jrt_jax.convert.formats import TensorSource
 from jrt_jax.convert.sources import locate as _locate
 from jrt_jax.convert.sources import read_config as _read_config
@@ -307,7 +307,8 @@ def _exported_tokenizer(folder: pathlib.Path):
     if record.get("kind") == "bytes":
         return ByteTokenizer()
     if record.get("kind") is None:
-        raise ConversionError(f"{folder}: no tokenizer ({record.get('note') or f'{EXPORT_FILE} records none'})")
+        reason = record.get("note") or f"{EXPORT_FILE} records none"
+        raise NoTextTokenizer(f"{folder}: no tokenizer ({reason})", reason)
     return None
 
 

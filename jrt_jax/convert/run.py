@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jrt_jax.convert.errors import ConversionError
+from jrt_jax.convert.errors import ConversionError, NoTextTokenizer
 from jrt_jax.convert.formats import TensorInfo, TensorSource
 from jrt_jax.convert.mapping import Entry
 
@@ -406,7 +406,8 @@ class TokenizerRecord:
     note: str = ""
 
     def load(self):
-        """The tokenizer (`jrt_jax.tokenizer` interface); ConversionError when there is none or it cannot load."""
+        """The tokenizer (`jrt_jax.tokenizer` interface); NoTextTokenizer (a ConversionError) when there is none,
+        ConversionError when it cannot load."""
         from jrt_jax import tokenizer as tk
 
         if self.kind == "bytes":
@@ -422,7 +423,7 @@ class TokenizerRecord:
             from jrt_jax.convert.loader import load_tokenizer
 
             return load_tokenizer(self.file)
-        raise ConversionError(f"no tokenizer: {self.note}")
+        raise NoTextTokenizer(f"no tokenizer: {self.note}", self.note)
 
     def to_json(self) -> dict:
         return {"kind": self.kind, "bos_token_id": self.bos, "eos_token_id": self.eos, "pad_token_id": self.pad,

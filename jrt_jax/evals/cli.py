@@ -150,7 +150,7 @@ def _recall(args) -> dict:
                 "order")}
     task = recall.make_task(args.task, seed=args.seed, **options)
     scaling = loading.parse_rope_scaling(args.rope_scaling)
-    model, _, described = loading.load_model(args.model, rope_scaling=scaling, dtype=args.dtype)
+    model, _, described = loading.load_model(args.model, rope_scaling=scaling, dtype=args.dtype, text=False)
     if args.examples < 1:
         raise ValueError(f"--examples must be >= 1; got {args.examples}")
     bar = _bar(args, args.examples, "recall")

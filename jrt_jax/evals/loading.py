@@ -29,10 +29,15 @@ def parse_rope_scaling(text: str | None) -> dict | None:
     return value
 
 
-def load_model(spec: str, *, rope_scaling: dict | None = None, dtype=None, init_seed: int = 0):
+def load_model(spec: str, *, rope_scaling: dict | None = None, dtype=None, init_seed: int = 0, text: bool = True):
     """(model, tokenizer, description) for a model name (see the module docstring).
 
     rope_scaling: None keeps the model's; {} removes it; a dict replaces it (Llama models only).
+    text: the caller reads or writes text with the tokenizer (perplexity, passkey, qa, lm-eval). A checkpoint that
+      has no text tokenizer (`jrt_jax.convert.NoTextTokenizer`: a run trained on a synthetic task, or its export)
+      is then refused with a one-line ConversionError rather than scored through a tokenizer guessed from its
+      vocabulary size. text=False (recall, which feeds task symbols) returns tokenizer None for such a model.
+      A checkpoint folder without tokenizer files still gets the vocabulary-size choice (GPT-2 BPE or bytes).
     """
     from jrt_jax import models
     from jrt_jax.tokenizer import tokenizer_for_vocab
@@ -47,7 +52,7 @@ def load_model(spec: str, *, rope_scaling: dict | None = None, dtype=None, init_
         config = _rescaled(models.config_from_preset(spec), rope_scaling, spec)
         model = models.build(config, seed=init_seed)
         return model, tokenizer_for_vocab(config.vocab_size), f"{spec} (random weights, seed {init_seed})"
-    from jrt_jax.convert import ConversionError, from_pretrained, load_config, load_tokenizer
+    from jrt_jax.convert import ConversionError, NoTextTokenizer, from_pretrained, load_config, load_tokenizer
 
     config = None
     if rope_scaling is not None:
@@ -55,7 +60,13 @@ def load_model(spec: str, *, rope_scaling: dict | None = None, dtype=None, init_
     model = from_pretrained(path, config=config, dtype=dtype)
     try:
         tok = load_tokenizer(path)
-    except ConversionError:
+    except NoTextTokenizer as e:
+        if text:
+            raise ConversionError(f"--model {spec} has no text tokenizer ({e.reason}); this evaluation reads text: "
+                                  "give a model trained on text, or evaluate a synthetic-task run with jrt eval "
+                                  f"recall --model {spec}") from None
+        tok = None
+    except ConversionError:  # no tokenizer stored with the checkpoint: chosen by vocabulary size
         tok = tokenizer_for_vocab(model.config.vocab_size)
     return model, tok, str(path)
 

@@ -9,7 +9,8 @@ Presets are initialised at random (``--init-seed``): the text is gibberish but e
 prefill, constant-memory decoding, sampling, stop strings, streaming — is the real one. ``--checkpoint`` loads a
 checkpoint with `jrt_jax.from_pretrained` (Hugging Face Llama folder, JRT / Based release folder, GGUF file, a
 ``jrt train`` run directory or a ``jrt export`` folder) and, with ``--tokenizer auto``, its own tokenizer
-(`jrt_jax.convert.load_tokenizer`: for a run, the one its data were encoded with).
+(`jrt_jax.convert.load_tokenizer`: for a run, the one its data were encoded with). A run trained on a synthetic task
+has no text tokenizer and is refused (its ids are task symbols: decoded as bytes they print noise).
 """
 
 from __future__ import annotations
@@ -92,12 +93,18 @@ def _tokenizer(args, vocab_size):
     from jrt_jax.tokenizer import ByteTokenizer, gpt2_tokenizer, tokenizer_for_vocab
 
     if args.tokenizer == "auto" and args.checkpoint is not None:
-        from jrt_jax.convert import ConversionError, load_tokenizer
+        from jrt_jax.convert import ConversionError, NoTextTokenizer, load_tokenizer
 
         try:
             return load_tokenizer(args.checkpoint)
+        except NoTextTokenizer as e:  # e.g. a synthetic-task run: decoding its ids as bytes would print noise
+            fits = [name for name, size in (("bytes", ByteTokenizer.vocab_size), ("gpt2", 50257)) if vocab_size >= size]
+            force = f" (or force one with --tokenizer {'|'.join(fits)})" if fits else ""
+            raise SystemExit(f"jrt generate: error: --checkpoint {args.checkpoint} has no text tokenizer "
+                             f"({e.reason}); generate from a model trained on text{force}, or evaluate a "
+                             f"synthetic-task run with jrt eval recall --model {args.checkpoint}") from None
         except ConversionError:
-            pass  # no tokenizer stored with the checkpoint: choose by vocabulary size below
+            pass  # no tokenizer stored with the checkpoint (e.g. a folder without tokenizer.json): by vocabulary size
     if args.tokenizer == "bytes":
         tok = ByteTokenizer()
     elif args.tokenizer == "gpt2":
