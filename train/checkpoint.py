@@ -10,8 +10,8 @@ current mesh, which may differ from the saving one.
 
 Integrity. Orbax 0.12.8 does not verify array data: it checks a CRC-32C on its OCDBT b-tree nodes (and, for
 zarr3, on shard indices) but not on the chunks, so a flipped byte inside the data restores silently (measured:
-Adam ν up to 2.8e38). So every array gets a digest computed on device at save time (`array_digests`; a jit per
-distinct shape): two uint32 lanes, each the sum over elements of a bijective
+Adam ν up to 2.8e38). So every array gets a digest computed on device at save time (`array_digests`: one program for
+the whole state): two uint32 lanes, each the sum over elements of a bijective
 mix of (element bits, flat index) modulo 2**32. Integer sums are exact and order-free, so the digest of an array
 is the same on any mesh, device count or process count (a checkpoint saved on 8 devices verifies on 1), and any
 change of a single element changes both lanes. After a restore the digests of the restored arrays are computed
