@@ -372,9 +372,16 @@ commands:
   generate         generate text from a checkpoint, a .gguf file or a preset
   eval             perplexity, passkey, qa, recall (and lm-eval) on a model
   convert          convert checkpoints (Hugging Face Llama, JRT/Based releases, GGUF) to and from jrt-jax
-  reproduce        re-measure a paper claim (set-disjointness, mqar, jrt-prompt, prefill-speed, pi-zero-shot)
+  reproduce        re-measure a paper claim ({studies})
 
   jrt --version    print the version"""
+
+
+def _usage() -> str:
+    """USAGE with the study names of `train.reproduce.STUDIES` (one list: a new study cannot be left out)."""
+    from train.reproduce import STUDIES
+
+    return USAGE.replace("{studies}", ", ".join(STUDIES))
 
 
 def _version() -> str:
@@ -394,7 +401,7 @@ def main(argv=None) -> int:
     use_patient_collectives()
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
+        print(_usage())
         return 0 if argv else 2
     if argv[0] in ("-V", "--version"):
         import jax
