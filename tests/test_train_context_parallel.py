@@ -4,7 +4,7 @@ Each scenario runs in a fresh subprocess with 8 simulated CPU devices (or two pr
 
     python -m tests.test_train_context_parallel SCENARIO OUT.json [key=value ...]
 
-  losses     5 steps on one device, then on sequence = 2, 4, 8 and data 2 × sequence 4, of packed batches
+  losses     5 steps on one device, then on sequence = 2, 8 and data 2 × sequence 4, of packed batches
              (documents crossing shard boundaries, padding between and after them, a JRT encoder of 24 tokens
              over shards of 32, 16 and 8; add unpacked=true for the task's unpacked rows as well); the largest
              relative loss difference per mesh
@@ -34,7 +34,9 @@ from tests.helpers import simulated_devices_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOL = 1e-5
-MESHES = ((2, 1), (4, 1), (8, 1), (4, 2))  # (sequence, data)
+# (sequence, data). Sequence 4 runs with data 2 only: alone it proves nothing that (4, 2), 2 and 8 do not (JRT's
+# 24-token encoder: inside shard 0 at 2, over two shards at 4, over three at 8).
+MESHES = ((2, 1), (8, 1), (4, 2))
 
 COMMON = ["data.kind=mqar", "data.seq_len=64", "data.num_pairs=8", "data.num_queries=4", "data.batch_size=4",
           "optim.warmup_steps=2"]
@@ -201,11 +203,11 @@ def _worker(scenario, out, overrides=(), devices=8):
 
 
 # The fast tier runs Llama (one attention layer, ~30 s); JRT-RNN and Based compile the packed linear-attention
-# layers on four meshes (~150 s and ~50 s) and are in the slow tier.
+# layers on three meshes (~150 s and ~50 s with four) and are in the slow tier.
 @pytest.mark.parametrize("model", [pytest.param(JRT, marks=pytest.mark.slow), pytest.param(BASED, marks=pytest.mark.slow),
                                    LLAMA], ids=["jrt", "based", "llama"])
 def test_trainer_losses_match_one_device(tmp_path, model):
-    """5 packed steps on sequence = 2, 4, 8 and data 2 × sequence 4 equal one device (JRT's encoder, 24 tokens,
+    """5 packed steps on sequence = 2, 8 and data 2 × sequence 4 equal one device (JRT's encoder, 24 tokens,
     spans shards of 16 and 8; unpacked rows: the resume test)."""
     result = _worker("losses", tmp_path / "out.json", COMMON + model)
     one = result.pop("one_device")
