@@ -180,3 +180,13 @@ def test_resume_keeps_the_saved_schedule_unless_asked_to_reschedule(tmp_path, ca
     assert rows[5] == pytest.approx(lr(longer, 4), rel=1e-6) and rows[5] != pytest.approx(lr(saved, 4), rel=1e-3)
     config = yaml.safe_load((stretched / "config.yaml").read_text())
     assert config["optim"]["decay_steps"] is None and config["optim"]["reschedule"] is False
+
+
+def test_checkpoint_every_zero_writes_only_the_final_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _train(SMALL + ["steps=3", "checkpoint.every=0", "name=zero"], capsys)
+    assert code == 0, err
+    steps = sorted(p.name for p in (tmp_path / "runs" / "zero" / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == ["3"]
+    code, out, err = _train(SMALL + ["steps=3", "checkpoint.every=-1", "name=neg"], capsys)
+    assert code == 2 and "checkpoint.every must be >= 0; got -1" in err

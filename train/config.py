@@ -197,7 +197,7 @@ class MeshConfig:
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
     """Orbax checkpoints under `dir` (None: no checkpoints; "{preset}" is replaced by model.preset): every `every`
-    steps and at the end, keep the last `keep`, asynchronous writes. Every array is verified against a digest
+    steps (0: none on the way) and at the end (and on SIGTERM), keep the last `keep`, asynchronous writes. Every array is verified against a digest
     on restore (`train.checkpoint`).
 
     dir: by default `checkpoints/` inside the run directory ("{run}", see `TrainConfig`); with logging.dir=null
@@ -368,7 +368,7 @@ class TrainConfig:
         if [getattr(self.mesh, a) for a in ("data", "fsdp", "tensor")].count(-1) > 1:
             raise ValueError("mesh: at most one of data, fsdp, tensor may be -1")
         if self.checkpoint.dir is not None:
-            _positive("checkpoint.every", self.checkpoint.every)
+            _non_negative("checkpoint.every", self.checkpoint.every)  # 0: only the final (or SIGTERM) checkpoint
             _positive("checkpoint.keep", self.checkpoint.keep)
         if self.checkpoint.step is not None:
             _non_negative("checkpoint.step", self.checkpoint.step)

@@ -348,7 +348,7 @@ class Sweep:
                     progress.update(self.size * length)
                 else:
                     self.log(_line(self.step, last, diverged))
-                if self.checkpointer is not None and self.step // ck_every > start // ck_every:
+                if self.checkpointer is not None and ck_every and self.step // ck_every > start // ck_every:
                     self.save()
             stopped = self._stop_requested and self.step < cfg.steps
             if self.checkpointer is not None and self.checkpointer.latest_step() != self.step:

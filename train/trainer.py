@@ -348,7 +348,7 @@ class Trainer:
                         self.log(_line(self.step, metrics))
                     last = metrics
                     t0, steps_timed = time.perf_counter(), 0
-                if self.checkpointer is not None and self.step % cfg.checkpoint.every == 0:
+                if self.checkpointer is not None and cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
                     self._check_finite(metrics)  # never save a diverged state
                     self.save()
             stopped = self._stop_requested and self.step < cfg.steps
