@@ -190,3 +190,11 @@ def test_checkpoint_every_zero_writes_only_the_final_checkpoint(tmp_path, monkey
     assert steps == ["3"]
     code, out, err = _train(SMALL + ["steps=3", "checkpoint.every=-1", "name=neg"], capsys)
     assert code == 2 and "checkpoint.every must be >= 0; got -1" in err
+
+
+def test_a_single_value_is_a_one_element_list():
+    assert load_config(None, ["data.kind=tokens", "data.path=/data/tokens"]).data.path == ("/data/tokens",)
+    assert load_config(None, ["sweep.seeds=3", "sweep.lr=1e-3"]).sweep.seeds == (3,)
+    assert load_config(None, ["data.path=[a, b]"]).data.path == ("a", "b")
+    with pytest.raises(ValueError, match="data.path must be a list"):
+        load_config(None, ["data.path={a: 1}"])

@@ -80,8 +80,9 @@ class DataConfig:
       its answer), so a small model learns the retrieval task it is later tested on at longer contexts (the
       PI paper's passkey test). Which rows are passkey rows is a pure function of (seed, step, row); the held-out
       rows stay text. passkey_header: the task sentence opening those examples ("" for none).
-    path: kind="tokens": one or more `jrt prepare-data` output directories. weights: their mixture weights (one
-      per path; default equal).
+    path: kind="tokens": one or more `jrt prepare-data` output directories (data.path=DIR is [DIR]: any list-valued
+      field takes a single value as a one-element list). weights: their mixture weights (one per path; default
+      equal).
     packing: kind="tokens": pack whole documents into each sequence with segment ids (state resets at every
       document boundary, no loss across one; the JRT prefix is each document's first M tokens). False: fixed
       windows over the concatenated documents, as kind="text".
@@ -537,6 +538,8 @@ def _coerce(path: str, annotation, value):
             raise ValueError(f"{path} must be one of {list(args)}; got {value!r}")
         return value
     if origin is tuple:
+        if args and args[-1] is Ellipsis and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]  # one value where a list of them is expected: data.path=DIR means [DIR]
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{path} must be a list; got {value!r}")
         if args and args[-1] is Ellipsis:
