@@ -198,3 +198,12 @@ def test_a_single_value_is_a_one_element_list():
     assert load_config(None, ["data.path=[a, b]"]).data.path == ("a", "b")
     with pytest.raises(ValueError, match="data.path must be a list"):
         load_config(None, ["data.path={a: 1}"])
+
+
+def test_print_config_is_yaml_that_config_reads_back(tmp_path, capsys):
+    assert cli.main(["train", "--print-config", "steps=7", "optim.lr=1e-3"]) == 0
+    text = capsys.readouterr().out
+    (tmp_path / "c.yaml").write_text(text)
+    assert yaml.safe_load(text)["steps"] == 7
+    cfg = load_config(tmp_path / "c.yaml", [])
+    assert cfg.steps == 7 and cfg.optim.lr == 1e-3

@@ -29,6 +29,8 @@ import signal
 import sys
 import traceback
 
+import yaml
+
 
 def _fail(prog: str, exc: BaseException, code: int = 2) -> int:
     """Print one line on stderr (the first line of the message) and return `code`."""
@@ -170,7 +172,7 @@ def _train(argv) -> int:
                    "its config.yaml, then the overrides, e.g. steps=2000) from its newest verified checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start a new run even if checkpoint.dir holds another "
                    "run's checkpoints (they are moved to checkpoint.dir/set-aside/); = checkpoint.overwrite=true")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config (YAML, as --config reads it) and exit")
     p.add_argument("--print-shardings", action="store_true", help="print every parameter's sharding")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
@@ -181,8 +183,8 @@ def _train(argv) -> int:
         cfg = _run_config(args)
     except ValueError as exc:
         return _fail(prog, exc)
-    if args.print_config:
-        print(json.dumps(to_dict(cfg), indent=2))
+    if args.print_config:  # YAML, as config.yaml: what --config reads back
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
     _quiet_orbax()
     from train.checkpoint import CheckpointError
@@ -244,7 +246,7 @@ def _sweep(argv) -> int:
                    "run's checkpoints (moved to checkpoint.dir/set-aside/); = checkpoint.overwrite=true")
     p.add_argument("--json", action="store_true", help='print one JSON object {"runs": [...], "best": {...}} '
                    "(progress and logs go to stderr)")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config (YAML, as --config reads it) and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
     from train.config import to_dict
@@ -254,8 +256,8 @@ def _sweep(argv) -> int:
         cfg = _run_config(args)
     except ValueError as exc:
         return _fail(prog, exc)
-    if args.print_config:
-        print(json.dumps(to_dict(cfg), indent=2))
+    if args.print_config:  # YAML, as config.yaml: what --config reads back
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
     _quiet_orbax()
     from train.checkpoint import CheckpointError
