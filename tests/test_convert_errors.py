@@ -275,3 +275,16 @@ def test_a_killed_conversions_temp_files_are_removed_by_the_next_run(release, tm
     fresh.write_bytes(b"x")
     assert remove_stale_temp_files(out) == []
     assert live.exists() and fresh.exists()
+
+
+def test_a_hub_id_says_jrt_jax_reads_local_folders(tmp_path, monkeypatch):
+    import jrt_jax
+    from jrt_jax.convert.errors import ConversionError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConversionError, match=r"looks like a Hugging Face hub id.*huggingface-cli download "
+                                              r"HuggingFaceTB/SmolLM2-135M --local-dir DIR"):
+        jrt_jax.from_pretrained("HuggingFaceTB/SmolLM2-135M")
+    with pytest.raises(ConversionError) as missing:
+        jrt_jax.from_pretrained(tmp_path / "no" / "such")
+    assert "hub id" not in str(missing.value) and "does not exist" in str(missing.value)

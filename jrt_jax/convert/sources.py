@@ -46,6 +46,16 @@ def named_checkpoint(name: str) -> pathlib.Path:
     raise ConversionError(f"unknown checkpoint name {name!r}; known: {', '.join(NAMED)}")
 
 
+def _hub_hint(name: str) -> str:
+    """For a missing path that reads as a Hugging Face hub id ("org/name"): how to get a local copy (jrt-jax reads
+    local files only; it never downloads from the hub)."""
+    parts = name.split("/")
+    if len(parts) != 2 or not all(parts) or name.startswith((".", "~")) or pathlib.Path(parts[0]).exists():
+        return ""
+    return (f"; {name!r} looks like a Hugging Face hub id, and jrt-jax reads local folders only (it never downloads): "
+            f"run `huggingface-cli download {name} --local-dir DIR` where the hub is reachable and pass DIR")
+
+
 def locate(path: PathLike) -> tuple[pathlib.Path, pathlib.Path]:
     """(folder, weights file) of a checkpoint path: a file is its own weights; a folder's are found inside; a name
     of `NAMED` (e.g. "smollm2") stands for its cached file."""
@@ -55,7 +65,7 @@ def locate(path: PathLike) -> tuple[pathlib.Path, pathlib.Path]:
     if not path.exists() and str(path) in NAMED:
         path = named_checkpoint(str(path))
     if not path.exists():
-        raise ConversionError(f"jrt_jax.from_pretrained: {path} does not exist")
+        raise ConversionError(f"jrt_jax.from_pretrained: {path} does not exist{_hub_hint(str(path))}")
     if path.is_file():
         return path.parent, path
     run = split_run_path(path)
