@@ -191,6 +191,15 @@ def test_from_hf_config_matches_transformers_fields():
     assert cfg.rope_theta == 5e4 and cfg.rope_scaling["rope_type"] == "llama3" and cfg.rope_scaling["factor"] == 8.0
     assert cfg.max_position_embeddings == 512 and cfg.rms_norm_eps == 1e-5
     assert LlamaConfig.from_hf_config(cfg.to_hf_config()) == cfg
+    # Written both ways: transformers 5's rope_parameters (theta inside) and the legacy rope_scaling + rope_theta.
+    written = cfg.to_hf_config()
+    assert written["rope_parameters"] == {**cfg.rope_scaling.to_dict(), "rope_theta": 5e4}
+    assert LlamaConfig.from_hf_config({k: v for k, v in written.items() if k not in ("rope_scaling", "rope_theta")}) \
+        == cfg
+    reread = transformers.LlamaConfig(**{k: v for k, v in cfg.to_hf_config().items()
+                                          if k not in ("architectures", "model_type")})
+    if hasattr(reread, "rope_parameters"):  # transformers >= 5
+        assert reread.rope_parameters["rope_type"] == "llama3" and reread.rope_parameters["rope_theta"] == 5e4
     plain = LlamaConfig.from_hf_config({**hf.to_dict(), "rope_scaling": None,
                                         "rope_parameters": {"rope_type": "default", "rope_theta": 1e5}})
     assert plain.rope_scaling is None and plain.rope_theta == 1e5

@@ -181,6 +181,9 @@ class LlamaConfig:
             "rms_norm_eps": self.rms_norm_eps,
             "rope_theta": self.rope_theta,
             "rope_scaling": None if self.rope_scaling is None else self.rope_scaling.to_dict(),
+            # transformers >= 5 reads this one (theta included); older versions the two legacy fields above
+            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta} if self.rope_scaling is None
+            else {**self.rope_scaling.to_dict(), "rope_theta": self.rope_theta},
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
             "attention_bias": self.attention_bias,
