@@ -42,6 +42,10 @@ def test_jrt_prompt_flags(capsys):
         (["--preset", "llama-tiny", "--tokenizer", "bytes"], "give --prompt"),
         (["--preset", "llama-tiny", "--jrt-prompt", "--question", "q", "--tokenizer", "bytes"], "--context"),
         (["--preset", "llama-tiny", "--prompt", "x", "--top-p", "0", "--tokenizer", "bytes"], "top_p"),
+        (["--preset", "llama-tiny", "--prompt", "x", "--max-new-tokens", "10000000000"],
+         "--max-new-tokens must be in [1, 1,000,000]; got 10,000,000,000"),
+        (["--preset", "llama-tiny", "--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens must be in"),
+        (["--preset", "llama-tiny", "--prompt", "x", "--stop", ""], "an empty stop string"),
     ],
 )
 def test_cli_errors(capsys, argv, message):

@@ -51,6 +51,8 @@ def test_file_then_overrides(tmp_path):
     ("optim.grad_accum=3", "data.batch_size=32 must be divisible by optim.grad_accum=3"),
     ("objective.mlm_prob=1.5", "objective.mlm_prob must be in"),
     ("steps", "must look like key=value"),
+    ("model.overrides={d_model: [}", r"the value is not valid YAML \(expected the node content, but found '}' at "
+                                     r"column 12 of the value\)"),
 ])
 def test_config_errors_name_the_field(override, match):
     with pytest.raises(ValueError, match=match):
@@ -60,6 +62,8 @@ def test_config_errors_name_the_field(override, match):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ValueError, match="is a directory; give a YAML or JSON file"):
+        load_config(tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------- data

@@ -626,7 +626,12 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ValueError(f"override {text!r} has an empty key")
     try:
         value = _yaml_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except yaml.YAMLError as exc:
+        if raw.strip().startswith(("{", "[")):  # meant as a YAML mapping / list: say what is wrong with it
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at column {mark.column + 1} of the value" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or "syntax error"
+            raise ValueError(f"override {text!r}: the value is not valid YAML ({problem}{where})") from None
         value = raw
     if isinstance(value, str) and raw.strip():
         # What YAML still leaves a string but Python reads as a float (e.g. "1.e-3", ".5E2").
@@ -642,7 +647,8 @@ def read_config_file(path: str | pathlib.Path):
     column of a syntax error."""
     p = pathlib.Path(path)
     if not p.is_file():
-        raise ValueError(f"config file {str(p)!r} does not exist" + (" (it is a directory)" if p.is_dir() else ""))
+        raise ValueError(f"config file {str(p)!r} is a directory; give a YAML or JSON file" if p.is_dir()
+                         else f"config file {str(p)!r} does not exist")
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

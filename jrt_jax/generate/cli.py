@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     text.add_argument("--echo", action="store_true", help="print the prompt before the generation")
 
     gen = p.add_argument_group("generation")
-    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--max-new-tokens", type=int, default=64,
+                     help=f"tokens to generate per prompt, 1 … {MAX_NEW_TOKENS:,}")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     gen.add_argument("--top-k", type=int, default=0, help="0 = off")
     gen.add_argument("--top-p", type=float, default=1.0, help="1 = off")
@@ -152,6 +153,21 @@ def _list_presets(out) -> None:
         print(f"{name:<16} {count_params(config) / 1e6:>10.2f} M parameters  ({type(config).__name__})", file=out)
 
 
+#: A bound on --max-new-tokens, checked before any model loads: a typo such as 10000000000 would otherwise allocate
+#: the decoding buffers of that many tokens (and a Llama's cache) before failing, or run for days.
+MAX_NEW_TOKENS = 1_000_000
+
+
+def _check_generation_args(args) -> None:
+    if not 1 <= args.max_new_tokens <= MAX_NEW_TOKENS:
+        raise SystemExit(f"jrt generate: error: --max-new-tokens must be in [1, {MAX_NEW_TOKENS:,}]; got "
+                         f"{args.max_new_tokens:,}")
+    for stop in args.stop or []:
+        if stop == "":
+            raise SystemExit("jrt generate: error: --stop '': an empty stop string would end every generation "
+                             "before its first token; give a non-empty string")
+
+
 def main(argv=None) -> int:
     """Entry point of ``jrt generate`` / ``python -m jrt_jax.generate``; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -159,6 +175,7 @@ def main(argv=None) -> int:
     if args.list_presets:
         _list_presets(out)
         return 0
+    _check_generation_args(args)
     try:
         sampling = SamplingParams(args.temperature, args.top_k, args.top_p)
     except ValueError as e:
