@@ -4,7 +4,7 @@ Each quick variant runs once (a module-scoped fixture) through `train.reproduce.
 directory; the tests then read what it wrote. The quick variants train for 20 steps, so their accuracies are near
 chance and no claim's direction is asserted from them: the tests check the pipeline (files, tables, numbers that
 follow from the shapes alone, e.g. parameter counts and state bytes). The verdict logic of the full
-set-disjointness variant is checked on stand-in accuracies instead (no training).
+set-disjointness and MQAR variants is checked on stand-in accuracies instead (no training).
 """
 
 from __future__ import annotations
@@ -100,18 +100,50 @@ def test_set_disjointness_quick_numbers(quick):
 
 
 @pytest.mark.slow
-def test_mqar_quick_state_bytes(quick):
-    _, _, record, _ = _files(quick, "mqar")
-    rows = {r["family"]: r for r in record["results"]["rows"]}
-    assert set(rows) == {"Based", "JRT-RNN", "Llama"}
-    # Llama's state is its KV cache at 48 tokens: 2 (k, v) x 4 layers x 48 x 2 kv heads x 16 x 4 bytes (+ lengths)
-    kv_cache = 2 * 4 * 48 * 2 * 16 * 4
-    assert kv_cache <= rows["Llama"]["state_bytes"] < kv_cache + 2048
-    # Based / JRT-RNN with F = 8: two linear-attention states of 4 heads x 45 features x (16 + 1) floats
-    linear = 2 * 4 * 45 * 17 * 4
-    assert linear < rows["Based"]["state_bytes"] == rows["JRT-RNN"]["state_bytes"] < linear + 8192
+def test_mqar_quick_results_shape(quick):
+    """Per configuration one sweep of seeds x lrs: every (lr, seed) accuracy, the best lr by the mean over seeds,
+    and state bytes that follow from the shapes (growing with F; Based and JRT-RNN equal at equal F)."""
+    from train.reproduce import mqar
+
+    _, _, record, report = _files(quick, "mqar")
+    res = record["results"]
+    seeds, lrs = res["seeds"], mqar.QUICK.lrs
+    assert len(seeds) == 2
+    rows = {(r["family"], r["feature_dim"]): r for r in res["rows"]}
+    fs = mqar.QUICK.feature_dims
+    assert set(rows) == {(fam, f) for fam in ("Based", "JRT-RNN") for f in fs} | {("attention", None)}
     for r in rows.values():
-        assert len(r["seeds"]) == 1 and 0.0 <= r["accuracy"] <= 1.0
+        assert len(r["runs"]) == len(seeds) * len(lrs)
+        assert {(run["seed"], run["lr"]) for run in r["runs"]} == {(s, lr) for s in seeds for lr in lrs}
+        assert set(r["by_lr"]) == {f"{lr:g}" for lr in lrs}
+        for e in r["by_lr"].values():
+            assert len(e["accuracies"]) == len(seeds)
+            assert all(0.0 <= a <= 1.0 for a in e["accuracies"])  # 30 steps at these lrs do not diverge
+            assert e["mean"] == pytest.approx(sum(e["accuracies"]) / len(seeds))
+            assert e["min"] <= e["mean"] <= e["max"]
+        means = {lr: r["by_lr"][f"{lr:g}"]["mean"] for lr in lrs}
+        assert r["best_lr"] in lrs and means[r["best_lr"]] == max(means.values())
+        assert r["accuracy"] == means[r["best_lr"]]
+        assert r["accuracies"] == r["by_lr"][f"{r['best_lr']:g}"]["accuracies"]
+    # one linear-attention state of Phi = 1 + F + F(F+1)/2 features x (d 64 values + 1 normaliser) floats, plus the
+    # two BaseConv tails (2 x 2 x 64 floats); attention: the KV cache of 32 tokens x d 64 (+ the tails, a length)
+    for f in fs:
+        phi = 1 + f + f * (f + 1) // 2
+        assert rows["Based", f]["state_bytes"] == rows["JRT-RNN", f]["state_bytes"] == 4 * (phi * 65 + 256)
+    # the full variant's sizes (shapes only, no training): state bytes strictly increasing with F, equal per F
+    sizes = {(c["family"], c["feature_dim"]): mqar.model_size(mqar.sweep_overrides(c, mqar.FULL, seeds))
+             for c in mqar.configs(mqar.FULL)}
+    for fam in ("Based", "JRT-RNN"):
+        state = [sizes[fam, f][1] for f in mqar.FULL.feature_dims]
+        assert state == sorted(set(state))
+    assert all(sizes["Based", f][1] == sizes["JRT-RNN", f][1] for f in mqar.FULL.feature_dims)
+    assert sizes["Based", 4] == (rows["Based", 4]["params"], rows["Based", 4]["state_bytes"])
+    kv = 2 * 32 * 64 * 4
+    assert kv + 1024 <= rows["attention", None]["state_bytes"] < kv + 1024 + 64
+    assert [c["F"] for c in res["comparisons"]] == list(fs)
+    assert all(c["reproduced"] == "n/a (quick)" for c in record["claims"])
+    assert "| Based | F=4 |" in report and "| attention | KV cache |" in report
+    assert "only (the claim needs two state sizes)" in record["claims"][1]["ours"]  # the full variant has three F
 
 
 @pytest.mark.slow
@@ -261,7 +293,8 @@ def test_jrt_command_dispatches_reproduce(capsys):
     assert jrt.main(["reproduce", "nope"]) == 2
     assert "unknown study" in capsys.readouterr().err
     jrt.main(["--help"])
-    assert "reproduce" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "reproduce" in out and all(name in out for name in STUDIES)  # every study, pi-finetune included
 
 
 def test_report_without_matplotlib_says_so(tmp_path, monkeypatch):
@@ -316,31 +349,100 @@ def test_set_disjointness_verdicts_follow_the_accuracies(tmp_path, monkeypatch):
     assert [c["solved"] for c in outcome.results["cells"] if c["model"] == "JRT-RNN"] == [0, 3, 3, 3]
 
 
-def test_mqar_verdicts_wait_for_a_model_that_learned(tmp_path, monkeypatch):
-    """The full MQAR variant's claim logic on stand-in accuracies (no training): while every model is below
-    `mqar.LEARNED` (on the plateau before MQAR is learned) neither claim is judged; above it they are."""
-    import types
+def _fake_mqar(monkeypatch, tmp_path, accuracy, seeds=None):
+    """The full MQAR variant's claims and rows on stand-in accuracies: `accuracy[(family, F)]` is a function of
+    (seed, lr) (no training)."""
+    import re
 
-    import jrt_jax.evals.recall
-    import jrt_jax.generate
     from train.reproduce import mqar
 
-    def run(accuracy):
-        def fake_train(overrides):
-            text = " ".join(overrides)
-            family = "Llama" if "llama" in text else "JRT-RNN" if "jrt-micro" in text else "Based"
-            return types.SimpleNamespace(model=accuracy[family], task=None, params=1000, seconds=0.0, summary={})
+    def fake_sweep(overrides, log=None):
+        args = dict(o.split("=", 1) for o in overrides)
+        family = {v: k for k, v in mqar.FAMILIES.items()}[args["model.preset"]]
+        f = int(re.search(r"feature_dim: (\d+)", args.get("model.overrides", "")).group(1)) if family != "attention" \
+            else None
+        seeds = [int(s) for s in args["sweep.seeds"].strip("[]").split(",")]
+        lrs = [float(lr) for lr in args["sweep.lr"].strip("[]").split(",")]
+        runs = []
+        for s in seeds:
+            for lr in lrs:
+                acc = accuracy[family, f](s, lr)
+                runs.append({"seed": s, "lr": lr, "eval_accuracy": None if acc is None else acc, "eval_loss": 1.0,
+                             "loss": 1.0, "diverged_at": 7 if acc is None else None})
+        return {"runs": runs, "best": None, "wall_s": 1.0, "replica_steps_per_s": 10.0}
 
-        monkeypatch.setattr(common, "train_or_diverged", fake_train)
-        monkeypatch.setattr(jrt_jax.evals.recall, "recall", lambda model, task, examples: {"accuracy": model})
-        monkeypatch.setattr(jrt_jax.generate, "state_bytes", lambda model, context, cache_len: 4096)
-        ctx = common.Context(quick=False, seeds=None, out_dir=tmp_path, log=lambda line: None)
-        return [c.reproduced for c in mqar.run(ctx).claims]
+    monkeypatch.setattr(common, "run_sweep", fake_sweep)
+    monkeypatch.setattr(mqar, "model_size", lambda overrides: (1000, 4096 * (1 + len(overrides[-1]))))
+    ctx = common.Context(quick=False, seeds=seeds, out_dir=tmp_path, log=lambda line: None)
+    return mqar.run(ctx)
 
-    plateau = run({"Based": 0.14, "JRT-RNN": 0.17, "Llama": 0.2})
-    assert plateau == ["not measurable: no model learned the task (best 20.0 % < 50 %)"] * 2
-    assert run({"Based": 0.6, "JRT-RNN": 0.8, "Llama": 0.99}) == ["yes (1 seed: no spread)"] * 2
-    assert run({"Based": 0.8, "JRT-RNN": 0.6, "Llama": 0.7}) == ["no (1 seed: no spread)"] * 2
+
+def _table(values, lr_gap=0.1):
+    """Stand-in accuracies per (family, F): seed s gets values[s] at lr 3e-3 and values[s] - lr_gap at 1e-3."""
+    return lambda s, lr: values[s] - (lr_gap if lr < 2e-3 else 0.0)
+
+
+def test_mqar_verdicts_follow_the_accuracies(tmp_path, monkeypatch):
+    """The full MQAR variant's claim logic on stand-in accuracies: the best lr by the mean over seeds, attention
+    best, Based's growth F=16 - F=4 against 30 points, JRT-RNN vs Based per F against the seeds' spread."""
+    acc = {
+        ("Based", 4): _table([0.10, 0.12, 0.14]), ("Based", 8): _table([0.70, 0.80, 0.90]),
+        ("Based", 16): _table([0.88, 0.90, 0.92]),
+        ("JRT-RNN", 4): _table([0.30, 0.31, 0.32]),  # +19 pts, spread 2 + 1: yes
+        ("JRT-RNN", 8): _table([0.75, 0.85, 0.80]),  # +0 pts: within the spread
+        ("JRT-RNN", 16): _table([0.70, 0.71, 0.72]),  # -19 pts beyond the spread: no
+        ("attention", None): _table([1.0, 1.0, 0.99]),
+    }
+    outcome = _fake_mqar(monkeypatch, tmp_path, acc)
+    rows = {(r["family"], r["feature_dim"]): r for r in outcome.results["rows"]}
+    assert all(r["best_lr"] == 3e-3 for r in rows.values())
+    assert rows["Based", 8]["accuracy"] == pytest.approx(0.80)
+    assert rows["Based", 8]["accuracy_std"] == pytest.approx(0.1)
+    assert rows["Based", 8]["by_lr"]["0.001"]["mean"] == pytest.approx(0.70)
+    assert (rows["Based", 8]["accuracy_min"], rows["Based", 8]["accuracy_max"]) == (0.70, 0.90)
+    verdicts = [c.reproduced for c in outcome.claims]
+    assert verdicts == ["yes", "yes", "F=4: yes; F=8: within the spread; F=16: no"]
+    assert "≥ 90 %: yes" in outcome.claims[0].ours
+    assert [c["verdict"] for c in outcome.results["comparisons"]] == ["yes", "within the spread", "no"]
+    assert "| 4 |" in outcome.tables[1] and "| +19.0 |" in outcome.tables[1]
+
+    # attention below the best recurrent; Based flat (F=16 - F=4 = 20 pts < 30); JRT-RNN above at every F
+    acc.update({("attention", None): _table([0.85, 0.85, 0.85]), ("Based", 16): _table([0.30, 0.30, 0.30]),
+                ("JRT-RNN", 8): _table([0.95, 0.95, 0.95]), ("JRT-RNN", 16): _table([0.95, 0.95, 0.95])})
+    acc[("Based", 4)] = _table([0.10, 0.10, 0.10])
+    acc[("Based", 8)] = _table([0.20, 0.20, 0.20])
+    outcome = _fake_mqar(monkeypatch, tmp_path, acc)
+    assert [c.reproduced for c in outcome.claims] == ["no", "no", "yes"]
+    assert "≥ 90 %: no" in outcome.claims[0].ours
+
+
+def test_mqar_verdicts_wait_for_a_model_that_learned(tmp_path, monkeypatch):
+    """While every model is below `mqar.LEARNED` (on the plateau before MQAR is learned) no claim is judged; with
+    attention learned but every recurrent model on the plateau only the attention claim is; one seed says so."""
+    plateau = {(fam, f): _table([0.14, 0.15, 0.16], 0.01) for fam in ("Based", "JRT-RNN") for f in (4, 8, 16)}
+    outcome = _fake_mqar(monkeypatch, tmp_path, {**plateau, ("attention", None): _table([0.2, 0.2, 0.2], 0.01)})
+    assert [c.reproduced for c in outcome.claims] == [
+        "not measurable: no model learned the task (best 20.0 % < 50 %)",
+        *["not measurable: no recurrent model learned the task (best 15.0 % < 50 %)"] * 2]
+    outcome = _fake_mqar(monkeypatch, tmp_path, {**plateau, ("attention", None): _table([1.0, 1.0, 1.0])})
+    assert outcome.claims[0].reproduced == "yes"
+    assert all(c.reproduced.startswith("not measurable: no recurrent") for c in outcome.claims[1:])
+    learned = {**plateau, ("Based", 16): _table([0.9, 0.9, 0.9]), ("attention", None): _table([1.0, 1.0, 1.0])}
+    outcome = _fake_mqar(monkeypatch, tmp_path, learned, seeds=1)
+    assert [c.reproduced for c in outcome.claims][:2] == ["yes (1 seed: no spread)"] * 2
+
+
+def test_mqar_best_lr_skips_a_diverged_lr(tmp_path, monkeypatch):
+    """A learning rate where a replica diverged is not the best lr while another lr finished every seed; its
+    mean is over the finished seeds and the table says how many diverged."""
+    fine = {(fam, f): _table([0.6, 0.6, 0.6]) for fam in ("Based", "JRT-RNN") for f in (4, 8, 16)}
+    fine["Based", 8] = lambda s, lr: (None if s == 1 else 0.99) if lr > 2e-3 else 0.5
+    outcome = _fake_mqar(monkeypatch, tmp_path, {**fine, ("attention", None): _table([1.0, 1.0, 1.0])})
+    row = next(r for r in outcome.results["rows"] if r["family"] == "Based" and r["feature_dim"] == 8)
+    assert row["best_lr"] == 1e-3 and row["accuracy"] == pytest.approx(0.5)
+    assert row["by_lr"]["0.003"]["accuracies"] == [0.99, None, 0.99] and row["by_lr"]["0.003"]["diverged"] == {1: 7}
+    assert "99.0 % (1 diverged)" in outcome.tables[0]
+    assert "Based F=8 seed 1 lr 0.003" in " ".join(outcome.notes)
 
 
 def test_run_jobs_in_worker_processes_keeps_the_order(tmp_path):

@@ -172,6 +172,33 @@ def train_or_diverged(overrides: Sequence[str]) -> Trained | str:
         return f"diverged ({str(exc).splitlines()[0][:160]})"
 
 
+def run_sweep(overrides: Sequence[str], *, log: Callable[[str], None] | None = None) -> dict:
+    """`train.sweep.sweep` of `overrides` (sweep.seeds × sweep.lr trained as one program, batches made on the
+    device) with no run directory and no checkpoints; its summary ({"runs": one row per replica with seed, lr,
+    eval_accuracy, eval_loss, diverged_at; "seconds", …}) plus "wall_s" (setup and compilation included). A
+    diverged replica is a row of the result (`diverged_at` set), not a failure; a sweep stopped by SIGTERM is a
+    StudyError."""
+    from train.config import load_config
+    from train.sweep import sweep
+
+    _limit_compiled_caches()
+    start = time.perf_counter()
+    cfg = load_config(None, [*overrides, *TRAIN_DEFAULTS])
+    summary = sweep(cfg, log=(lambda *a, **k: None) if log is None else (lambda *a, **k: log(" ".join(map(str, a)))))
+    if summary.get("stopped"):  # SIGTERM: partly trained replicas are not a result
+        raise StudyError(f"sweep stopped early ({summary['stopped']})")
+    summary["wall_s"] = time.perf_counter() - start
+    return summary
+
+
+def spread(values: Sequence[float]) -> dict:
+    """{"mean", "std" (sample; 0 for one value), "min", "max", "n"} of `values` (NaN and None for none)."""
+    values = [float(v) for v in values]
+    m, s = mean_std(values)
+    return {"mean": m, "std": s, "min": min(values) if values else None, "max": max(values) if values else None,
+            "n": len(values)}
+
+
 def run_jobs(ctx: Context, fn: Callable[..., dict], jobs: Sequence[tuple[str, tuple]]) -> list[dict]:
     """`fn(*args)` for every `(what, args)` in `jobs`, in order; each result (a dict) is logged as
     "what: result['log']" when it arrives.
