@@ -76,25 +76,97 @@ class GPT2Tokenizer:
         """Ids → text; an incomplete UTF-8 sequence at the end decodes to U+FFFD."""
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
+    @property
+    def backend(self):
+        """The underlying `tokenizers.Tokenizer`."""
+        return self._tok
+
     def save(self, path: str | os.PathLike) -> None:
         """Write it as a Hugging Face ``tokenizer.json`` (`TokenizerFile` reads it back with the same ids)."""
         self._tok.save(str(path))
 
 
+EOS_NAMES = ("<|im_end|>", "<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>")
+PAD_NAMES = ("<|pad|>", "<pad>", "[PAD]", "<|padding|>")
+
+
+def _token_content(value) -> str | None:
+    """A special token of a ``tokenizer_config.json``: a string, or an AddedToken dict ({"content": ...})."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return value["content"]
+    return None
+
+
+def read_tokenizer_config(folder: str | os.PathLike) -> tuple[dict, str | None]:
+    """(``tokenizer_config.json`` dict or {}, chat template or None) of a Hugging Face folder.
+
+    The chat template is the config's ``chat_template`` (a string, or transformers' list of named templates: the
+    one named "default") or, as transformers >= 4.43 saves it, the file ``chat_template.jinja`` beside it."""
+    import json
+
+    folder = pathlib.Path(folder)
+    config: dict = {}
+    f = folder / "tokenizer_config.json"
+    if f.is_file():
+        try:
+            loaded = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{f}: unreadable ({e})") from None
+        config = loaded if isinstance(loaded, dict) else {}
+    template = config.get("chat_template")
+    if isinstance(template, list):  # [{"name": ..., "template": ...}, ...]
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    if not isinstance(template, str) or not template:
+        template = None
+        jinja = folder / "chat_template.jinja"
+        if jinja.is_file():
+            template = jinja.read_text(encoding="utf-8") or None
+    return config, template
+
+
 class TokenizerFile:
-    """A Hugging Face ``tokenizer.json`` with the `jrt_jax.tokenizer` interface (eos from its special tokens)."""
+    """A Hugging Face ``tokenizer.json`` with the `jrt_jax.tokenizer` interface.
+
+    ``encode`` adds no special token and ``decode`` keeps them (as every tokenizer here). Special token ids
+    (``bos_id``, ``eos_id``, ``pad_id``, ``unk_id``) and ``chat_template`` come from the ``tokenizer_config.json``
+    beside the file (what transformers, `jrt export` and `jrt convert` write; or ``chat_template.jinja``) when it
+    names them. Without one: eos is the first of `EOS_NAMES` in the vocabulary, pad the first of `PAD_NAMES`,
+    unk the BPE / WordPiece / WordLevel model's own unknown token, bos None and no chat template.
+    """
 
     def __init__(self, path: str | os.PathLike):
         from tokenizers import Tokenizer
 
+        path = pathlib.Path(path)
         self._tok = Tokenizer.from_file(str(path))
         self.vocab_size = self._tok.get_vocab_size()
-        self.eos_id = None
-        for name in ("<|im_end|>", "<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>"):
+        self.eos_id = self._first(EOS_NAMES)
+        self.pad_id = self._first(PAD_NAMES)
+        unk = getattr(self._tok.model, "unk_token", None)
+        self.unk_id = self._tok.token_to_id(unk) if isinstance(unk, str) else None
+        self.bos_id = None
+        config, self.chat_template = read_tokenizer_config(path.parent)
+        for attr, key in (("bos_id", "bos_token"), ("eos_id", "eos_token"), ("pad_id", "pad_token"),
+                          ("unk_id", "unk_token")):
+            name = _token_content(config.get(key))
+            i = self._tok.token_to_id(name) if name is not None else None
+            if i is not None:
+                setattr(self, attr, i)
+
+    def _first(self, names) -> int | None:
+        for name in names:
             i = self._tok.token_to_id(name)
             if i is not None:
-                self.eos_id = i
-                break
+                return i
+        return None
+
+    @property
+    def backend(self):
+        """The underlying `tokenizers.Tokenizer`."""
+        return self._tok
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids

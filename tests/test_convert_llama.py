@@ -149,6 +149,39 @@ def test_export_loads_strictly_in_transformers_and_round_trips(tied, bias, tmp_p
             assert ch.max_abs(_logits(loaded, tokens), ours) <= 1e-4
 
 
+def test_converted_folder_gets_the_tokenizer_files_it_lacks(tmp_path, capsys):
+    """`jrt convert` of a Hugging Face folder holding only a tokenizer.json: tokenizer_config.json and
+    special_tokens_map.json are made from the ids its config.json / generation_config.json name; a folder's own
+    tokenizer_config.json is copied as it is."""
+    from jrt_jax.convert import cli, load_tokenizer
+
+    src = tmp_path / "src"
+    ch.tiny_hf_llama(seed=21).save_pretrained(src)
+    ch.byte_tokenizer_json(src / "tokenizer.json")  # ids 0-255 bytes, <|endoftext|> 256, <|pad|> 257
+    (src / "generation_config.json").write_text(json.dumps({"bos_token_id": 256, "eos_token_id": [256]}))
+    assert cli.main([str(src), str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    out = tmp_path / "out"
+    tok_cfg = json.loads((out / "tokenizer_config.json").read_text())
+    assert (tok_cfg["bos_token"], tok_cfg["eos_token"], tok_cfg["pad_token"]) == ("<|endoftext|>",) * 2 + ("<|pad|>",)
+    assert tok_cfg["model_max_length"] == 128 and "chat_template" not in tok_cfg
+    assert json.loads((out / "generation_config.json").read_text()) == {"bos_token_id": 256, "eos_token_id": [256]}
+    config = json.loads((out / "config.json").read_text())
+    assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (256, [256], 257)
+    hf = transformers.AutoTokenizer.from_pretrained(str(out))
+    ours = load_tokenizer(out)
+    text = "ünï  cödé\t\n end "
+    assert hf.encode(text) == ours.encode(text) == list(text.encode())
+    assert (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id) == (256, 256, 257)
+    assert (ours.bos_id, ours.eos_id, ours.pad_id) == (256, 256, 257)
+    # a folder's own tokenizer_config.json wins
+    (src / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast",
+                                                            "eos_token": "<|pad|>", "chat_template": "{{ 1 }}"}))
+    assert cli.main([str(src), str(tmp_path / "own")]) == 0
+    assert (tmp_path / "own" / "tokenizer_config.json").read_bytes() == (src / "tokenizer_config.json").read_bytes()
+    assert not (tmp_path / "own" / "special_tokens_map.json").exists()
+    assert load_tokenizer(tmp_path / "own").chat_template == "{{ 1 }}"
+
+
 def test_round_trip_of_a_random_jax_llama(tmp_path):
     from flax import nnx
 

@@ -4,7 +4,9 @@ RUN` (run directory or exported folder, no extra flags), with the run's tokenize
 Three tiny runs: a Llama trained by the `jrt train` command on a local text file with the byte tokenizer (exported
 folder loaded by transformers, logits within 1e-4), a tied-embedding Llama and a JRT-RNN (jrt-micro, synthetic
 set disjointness: no text tokenizer) trained in-process, whose exported and run-directory models give the
-trained parameters' logits exactly."""
+trained parameters' logits exactly. The Llama run, given the byte tokenizer's ids as a tokenizer.json, exports a
+complete Hugging Face folder: transformers' AutoTokenizer and text-generation pipeline and lm-eval's ``--model
+hf`` read it and agree with ours."""
 
 from __future__ import annotations
 
@@ -117,11 +119,14 @@ def test_llama_run_exports_to_a_transformers_folder(llama_run, tmp_path):
     assert names == ["config.json", "generation_config.json", EXPORT_FILE, "model.safetensors"]
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (256, 256, 257)
+    # the byte tokenizer has no tokenizer.json: the folder says what loads it
+    assert "jrt_jax.convert.load_tokenizer" in config["jrt_tokenizer"]
     assert config["num_hidden_layers"] == 1
     gen = json.loads((tmp_path / "out" / "generation_config.json").read_text())
     assert gen == {"bos_token_id": 256, "eos_token_id": 256, "pad_token_id": 257}
     record = json.loads((tmp_path / "out" / EXPORT_FILE).read_text())
     assert record["step"] == 3 and record["run"] == str(llama_run) and record["tokenizer"]["kind"] == "bytes"
+    assert record["tokenizer"]["loader"] == config["jrt_tokenizer"]
     assert record["train_config"]["data"]["tokenizer"] == "bytes"
 
     ours = jrt_jax.from_pretrained(llama_run)  # the run directory itself
@@ -133,6 +138,91 @@ def test_llama_run_exports_to_a_transformers_folder(llama_run, tmp_path):
     ch.assert_bit_identical(ch.params_of(ours), ch.params_of(jrt_jax.from_pretrained(tmp_path / "out")))
     assert isinstance(load_tokenizer(llama_run), ByteTokenizer)
     assert isinstance(load_tokenizer(tmp_path / "out"), ByteTokenizer)
+
+
+# A tokenizer.json in the run directory is the run's tokenizer (`run_tokenizer_record`); written with the byte
+# tokenizer's ids, it describes the model the Llama run trained, without training another.
+STRINGS = ["It was the best of times", "  leading, inner   and trailing spaces  ", "tabs\t\tand\n\nnewlines\r\n",
+           "ünïcödé — “quotes” 日本語 🙂 café", "", " ", "It was the age of wisdom, it was the age of foolishness"]
+
+
+@pytest.fixture(scope="module")
+def llama_text_export(llama_run, tmp_path_factory):
+    """(run, exported folder) of a copy of `llama_run` holding `ch.byte_tokenizer_json` as its tokenizer.json."""
+    root = tmp_path_factory.mktemp("llama_text")
+    shutil.copytree(llama_run, root / "run")
+    ch.byte_tokenizer_json(root / "run" / "tokenizer.json")
+    code, out, err = _export(root / "run", root / "out")
+    assert code == 0, err
+    assert "tokenizer: file (bos 256, eos 256, pad 257)" in out
+    return root / "run", root / "out"
+
+
+def test_llama_export_with_a_tokenizer_file_is_a_complete_hf_folder(llama_text_export):
+    """tokenizer.json + tokenizer_config.json + special_tokens_map.json + generation_config.json: transformers'
+    AutoTokenizer gives our ids and text with bos / eos / pad set, and its text-generation pipeline gives our greedy
+    tokens."""
+    import transformers
+
+    run, out = llama_text_export
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "generation_config.json", EXPORT_FILE, "model.safetensors", "special_tokens_map.json",
+        "tokenizer.json", "tokenizer_config.json"]
+    assert json.loads((out / "tokenizer_config.json").read_text()) == {
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+        "pad_token": "<|pad|>", "add_bos_token": False, "add_eos_token": False,
+        "clean_up_tokenization_spaces": False, "model_max_length": 4096}  # llama-tiny's max_position_embeddings
+    assert json.loads((out / "special_tokens_map.json").read_text()) == {
+        "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|pad|>"}
+    ids = {"bos_token_id": 256, "eos_token_id": 256, "pad_token_id": 257}
+    assert json.loads((out / "generation_config.json").read_text()) == ids
+    config = json.loads((out / "config.json").read_text())
+    assert {k: config[k] for k in ids} == ids and "jrt_tokenizer" not in config
+
+    ours = load_tokenizer(out)
+    assert (ours.bos_id, ours.eos_id, ours.pad_id) == (256, 256, 257)
+    hf = transformers.AutoTokenizer.from_pretrained(str(out))
+    assert (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id) == (256, 256, 257)
+    for text in STRINGS:
+        want = ByteTokenizer().encode(text)  # the ids the model was trained on
+        assert ours.encode(text) == want and hf.encode(text) == want, text
+        assert hf.decode(want) == ours.decode(want) == text
+    assert hf.decode([*b"ab", 256]) == ours.decode([*b"ab", 256]) == "ab<|endoftext|>"
+
+    pipe = transformers.pipeline("text-generation", model=str(out), tokenizer=str(out), device="cpu")
+    got = pipe("It was the", max_new_tokens=5, do_sample=False, return_tensors=True)[0]["generated_token_ids"]
+    model = jrt_jax.from_pretrained(run)
+    greedy = list(b"It was the")
+    for _ in range(5):
+        greedy.append(int(jnp.argmax(model(jnp.asarray([greedy]))[0, -1])))
+        if greedy[-1] == 256:  # transformers stops at eos (generation_config.json)
+            break
+    assert list(got) == greedy
+
+
+def test_lm_eval_hf_loglikelihoods_equal_ours(llama_text_export):
+    """lm-eval's own ``--model hf`` (HFLM: transformers' model and tokenizer from the exported folder) and our
+    ``--model jrt-jax`` give the same log-likelihoods on hand-made requests (empty context included: both condition
+    it on the bos token)."""
+    pytest.importorskip("lm_eval")
+    pytest.importorskip("accelerate", reason="lm-eval's --model hf (HFLM) imports accelerate")
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from jrt_jax.evals.lm_eval_adapter import JRTJaxLM
+
+    _, out = llama_text_export
+    pairs = [("It was the best of", " times"), ("It was the", " worst of times, it was"), ("", "It was the age"),
+             ("the age of wisdom, ", "it was"), ("ünïcödé ", "— “quotes” 🙂"), ("tabs\t", "\tand  spaces")]
+    requests = [Instance(request_type="loglikelihood", doc={}, arguments=p, idx=i) for i, p in enumerate(pairs)]
+    theirs = HFLM(pretrained=str(out), device="cpu", batch_size=2, dtype="float32").loglikelihood(
+        requests, disable_tqdm=True)
+    ours = JRTJaxLM(pretrained=str(out), batch_size=2).loglikelihood(requests, disable_tqdm=True)
+    diff = max(abs(a[0] - b[0]) for a, b in zip(theirs, ours))
+    print(f"lm-eval --model hf vs --model jrt-jax on the exported Llama: max |Δ loglik| = {diff:.3g}")
+    assert diff <= 1e-4
+    assert [a[1] for a in theirs] == [b[1] for b in ours]  # is_greedy
+    assert all(a[0] < 0 for a in ours)
 
 
 @pytest.mark.slow
@@ -178,10 +268,26 @@ def test_jrt_run_export_and_run_dir_give_the_trained_logits(jrt_run, tmp_path):
     np.testing.assert_array_equal(np.asarray(from_run(tokens)), want)
     np.testing.assert_array_equal(np.asarray(from_export(tokens)), want)
     ch.assert_bit_identical(ch.params_of(trained), ch.params_of(from_export))
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["jrt_loader"] == "jrt_jax.from_pretrained"
     with pytest.raises(ConversionError, match="synthetic"):
         load_tokenizer(tmp_path / "out")  # not GPT-2, the default of a release-style folder without a tokenizer
     with pytest.raises(ConversionError, match="synthetic"):
         load_tokenizer(run)
+
+
+def test_jrt_folders_name_their_loader(tmp_path):
+    """A JRT-RNN folder is the HazyResearch release format, not a transformers architecture: its config.json
+    names the loader that reads it, and says why AutoModelForCausalLM fails."""
+    from jrt_jax.models import JRTLM, build, config_from_preset
+
+    config = dataclasses.replace(config_from_preset("jrt-micro"), n_layers=3, linear_layers=(1,), window_layers=(2,))
+    jrt_jax.save_pretrained(build(config, seed=0), tmp_path / "out")
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["jrt_loader"] == "jrt_jax.from_pretrained" and "KeyError: 'swiglu'" in saved["jrt_note"]
+    assert isinstance(jrt_jax.from_pretrained(tmp_path / "out"), JRTLM)
+    transformers = pytest.importorskip("transformers")
+    with pytest.raises(KeyError, match="swiglu"):
+        transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "out"))
 
 
 @pytest.mark.slow

@@ -7,12 +7,19 @@ The run directory is only read (`jrt_jax.convert.run`: the step's parameters, ve
 digests; the optimizer state is not read). DST receives what `jrt_jax.save_pretrained` writes — the weights
 (``model.safetensors`` with a tied embedding stored once, or ``pytorch_model.bin``) and ``config.json`` — and:
 
+* the tokenizer, as a complete Hugging Face tokenizer when it has a file: ``tokenizer.json`` (GPT-2 BPE,
+  tokenizer.json-based data, or the fine-tuned checkpoint's tokenizer files for a ``model.checkpoint`` run) with
+  ``tokenizer_config.json`` and ``special_tokens_map.json`` (`jrt_jax.convert.hf_tokenizer`: bos / eos / pad /
+  unk tokens, chat template when known, no added bos, model_max_length) — so ``AutoTokenizer.from_pretrained(DST)``
+  and lm-eval's ``--model hf`` read it with our ids. The byte tokenizer has no file: it is recorded in
+  ``jrt_export.json`` (and named in ``config.json``'s ``jrt_tokenizer``), from which
+  `jrt_jax.convert.load_tokenizer` rebuilds it; transformers cannot load it. None for the synthetic tasks;
 * ``config.json`` / ``generation_config.json``: bos / eos / pad token ids of the tokenizer the run used
   (GPT-2: 50256 / 50256 / none; bytes: 256 / 256 / 257 — documents are separated by end-of-text in the training
   data, so that is also the begin-of-text id);
-* the tokenizer: ``tokenizer.json`` for GPT-2 BPE and tokenizer.json-based data; the fine-tuned checkpoint's
-  tokenizer files for a ``model.checkpoint`` run; for the byte tokenizer (which has no file) the record in
-  ``jrt_export.json`` from which `jrt_jax.convert.load_tokenizer` rebuilds it; none for the synthetic tasks;
+* a JRT-RNN / Based run is written in the HazyResearch release format, which transformers does not know
+  (``AutoModelForCausalLM`` fails with ``KeyError: 'swiglu'``): its ``config.json`` says
+  ``"jrt_loader": "jrt_jax.from_pretrained"``;
 * ``jrt_export.json``: the run, run id, step, tokenizer record (with a note when there is none) and the full
   training config.
 
@@ -30,7 +37,10 @@ import sys
 import time
 import warnings
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+BYTES_LOADER = ("bytes: UTF-8 bytes 0-255, 256 = end of text, 257 = pad; no tokenizer.json (transformers' "
+                "AutoTokenizer cannot load it): jrt_jax.convert.load_tokenizer(folder) rebuilds it from "
+                "jrt_export.json")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,6 +96,11 @@ def export_run(run_dir, dst, *, step: int | None = None, format: str = "safetens
     model = opened.model()
     ids = {} if record.kind is None else {"bos_token_id": record.bos, "eos_token_id": record.eos,
                                           "pad_token_id": record.pad}
+    tokenizer_record = record.to_json()
+    updates = dict(ids)
+    if record.kind == "bytes":
+        tokenizer_record["loader"] = BYTES_LOADER
+        updates["jrt_tokenizer"] = BYTES_LOADER
     json_files = {EXPORT_FILE: {
         "format": 1,
         "run": str(opened.path),
@@ -93,13 +108,14 @@ def export_run(run_dir, dst, *, step: int | None = None, format: str = "safetens
         "step": opened.step,
         "skipped_steps": opened.skipped,
         "model": type(model).__name__,
-        "tokenizer": record.to_json(),
+        "tokenizer": tokenizer_record,
         "train_config": opened.meta["config"],
     }}
-    if ids:
-        json_files["generation_config.json"] = dict(ids)
+    if ids and tokenizer is None and not any(pathlib.Path(f).name == "tokenizer.json" for f in files):
+        # no tokenizer.json (bytes): save_pretrained makes the tokenizer files and this one only beside a file
+        json_files["generation_config.json"] = {k: v for k, v in ids.items() if v is not None}
     weights = save_pretrained(model, dst, format=format, overwrite=overwrite, tokenizer=tokenizer,
-                              extra_files=files, tied_head="once", config_updates=ids, json_files=json_files)
+                              extra_files=files, tied_head="once", config_updates=updates, json_files=json_files)
     return {"run": str(opened.path), "step": opened.step, "model": type(model).__name__,
             "parameters": count_params(model), "dtype": model.config.param_dtype, "weights": str(weights),
             "tokenizer": record.kind, "bos_token_id": record.bos, "eos_token_id": record.eos,

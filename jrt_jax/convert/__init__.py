@@ -9,7 +9,8 @@
 
 Command line: ``jrt convert SRC DST [--preset NAME] [--dtype D] [--format safetensors|torch]``.
 
-Modules: `loader` (detection, key checks, streaming placement), `export` (save_pretrained), `hazy` / `llama_hf`
+Modules: `loader` (detection, key checks, streaming placement), `export` (save_pretrained), `hf_tokenizer` (the
+tokenizer_config.json / special_tokens_map.json / generation_config.json that complete a folder), `hazy` / `llama_hf`
 / `gguf` (per-architecture configs and key maps), `run` (training run directories, read-only and verified),
 `mapping` (entries and the generic loader), `io` (streaming safetensors / torch-zip readers and writers, atomic
 output folders), `cli`.

@@ -5,8 +5,13 @@
     jrt convert weights/ out/ --preset jrt-1.3b --dtype bfloat16       # no config.json: name the shape
 
 SRC is anything `jrt_jax.from_pretrained` reads (HF Llama folder, HazyResearch JRT / Based release folder, GGUF
-file); DST a folder that receives ``model.safetensors`` or ``pytorch_model.bin`` plus ``config.json`` (and, for
-GGUF sources, ``tokenizer.json``; for folders, their tokenizer files). Nothing is written unless the whole
+file); DST a folder that receives ``model.safetensors`` or ``pytorch_model.bin`` plus ``config.json``, and the
+tokenizer as a complete Hugging Face tokenizer: for GGUF sources the file's own, written as ``tokenizer.json``,
+``tokenizer_config.json`` (bos / eos / pad / unk tokens and the file's chat template), ``special_tokens_map.json``
+and ``generation_config.json``, with the ids in ``config.json`` too; for folders their tokenizer files, copied,
+plus those companion files when the folder lacks them (`jrt_jax.convert.hf_tokenizer`). A JRT / Based output is
+the release format, read by `jrt_jax.from_pretrained` (its config.json says so in ``jrt_loader``), not by
+transformers. Nothing is written unless the whole
 conversion succeeds: a SIGTERM or Ctrl-C removes the partial files before exiting, and the temporary files of a
 conversion killed outright are removed by the next conversion into that folder. Exit status 0 on success, 1 on a
 conversion error (message on stderr), 2 on bad arguments, 130 on Ctrl-C, 143 on SIGTERM.
@@ -22,7 +27,8 @@ import time
 
 from jrt_jax.convert.atomic import Terminated, sigterm_raises  # noqa: F401 — importable from here as before
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+                   "chat_template.jinja")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,6 +62,7 @@ def main(argv=None) -> int:
 def _convert(args) -> int:
     from jrt_jax.convert.errors import ConversionError
     from jrt_jax.convert.export import save_pretrained
+    from jrt_jax.convert.hf_tokenizer import folder_token_ids
     from jrt_jax.convert.loader import from_pretrained, open_checkpoint
     from jrt_jax.models import count_params
 
@@ -63,7 +70,7 @@ def _convert(args) -> int:
     src = pathlib.Path(args.src)
     try:
         model = from_pretrained(src, dtype=args.dtype, preset=args.preset)
-        tokenizer, extra = None, []
+        tokenizer, extra, ids = None, [], {}
         with open_checkpoint(src, preset=args.preset) as ckpt:
             kind, folder, own_tokenizer = ckpt.kind, ckpt.folder, ckpt.architecture.tokenizer_in_weights
             if own_tokenizer:  # written as tokenizer.json
@@ -71,10 +78,11 @@ def _convert(args) -> int:
                     tokenizer = ckpt.architecture.tokenizer(ckpt.source, folder)
                 except ConversionError as e:
                     print(f"jrt convert: note: tokenizer not written ({e})", file=sys.stderr)
-        if not own_tokenizer:  # the folder's tokenizer files are copied
+        if not own_tokenizer:  # the folder's tokenizer files are copied, with the ids its configs name
             extra = [folder / n for n in TOKENIZER_FILES if (folder / n).is_file()]
+            ids = folder_token_ids(folder)
         out = save_pretrained(model, args.dst, format=args.format, overwrite=args.overwrite, tokenizer=tokenizer,
-                              extra_files=extra)
+                              extra_files=extra, config_updates=ids)
     except (ConversionError, ValueError, OSError) as e:
         print(f"jrt convert: error: {e}", file=sys.stderr)
         return 1

@@ -291,12 +291,13 @@ class GGUFTokenizer:
     """Byte-level BPE tokenizer ("gpt2" GGUF tokenizers) built from the file's vocabulary and merges.
 
     Same interface as `jrt_jax.tokenizer`: ``encode(text)``, ``decode(ids)``, ``vocab_size``, ``eos_id`` (plus
-    ``bos_id``). Control tokens (``<|im_start|>`` …) in the text are matched as single special tokens, as Hugging
+    ``bos_id``, ``pad_id``, ``unk_id`` and ``chat_template`` when the file names them). Control tokens (``<|im_start|>`` …) in the text are matched as single special tokens, as Hugging
     Face tokenizers do; ``encode`` adds no BOS/EOS.
     """
 
     def __init__(self, tokens: Sequence[str], merges: Sequence[str], token_types: Sequence[int] | None,
-                 *, pre: str | None, eos_id: int | None, bos_id: int | None, chat_template: str | None = None):
+                 *, pre: str | None, eos_id: int | None, bos_id: int | None, chat_template: str | None = None,
+                 pad_id: int | None = None, unk_id: int | None = None):
         from tokenizers import AddedToken, Tokenizer, decoders, models
 
         vocab = {t: i for i, t in enumerate(tokens)}
@@ -314,6 +315,8 @@ class GGUFTokenizer:
         self.vocab_size = len(tokens)
         self.eos_id = eos_id
         self.bos_id = bos_id
+        self.pad_id = pad_id
+        self.unk_id = unk_id
         self.chat_template = chat_template  # the file's Jinja chat template (tokenizer.chat_template), if any
 
     @property
@@ -343,11 +346,13 @@ def gguf_tokenizer(path_or_file: str | os.PathLike | GGUFFile) -> GGUFTokenizer:
     merges = src.field("tokenizer.ggml.merges")
     if tokens is None or merges is None:
         raise ConversionError(f"{src.name}: the file has no tokenizer vocabulary / merges")
-    eos = src.field("tokenizer.ggml.eos_token_id")
-    bos = src.field("tokenizer.ggml.bos_token_id")
+    def token_id(name):
+        value = src.field(f"tokenizer.ggml.{name}_token_id")
+        return int(value) if value is not None and 0 <= int(value) < len(tokens) else None
+
     return GGUFTokenizer(tokens, merges, src.field("tokenizer.ggml.token_type"), pre=src.field("tokenizer.ggml.pre"),
-                         eos_id=None if eos is None else int(eos), bos_id=None if bos is None else int(bos),
-                         chat_template=src.field("tokenizer.chat_template"))
+                         eos_id=token_id("eos"), bos_id=token_id("bos"), pad_id=token_id("padding"),
+                         unk_id=token_id("unknown"), chat_template=src.field("tokenizer.chat_template"))
 
 
 class GGUFLlama:
