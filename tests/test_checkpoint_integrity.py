@@ -213,6 +213,25 @@ def test_digest_catches_any_single_element_change_and_ignores_sharding(run):
     assert set(d2) == set(extra) and bad == ["nan"]
 
 
+def test_digests_are_one_program_per_device_set(run, monkeypatch):
+    """A save digests the whole state in one program (per set of devices), never one per array: dozens of small
+    multi-device programs in flight deadlocked simulated CPU devices (jrt_jax.convert.run.array_digests)."""
+    from jrt_jax.convert import run as run_format
+
+    calls = []
+    real = run_format._digests_jit
+    monkeypatch.setattr(run_format, "_digests_jit", lambda group: calls.append(sorted(group)) or real(group))
+    flat = flatten(run["trainer_state"])
+    assert len(flat) > 10
+    digests, _ = array_digests(flat)
+    assert len(calls) == 1 and calls[0] == sorted(flat)
+    calls.clear()
+    mixed = {"host": np.arange(6, dtype=np.float32), "device": jax.numpy.arange(6, dtype=jax.numpy.float32)}
+    mixed_digests, _ = array_digests(mixed)
+    assert len(calls) == 2 and mixed_digests["host"] == mixed_digests["device"]
+    assert list(array_digests(flat)[0]) == list(flat)  # keys in the caller's order
+
+
 def test_digest_is_the_same_on_any_mesh(tmp_path):
     """The same values digest identically whether replicated or sharded over 4 devices (subprocess)."""
     import subprocess
