@@ -54,18 +54,19 @@ from flax import nnx
 
 from jrt_jax import models
 from train.checkpoint import Checkpointer, CheckpointError
-from train.config import TrainConfig, to_dict, write_run_config
+from train.config import TrainConfig, to_dict
 from train.data import make_task
 from train.data.device import batch_key, make_batch
 from train.lock import claim_run
 from train.metrics import _prepare_jsonl
-from train.optim import make_optimizer, resume_schedule, warmup_note
+from train.optim import make_optimizer, resume_schedule
 from train.trainer import (
     build_model_config,
     make_eval_step,
     make_train_step,
     model_forward,
     open_run_checkpointer,
+    settle_opened_run,
     resolve_objective,
 )
 
@@ -144,20 +145,7 @@ class Sweep:
         self._stop_requested = False
         self._resumed_config = None  # the saved config of the restored step (set by restore)
         self.checkpointer = open_run_checkpointer(cfg, self.restore, self.log)
-        try:
-            if self._resumed_config is not None:
-                self._keep_schedule(self._resumed_config)
-            write_run_config(self.cfg, new_run=self.step == 0)
-            note = warmup_note(self.cfg.optim, self.cfg.steps)  # of the schedule in use (a resumed sweep's own)
-            if note:
-                self._notes.append(note)
-        except BaseException:
-            if self.checkpointer is not None:
-                try:
-                    self.checkpointer.close()
-                except Exception:  # the first error is the one to report
-                    pass
-            raise
+        settle_opened_run(self)
 
     def _keep_schedule(self, saved: dict) -> None:
         """A resumed sweep keeps the schedule shape it was saved with, as `jrt train` does

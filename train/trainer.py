@@ -160,21 +160,7 @@ class Trainer:
         self._stop_requested = False
         self._resumed_config = None  # the saved config of the restored step (set by restore)
         self.checkpointer = open_run_checkpointer(cfg, self.restore, self.log)
-        try:
-            if self._resumed_config is not None:
-                self._keep_schedule(self._resumed_config)
-            if jax.process_index() == 0:  # after the checkpoint directory accepted the run, never before
-                write_run_config(self.cfg, new_run=self.step == 0)
-            note = warmup_note(self.cfg.optim, self.cfg.steps)  # of the schedule in use (a resumed run's own)
-            if note:
-                self._notes.append(note)
-        except BaseException:
-            if self.checkpointer is not None:
-                try:
-                    self.checkpointer.close()
-                except Exception:  # the first error is the one to report
-                    pass
-            raise
+        settle_opened_run(self)
 
     def _keep_schedule(self, saved: dict) -> None:
         """A resumed run keeps the learning-rate schedule it was saved with (`train.optim.resume_schedule`); the
@@ -392,6 +378,28 @@ def _stderr(message: str) -> None:
     import sys
 
     print(message, file=sys.stderr, flush=True)
+
+
+def settle_opened_run(runner) -> None:
+    """What `Trainer` and `train.sweep.Sweep` do once their checkpoint directory accepted the run: a resumed run
+    keeps its saved schedule (`runner._keep_schedule(runner._resumed_config)`), config.yaml is written (process 0,
+    after the directory accepted the run, never before) and a warmup longer than the schedule is noted (of the
+    schedule in use). On any failure the checkpointer is closed and the first error is raised."""
+    try:
+        if runner._resumed_config is not None:
+            runner._keep_schedule(runner._resumed_config)
+        if jax.process_index() == 0:
+            write_run_config(runner.cfg, new_run=runner.step == 0)
+        note = warmup_note(runner.cfg.optim, runner.cfg.steps)
+        if note:
+            runner._notes.append(note)
+    except BaseException:
+        if runner.checkpointer is not None:
+            try:
+                runner.checkpointer.close()
+            except Exception:  # the first error is the one to report
+                pass
+        raise
 
 
 def open_run_checkpointer(cfg: TrainConfig, restore, log) -> Checkpointer | None:
