@@ -1,5 +1,6 @@
 """Causal (GQA) softmax attention: blocked path and jax.nn.dot_product_attention vs the quadratic reference,
-with packed rows, padding, NaN-isolation, gradients, and linear memory of the blocked path."""
+with packed rows, padding, NaN-isolation, gradients, a query offset into a longer key span, and linear memory
+of the blocked path."""
 
 from __future__ import annotations
 
@@ -55,30 +56,60 @@ def test_reference_matches_numpy_loop_gqa_packed():
     assert_rel(causal_attention(q, k, v, implementation="reference"), _numpy_loop(q, k, v), 1e-5)
 
 
-@pytest.mark.parametrize("impl,bq,bk", IMPLS)
-def test_matches_reference_fp32_bf16_and_gradients(impl, bq, bk):
+TQ = 17  # queries of the query-offset checks, inside a key span of T
+
+
+# (implementation, block_q, block_k, value head size, gradient checked for: "whole" span / the "offset" queries)
+@pytest.mark.parametrize("impl,bq,bk,dv,grad_of", [("reference", 128, 128, 6, "offset"), ("xla", 16, 8, D, "whole"),
+                                                   ("xla", 8, 32, 6, "offset"), ("dense", 128, 128, D, "both")])
+def test_matches_reference_and_query_offset_rows(impl, bq, bk, dv, grad_of):
+    """Every path equals the reference (fp32 tight, bf16 within a bound, gradients), and the defining property
+    of the key span: causal_attention(q[:, o:o+T'], k, v, q_offset=o) == causal_attention(q, k, v)[:, o:o+T'] —
+    with a mask and packed ids over the span (documents crossing o, an empty row), GQA, Dv != Dk where the
+    path allows, a Python or a traced offset — and its gradients wrt q, k, v are the reference's of those rows."""
     q, k, v = _qkv(2, B, T, H, KVH, D)
-    seg = jnp.asarray(random_segment_ids(3, B, T, max_len=12, empty_row=True))
-    for s in (None, seg):
-        ref = causal_attention(q, k, v, segment_ids=s, implementation="reference")
-        assert_rel(_attn(impl, bq, bk, q, k, v, segment_ids=s), ref, 1e-5, f"fp32 segments={s is not None}")
-    if bq >= bk:  # bf16 once per path
+    v = v[..., :dv]
+    seg = random_segment_ids(3, B, T, max_len=12, empty_row=True)
+    mask = np.ones((B, T), bool)
+    mask[1, 20:23] = False
+    kw = dict(segment_ids=jnp.asarray(seg), mask=jnp.asarray(mask))
+    folded = dict(segment_ids=jnp.asarray(np.where(mask, seg, 0)))  # the same documents and pads, ids alone
+    ref = functools.partial(causal_attention, implementation="reference")
+    assert_rel(_attn(impl, bq, bk, q, k, v), ref(q, k, v), 1e-5, "fp32")
+    whole = _attn(impl, bq, bk, q, k, v, **folded)
+    assert_rel(whole, ref(q, k, v, **kw), 1e-5, "fp32 packed")
+    at = jax.jit(lambda q, k, v, o: _attn(impl, bq, bk, q, k, v, q_offset=o, **kw))
+    for o in (0, 9, T - TQ):
+        rows = whole[:, o:o + TQ]
+        assert_rel(_attn(impl, bq, bk, q[:, o:o + TQ], k, v, q_offset=o, **kw), rows, 1e-5, f"offset {o}")
+        assert_rel(at(q[:, o:o + TQ], k, v, jnp.int32(o)), rows, 1e-5, f"traced offset {o}")
+    assert_rel(_attn(impl, bq, bk, q[:, -TQ:], k, v, **kw), whole[:, -TQ:], 1e-5, "default: the last T'")
+
+    o = 9
+    if impl != "reference":  # bf16 once per path: the whole span, or the offset queries
         qb, kb, vb = (x.astype(jnp.bfloat16) for x in (q, k, v))
-        yb = _attn(impl, bq, bk, qb, kb, vb, segment_ids=seg)
+        if grad_of == "offset":
+            yb, rows = _attn(impl, bq, bk, qb[:, o:o + TQ], kb, vb, q_offset=o, **kw), slice(o, o + TQ)
+        else:
+            yb, rows = _attn(impl, bq, bk, qb, kb, vb, **folded), slice(None)
         assert yb.dtype == jnp.bfloat16
-        f32 = [x.astype(jnp.float32) for x in (qb, kb, vb)]
-        assert_rel(yb, causal_attention(*f32, segment_ids=seg, implementation="reference"), 2e-2, "bf16")
+        assert_rel(yb, ref(*(x.astype(jnp.float32) for x in (qb, kb, vb)), **folded)[:, rows], 2e-2, "bf16")
 
-    w = jnp.asarray(np.random.default_rng(4).standard_normal((B, T, H, D), np.float32))
-
-    def loss(f, q, k, v):
-        return jnp.sum(jnp.sin(f(q, k, v, segment_ids=seg)) * w)
-
-    ref_f = functools.partial(causal_attention, implementation="reference")
-    gr = jax.grad(functools.partial(loss, ref_f), argnums=(0, 1, 2))(q, k, v)
-    gx = jax.grad(functools.partial(loss, functools.partial(_attn, impl, bq, bk)), argnums=(0, 1, 2))(q, k, v)
-    for name, a, r in zip("qkv", gx, gr):
-        assert_rel(a, r, 1e-5, f"d{name}")
+    w = jnp.asarray(np.random.default_rng(4).standard_normal((B, T, H, dv), np.float32))
+    g_ref = jax.grad(lambda q, k, v: jnp.sum(jnp.sin(ref(q, k, v, **folded)) * w), argnums=(0, 1, 2))(q, k, v)
+    if grad_of in ("whole", "both"):
+        g = jax.grad(lambda q, k, v: jnp.sum(jnp.sin(_attn(impl, bq, bk, q, k, v, **folded)) * w),
+                     argnums=(0, 1, 2))(q, k, v)
+        for name, a, r in zip("qkv", g, g_ref):
+            assert_rel(a, r, 1e-5, f"d{name}")
+    if grad_of in ("offset", "both"):
+        wo = w[:, o:o + TQ]
+        g_rows = jax.grad(lambda q, k, v: jnp.sum(jnp.sin(ref(q, k, v, **folded)[:, o:o + TQ]) * wo),
+                          argnums=(0, 1, 2))(q, k, v)
+        g = jax.grad(lambda q, k, v: jnp.sum(jnp.sin(at(q, k, v, jnp.int32(o))) * wo), argnums=(0, 1, 2))(
+            q[:, o:o + TQ], k, v)
+        for name, a, r in zip("qkv", g, (g_rows[0][:, o:o + TQ],) + g_rows[1:]):
+            assert_rel(a, r, 1e-5, f"d{name} at offset {o}")
 
 
 def test_mask_and_segment_ids_together():
@@ -173,3 +204,16 @@ def test_bad_input():
         causal_attention(q, k, v[..., :4], implementation="dense")
     with pytest.raises(TypeError, match="mask must be boolean"):
         causal_attention(q, k, v, mask=np.ones((2, 10), np.float32))
+    q4 = q[:, :4]
+    with pytest.raises(ValueError, match=r"q_offset must be in \[0, S − T\] = \[0, 6\].*got 7"):
+        causal_attention(q4, k, v, q_offset=7)
+    with pytest.raises(ValueError, match="got -1"):
+        causal_attention(q4, k, v, q_offset=-1)
+    with pytest.raises(TypeError, match="q_offset must be an int or an integer scalar array"):
+        causal_attention(q4, k, v, q_offset=1.0)
+    with pytest.raises(ValueError, match="k: key span length .* at least the 10 queries of q; got 4"):
+        causal_attention(q, k[:, :4], v[:, :4])
+    with pytest.raises(ValueError, match="q_offset: implementation='cudnn' needs as many queries as keys"):
+        causal_attention(q4, k, v, implementation="cudnn")
+    with pytest.raises(ValueError, match=r"mask must have shape \[batch, seq\] = \(2, 10\); got \(2, 4\)"):
+        causal_attention(q4, k, v, mask=np.ones((2, 4), bool))

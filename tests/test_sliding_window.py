@@ -1,4 +1,5 @@
-"""Sliding-window softmax attention: banded path against the quadratic reference and a numpy loop."""
+"""Sliding-window softmax attention: banded path against the quadratic reference and a numpy loop, a query offset
+into a longer key span, the ring-buffer decode step."""
 
 from __future__ import annotations
 
@@ -106,6 +107,12 @@ def test_bad_input():
         ops.sliding_window_attention(q, k, v, window=2, segment_ids=jnp.ones((2, 10)))
     with pytest.raises(ValueError, match=r"segment_ids must have shape \[batch, seq\] = \(2, 10\); got \(2, 11\)"):
         ops.sliding_window_attention(q, k, v, window=2, segment_ids=jnp.ones((2, 11), jnp.int32))
+    with pytest.raises(ValueError, match=r"q_offset must be in \[0, S − T\] = \[0, 6\].*got 7"):
+        ops.sliding_window_attention(q[:, :4], k, v, window=2, q_offset=7)
+    with pytest.raises(TypeError, match="q_offset must be a Python int"):
+        ops.sliding_window_attention(q[:, :4], k, v, window=2, q_offset=jnp.int32(1))
+    with pytest.raises(ValueError, match="k: key span length .* at least the 10 queries of q; got 4"):
+        ops.sliding_window_attention(q, k[:, :4], v[:, :4], window=2)
 
 
 # ---- packed rows (segment_ids) ----------------------------------------------------------------------------
@@ -119,30 +126,50 @@ def _np_qkv(seed, dtype=jnp.float32):
 
 
 @pytest.mark.parametrize("window,block", [(5, 8), (12, None)])
-def test_packed_rows_match_loop_reference_bf16_and_gradients(window, block):
+def test_packed_rows_match_loop_reference_bf16_gradients_and_query_offset(window, block):
+    """Packed rows with padding: reference = numpy loop, banded = reference (fp32, bf16, gradients); and the
+    defining property of the key span: sliding_window_attention(q[:, o:o+T'], k, v, q_offset=o) == the whole
+    span's rows o … o+T'−1 on both paths (documents crossing o), with the reference's gradients of those rows."""
+    t = 19  # queries of the offset checks
     q, k, v = _np_qkv(20)
     seg = random_segment_ids(21, _B, _T, max_len=13, hole_p=0.15, empty_row=True)
-    sj = jnp.asarray(seg)
-    ref = ops.sliding_window_attention(q, k, v, window=window, segment_ids=sj, implementation="reference")
-    assert_rel(ref, _numpy_loop(q, k, v, window, seg=seg), 1e-5, "reference")
-    got = ops.sliding_window_attention(q, k, v, window=window, segment_ids=sj, block_size=block)
+    mask = np.ones((_B, _T), bool)
+    mask[1, 10:13] = False
+    kw = dict(segment_ids=jnp.asarray(seg), mask=jnp.asarray(mask))
+    folded = dict(segment_ids=jnp.asarray(np.where(mask, seg, 0)))  # the same documents and pads, ids alone
+
+    def swa(q, k, v, impl="xla", **more):
+        return ops.sliding_window_attention(q, k, v, window=window, implementation=impl, block_size=block,
+                                            **(more if "segment_ids" in more else {**folded, **more}))
+
+    ref = swa(q, k, v, "reference")
+    assert_rel(ref, _numpy_loop(q, k, v, window, seg=np.where(mask, seg, 0)), 1e-5, "reference")
+    got = swa(q, k, v)
     assert_rel(got, ref, 1e-5, "xla")
-    if block is not None:  # bf16 once
+    wholes = {"reference": ref, "xla": got} if block is not None else {"xla": got}  # the reference's offset once
+    for impl, whole in wholes.items():
+        for o in (3, _T - t):
+            assert_rel(swa(q[:, o:o + t], k, v, impl, q_offset=o, **kw), whole[:, o:o + t], 1e-5, f"{impl} offset {o}")
+    assert_rel(swa(q[:, -t:], k, v, **kw), got[:, -t:], 1e-5, "default: the last T'")
+    o = 3
+    if block is not None:  # bf16 once: the whole span and the offset queries
         qb, kb, vb = (x.astype(jnp.bfloat16) for x in (q, k, v))
-        yb = ops.sliding_window_attention(qb, kb, vb, window=window, segment_ids=sj, block_size=block)
-        assert yb.dtype == jnp.bfloat16
-        f32 = [x.astype(jnp.float32) for x in (qb, kb, vb)]
-        assert_rel(yb, ops.sliding_window_attention(*f32, window=window, segment_ids=sj, implementation="reference"),
-                   2e-2, "bf16")
+        want = swa(*(x.astype(jnp.float32) for x in (qb, kb, vb)), "reference")
+        for y, w in ((swa(qb, kb, vb), want), (swa(qb[:, o:o + t], kb, vb, q_offset=o, **kw), want[:, o:o + t])):
+            assert y.dtype == jnp.bfloat16
+            assert_rel(y, w, 2e-2, "bf16")
 
-    def loss(impl, q, k, v):
-        y = ops.sliding_window_attention(q, k, v, window=window, segment_ids=sj, implementation=impl, block_size=block)
-        return jnp.sum(jnp.sin(y))
-
-    gr = jax.grad(functools.partial(loss, "reference"), argnums=(0, 1, 2))(q, k, v)
-    gx = jax.grad(functools.partial(loss, "xla"), argnums=(0, 1, 2))(q, k, v)
+    loss = lambda impl, rows=slice(None), **more: lambda q, k, v: jnp.sum(jnp.sin(swa(q, k, v, impl, **more)[:, rows]))
+    gr = jax.grad(loss("reference"), argnums=(0, 1, 2))(q, k, v)
+    gx = jax.grad(loss("xla"), argnums=(0, 1, 2))(q, k, v)
     for name, a, b in zip("qkv", gx, gr):
         assert_rel(a, b, 1e-5, f"d{name}")
+    if block is None:  # the offset gradients once, over several query blocks
+        return
+    g_rows = jax.grad(loss("reference", slice(o, o + t)), argnums=(0, 1, 2))(q, k, v)
+    g_part = jax.grad(loss("xla", q_offset=o, **kw), argnums=(0, 1, 2))(q[:, o:o + t], k, v)
+    for name, a, b in zip("qkv", g_part, (g_rows[0][:, o:o + t],) + g_rows[1:]):
+        assert_rel(a, b, 1e-5, f"d{name} at offset {o}")
 
 
 def test_mask_and_segment_ids_combine():
@@ -189,6 +216,18 @@ def test_nan_in_padding_reaches_nothing():
         for a, c in zip(jax.grad(loss, argnums=(0, 1, 2))(*bad), jax.grad(loss, argnums=(0, 1, 2))(q, k, v)):
             assert bool(jnp.all(jnp.isfinite(a))), impl
             assert_rel(a, c, 1e-6, impl)
+
+
+def test_banded_path_computes_no_rows_before_the_queries():
+    """A long key prefix costs the banded path nothing beyond the keys the queries read: the flops of 64
+    queries after 1024 prefix keys are those of 64 queries after 64."""
+    def flops(prefix):
+        q, k = jax.ShapeDtypeStruct((1, 64, 2, 16), jnp.float32), jax.ShapeDtypeStruct((1, prefix + 64, 2, 16),
+                                                                                      jnp.float32)
+        f = jax.jit(functools.partial(ops.sliding_window_attention, window=32, implementation="xla"))
+        return f.lower(q, k, k).compile().cost_analysis()["flops"]
+
+    assert flops(1024) <= 1.05 * flops(64), (flops(1024), flops(64))
 
 
 def test_decode_step_over_a_ring_buffer_equals_the_parallel_pass():

@@ -91,18 +91,6 @@ def check_segments(segment_ids, mask, batch: int, seq: int) -> None:
     check_mask(mask, batch, seq)
 
 
-def scrubbed(q, k, v, segment_ids, mask):
-    """Resolve the packing of q [B, T, …] and select q, k, v to 0 at excluded tokens (inside jit).
-
-    Returns (q, k, v, run, real): run / real as `Segments` gives them, or None / None with no mask nor ids.
-    """
-    b, t = q.shape[:2]
-    seg = resolve_segments(segment_ids, mask, b, t)
-    if seg is None:
-        return q, k, v, None, None
-    return (*(zero_excluded(x, seg.real) for x in (q, k, v)), seg.run, seg.real)
-
-
 def zero_excluded(x: jax.Array, real: jax.Array | None) -> jax.Array:
     """x [B, T, ...] with the positions where `real` [B, T] is False replaced by 0 (a select, so a NaN or Inf
     there never reaches an output or a gradient)."""

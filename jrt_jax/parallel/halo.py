@@ -49,8 +49,8 @@ def sliding_window_attention(
     i − window … i of its own document, on this shard or the previous one.
 
     Collective: one `ppermute` of the previous shard's last `window` keys, values and segment ids (mask)
-    — a halo of window × (Dk + Dv) per head, independent of T. The local op then runs on [halo | shard]
-    (window extra query rows, whose outputs are dropped).
+    — a halo of window × (Dk + Dv) per head, independent of T. The local op then runs once with the key span
+    [halo | shard] and this shard's queries at offset `window` (no query rows for the halo).
 
     Args:
       q, k: [B, T_l, H, Dk] local shards; v: [B, T_l, H, Dv].
@@ -81,9 +81,7 @@ def sliding_window_attention(
     hk, hv, hid = _axis.from_previous((tail(k), tail(v), tail(ids)), axis_name, n)
     hid = jnp.where(s > 0, hid, 0)  # nothing precedes shard 0: padding
     ext = lambda h, x: jnp.concatenate([h, x], axis=1)
-    q_ext = ext(jnp.zeros((b, window) + q.shape[2:], q.dtype), q)
-    y = ops.sliding_window_attention(q_ext, ext(hk, k), ext(hv, v), segment_ids=ext(hid, ids), **kw)
-    return y[:, window:]
+    return ops.sliding_window_attention(q, ext(hk, k), ext(hv, v), segment_ids=ext(hid, ids), q_offset=window, **kw)
 
 
 def causal_conv1d(

@@ -5,7 +5,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jrt_jax.ops._checks import matmul_precision
+
 _F32 = jnp.float32
+_PRECISION = matmul_precision(_F32)  # the fp32 oracle: fp32-accurate products on every backend
 _NEG = -1e30
 
 
@@ -27,15 +30,15 @@ def sliding_window_step(cache_k, cache_v, cache_valid, q_t, k_t, v_t, *, slot, s
     out_dtype = jnp.result_type(q_t.dtype, k_t.dtype, v_t.dtype)
     q = q_t.astype(_F32)
     valid = cache_valid.astype(bool)[:, None, :]  # [B, 1, W]
-    s_cache = jnp.einsum("bhd,bwhd->bhw", q, cache_k.astype(_F32), precision="highest") * scale
-    s_self = jnp.einsum("bhd,bhd->bh", q, k_t.astype(_F32), precision="highest")[..., None] * scale
+    s_cache = jnp.einsum("bhd,bwhd->bhw", q, cache_k.astype(_F32), precision=_PRECISION) * scale
+    s_self = jnp.einsum("bhd,bhd->bh", q, k_t.astype(_F32), precision=_PRECISION)[..., None] * scale
     s_cache = jnp.where(valid, s_cache, _NEG)
     peak = jnp.maximum(jnp.max(s_cache, axis=-1, keepdims=True), s_self)
     p_cache = jnp.where(valid, jnp.exp(s_cache - peak), 0.0)
     p_self = jnp.exp(s_self - peak)
     den = jnp.sum(p_cache, axis=-1, keepdims=True) + p_self
     v_cache = jnp.where(cache_valid.astype(bool)[:, :, None, None], cache_v.astype(_F32), 0.0)
-    y = jnp.einsum("bhw,bwhd->bhd", p_cache, v_cache, precision="highest") + p_self * v_t.astype(_F32)
+    y = jnp.einsum("bhw,bwhd->bhd", p_cache, v_cache, precision=_PRECISION) + p_self * v_t.astype(_F32)
     y = (y / den).astype(out_dtype)
     b = q_t.shape[0]
     write = lambda buf, new: jax.lax.dynamic_update_index_in_dim(buf, new.astype(buf.dtype), slot, axis=1)

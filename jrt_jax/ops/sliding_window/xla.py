@@ -1,7 +1,8 @@
-"""Banded XLA path of sliding-window attention: O(T · block) memory and time, never O(T²).
+"""Banded XLA path of sliding-window attention: O(T · block) memory and time, never O(T · S).
 
-Queries go in blocks of `block` ≥ window tokens; each block attends to itself and the block before it, which
-holds every key a query of the block can see.
+Queries go in blocks of `block` ≥ window tokens; each block attends to the keys of its own span positions
+and of the `block` positions before them, which hold every key a query of the block can see. Only the T
+queries are computed: span positions before q_offset are read as keys, never as query rows.
 """
 
 from __future__ import annotations
@@ -23,34 +24,39 @@ def default_block(window: int, block: int | None) -> int:
     return -(-max(block, window) // 8) * 8
 
 
-@functools.partial(jax.jit, static_argnames=("window", "scale", "block"))
-def banded_sliding_window_attention(q, k, v, *, window, scale, run=None, real=None, block=None):
+@functools.partial(jax.jit, static_argnames=("window", "scale", "q_offset", "block"))
+def banded_sliding_window_attention(q, k, v, *, window, scale, q_offset=0, run=None, real=None, block=None):
     """Blocked path, same contract as `reference_sliding_window_attention`; block: see `default_block`."""
     b, t, h, d = q.shape
+    s = k.shape[1]
     block = default_block(window, block)
     n = -(-t // block)
     tp = n * block
-    pad = [(0, 0), (0, tp - t), (0, 0), (0, 0)]
+    lo = q_offset - block  # span position of the first key the first query block may read
+    stop = min(s, q_offset + tp)
+
+    def keys(x):  # [b, S, …] → [b, n, 2·block, …]: span positions lo + m·block … lo + (m + 2)·block − 1
+        x = x[:, max(lo, 0):stop]
+        front = max(-lo, 0)
+        x = jnp.pad(x, [(0, 0), (front, (n + 1) * block - front - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
+        x = x.reshape((b, n + 1, block) + x.shape[2:])
+        return jnp.concatenate([x[:, :-1], x[:, 1:]], axis=2)
+
+    def queries(x):  # [b, S, …] → [b, n, block, …]: the query rows' span slots
+        x = x[:, q_offset:q_offset + t]
+        return jnp.pad(x, [(0, 0), (0, tp - t)] + [(0, 0)] * (x.ndim - 2)).reshape((b, n, block) + x.shape[2:])
+
     prec = matmul_precision(q, k, v)
-    qb = jnp.pad(q, pad).reshape(b, n, block, h, d)
-    kb = jnp.pad(k, pad).reshape(b, n, block, h, d)
-    vb = jnp.pad(v, pad).reshape(b, n, block, h, v.shape[-1])
-
-    def with_prev(x):  # [b, n, block, …] → [b, n, 2·block, …]: the previous block (zeros before 0), then this
-        return jnp.concatenate([jnp.concatenate([jnp.zeros_like(x[:, :1]), x[:, :-1]], axis=1), x], axis=2)
-
-    k2, v2 = with_prev(kb), with_prev(vb)
-    s = jnp.einsum("bnqhd,bnkhd->bnhqk", qb.astype(_F32), k2.astype(_F32), precision=prec) * scale
-    qi = jnp.arange(n)[:, None] * block + jnp.arange(block)[None, :]  # [n, block] absolute query positions
-    kj = jnp.arange(n)[:, None] * block - block + jnp.arange(2 * block)[None, :]  # [n, 2·block]
+    qb = jnp.pad(q, [(0, 0), (0, tp - t), (0, 0), (0, 0)]).reshape(b, n, block, h, d)
+    k2, v2 = keys(k), keys(v)
+    sc = jnp.einsum("bnqhd,bnkhd->bnhqk", qb.astype(_F32), k2.astype(_F32), precision=prec) * scale
+    qi = q_offset + jnp.arange(n)[:, None] * block + jnp.arange(block)[None, :]  # [n, block] span positions
+    kj = lo + jnp.arange(n)[:, None] * block + jnp.arange(2 * block)[None, :]  # [n, 2·block]
     allowed = (kj[:, None, :] <= qi[:, :, None]) & (kj[:, None, :] >= qi[:, :, None] - window) & (kj[:, None, :] >= 0)
     allowed = allowed[None, :, None]  # [1, n, 1, block, 2·block]
     if real is not None:
-        seg_pad = [(0, 0), (0, tp - t)]
-        rb = jnp.pad(run, seg_pad).reshape(b, n, block)
-        mb = jnp.pad(real, seg_pad).reshape(b, n, block)
-        r2, m2 = with_prev(rb), with_prev(mb)
-        same = (rb[:, :, :, None] == r2[:, :, None, :]) & mb[:, :, :, None] & m2[:, :, None, :]  # [b, n, q, k]
+        rq, mq, r2, m2 = queries(run), queries(real), keys(run), keys(real)
+        same = (rq[:, :, :, None] == r2[:, :, None, :]) & mq[:, :, :, None] & m2[:, :, None, :]  # [b, n, q, k]
         allowed = allowed & same[:, :, None]
-    out = jnp.einsum("bnhqk,bnkhd->bnqhd", masked_softmax(s, allowed), v2.astype(_F32), precision=prec)
+    out = jnp.einsum("bnhqk,bnkhd->bnqhd", masked_softmax(sc, allowed), v2.astype(_F32), precision=prec)
     return out.reshape(b, tp, h, v.shape[-1])[:, :t]
