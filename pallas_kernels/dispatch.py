@@ -5,12 +5,12 @@ is `f_tpu` on TPU, `f_cuda` on CUDA and `f_other` elsewhere. A function jitted o
 ``platforms=["tpu", "cuda", "cpu"]`` from any machine then holds the Mosaic TPU kernel, the GPU kernel and the
 CPU path, each lowered only for its own platform; no context manager or device query is involved.
 
-Why not `jax.lax.platform_dependent`: it lowers every branch for every platform being exported, and a
-`pallas_call` cannot be lowered for a platform it was not written for. Exported for ["tpu", "cuda", "cpu"],
-the TPU branch fails with "Only interpret mode is supported on CPU backend"; for ["tpu", "cuda"] with
-"Compiler params for platform tpu cannot be used for gpu lowering" (measured on jax 0.10.2; jax 0.12.0's
-`_cond_lowering` is unchanged). A primitive with one lowering rule per platform is what jax itself uses for
-platform-specific code: `mlir.lower_per_platform` lowers each rule for its platform only.
+Why not `jax.lax.platform_dependent`: it lowers every branch for every platform being exported (jax's
+`_cond_lowering`, jax 0.10 to 0.12), and a `pallas_call` cannot be lowered for a platform it was not written for.
+Exported for ["tpu", "cuda", "cpu"], the TPU branch fails with "Only interpret mode is supported on CPU
+backend"; for ["tpu", "cuda"] with "Compiler params for platform tpu cannot be used for gpu lowering". A
+primitive with one lowering rule per platform is what jax itself uses for platform-specific code:
+`mlir.lower_per_platform` lowers each rule for its platform only.
 
 Contract of the functions: they take and return flat tuples of arrays, all with the batch on axis 0, with the
 same output shapes and dtypes on every platform (checked at trace time). That is what makes the batching rule

@@ -153,6 +153,49 @@ def test_platform_dispatch_under_vmap_and_eagerly(impl):
     assert_rel(mapped, want, 1e-5)
 
 
+# ------------------------------------------------------------------------------------- one shared definition
+
+
+def test_chunk_body_lowerings_agree_and_definitions_are_shared():
+    """`common.chunk_body` computes the same chunk in its Mosaic and Triton forms (the three steps that differ),
+    with packed documents and the unnormalised output; the Taylor map's size, kernel and the precision rule that
+    `jrt_jax.ops` uses are the kernels' own."""
+    from jrt_jax.ops import _checks, feature_map
+    from pallas_kernels.linear_attention import common
+
+    c, f, d = 16, 16, 16
+    keys = jax.random.split(jax.random.PRNGKey(11), 4)
+    q, k = (jax.random.normal(kk, (c, f)) for kk in keys[:2])
+    v = jax.random.normal(keys[2], (c, d))
+    w = (jnp.arange(c) < c - 3).astype(jnp.float32)[:, None]
+    ea, eb = (jnp.asarray(e) for e in common.expansion_matrices(f, float(f)))
+    state = tuple(jax.random.uniform(kk, s) for kk, s in zip(jax.random.split(keys[3], 6),
+                                                              common.state_shapes(f, d)))
+    labels = jnp.repeat(jnp.arange(4.0), 4)[:, None]  # four documents of 4 tokens
+    seg = (labels, (labels == 0).astype(jnp.float32), (labels == 3).astype(jnp.float32), jnp.zeros((c, 1)))
+    inv_sqrt_d, inv_d4 = common.taylor_scales(float(f))
+    runs = {}
+    for lowering in common.LOWERINGS:
+        out = []
+        new = common.chunk_body(q, k, v, w, ea, eb, state, seg, write_output=out.append, normalize=False, eps=0.0,
+                                inv_sqrt_d=inv_sqrt_d, inv_d4=inv_d4, precision=common.matmul_precision(q),
+                                lowering=lowering)
+        runs[lowering] = (*out[0], *new)
+    for a, b in zip(*runs.values()):
+        assert_rel(a, b, 1e-6)
+    with pytest.raises(ValueError, match="lowering must be one of"):
+        common.chunk_body(q, k, v, w, ea, eb, state, lowering="cuda", eps=0.0, inv_sqrt_d=1.0, inv_d4=1.0,
+                          precision=None)
+    assert feature_map.taylor_feature_dim is common.taylor_feature_dim and common.compact_features(16) == 153
+    assert feature_map.taylor_kernel is common.taylor_kernel and ops.taylor_feature_dim(16) == 273
+    assert _checks.matmul_precision is common.matmul_precision
+    assert common.matmul_precision(jnp.float32) == jax.lax.Precision.HIGHEST
+    assert common.matmul_precision(q.astype(jnp.bfloat16), q) == jax.lax.Precision.HIGHEST
+    assert common.matmul_precision(jnp.bfloat16) == common.matmul_precision(jnp.float16) == jax.lax.Precision.DEFAULT
+    assert [common.triton_input_precision(common.matmul_precision(t)) for t in (jnp.float32, jnp.bfloat16)] == [
+        "ieee", "tf32"]
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 
 

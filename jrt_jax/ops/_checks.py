@@ -5,7 +5,9 @@ from __future__ import annotations
 import enum
 
 import jax.numpy as jnp
-from jax import lax
+
+# The one precision rule of the kernels and the chunked paths, defined at the lowest layer.
+from pallas_kernels.linear_attention.common import matmul_precision as matmul_precision
 
 
 class Implementation(str, enum.Enum):
@@ -58,14 +60,6 @@ def check_mask(mask, batch: int, seq: int, name: str = "mask"):
     if not (jnp.issubdtype(mask.dtype, jnp.bool_) or jnp.issubdtype(mask.dtype, jnp.integer)):
         raise TypeError(f"{name} must be boolean (True = real token); got dtype {mask.dtype}")
     return jnp.asarray(mask).astype(bool)
-
-
-def matmul_precision(*arrays_or_dtypes):
-    """The matmul precision of the chunked paths: HIGHEST (true fp32 on TPU/GPU, whose default is a bf16 pass)
-    when the inputs' result dtype is float32, DEFAULT otherwise (bf16 / fp16 inputs, fp32 accumulation).
-    A no-op on CPU."""
-    dtype = jnp.result_type(*arrays_or_dtypes)
-    return lax.Precision.HIGHEST if dtype == jnp.float32 else lax.Precision.DEFAULT
 
 
 def check_positive_int(name: str, value) -> int:

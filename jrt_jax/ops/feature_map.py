@@ -7,7 +7,8 @@ With F = 16 this is the 273-dimensional map of the released checkpoints.
 
 `vec(x xᵀ)` repeats every off-diagonal product twice. The compact map keeps each unordered pair once,
 with weight √2 on the off-diagonal terms, which has the same inner product and 1 + F + F(F+1)/2 features
-(153 for F = 16). The chunked paths and the recurrent state use the compact map.
+(153 for F = 16). The chunked paths and the recurrent state use the compact map. `taylor_feature_dim` counts
+either map's features.
 """
 
 from __future__ import annotations
@@ -19,18 +20,17 @@ import numpy as np
 
 from jrt_jax.ops._checks import check_float_array
 
+# The feature count and the scalar kernel φ(q)·φ(k) = 1 + s + s²/2 are defined once, at the lowest layer, for the
+# kernels and these maps alike.
+from pallas_kernels.linear_attention.common import taylor_feature_dim as taylor_feature_dim
+from pallas_kernels.linear_attention.common import taylor_kernel as taylor_kernel
+
 
 def _scale(feature_dim, scale_dim):
     d = feature_dim if scale_dim is None else scale_dim
     if isinstance(d, bool) or not isinstance(d, (int, float)) or d <= 0:
         raise ValueError(f"scale_dim must be a positive number; got {scale_dim!r}")
     return float(d)
-
-
-def taylor_feature_dim(feature_dim: int, *, compact: bool = False) -> int:
-    """Number of features of the Taylor map for raw feature size `feature_dim` (273 / 153 for 16)."""
-    f = int(feature_dim)
-    return 1 + f + (f * (f + 1) // 2 if compact else f * f)
 
 
 def taylor_feature_map(x, *, scale_dim: float | None = None):
@@ -87,8 +87,3 @@ def taylor_feature_map_compact_t(x_t, *, scale_dim: float | None = None):
     w[np.arange(1, n), np.arange(1, n)] = 1.0 / math.sqrt(2.0)
     outer = xt[..., :, None, :] * (xt[..., None, :, :] * jnp.asarray(w, dtype=x_t.dtype))
     return jnp.concatenate([outer[..., a, a:, :] for a in range(n)], axis=-2)
-
-
-def taylor_kernel(s):
-    """The scalar kernel φ(q)·φ(k) as a function of s = q·k/√d: 1 + s + s²/2 (always ≥ 1/2)."""
-    return 1.0 + s + 0.5 * s * s

@@ -2,6 +2,9 @@
 
 Backends: "tpu" (`tpu.py`, Pallas Mosaic TPU), "gpu" (`gpu.py`, Pallas with the Triton lowering) and
 "triton" (`triton.py`, a Triton-language kernel called through jax-triton; CUDA only, no Pallas interpreter).
+"tpu" and "gpu" run one chunk body (`common.chunk_body`); "triton" is the same algorithm in the Triton language,
+which cannot call jnp code (its docstring says what it shares). Both GPU kernels stay because "gpu" is the one
+that needs no jax-triton.
 
 With `backend=None` the kernel is chosen by the platform the computation is lowered for
 (`pallas_kernels.dispatch`): the Mosaic kernel on TPU; on CUDA the "triton" kernel where `jax_triton` imports
@@ -20,24 +23,9 @@ import jax.numpy as jnp
 
 from pallas_kernels.dispatch import platform_dispatch
 from pallas_kernels.linear_attention import common
+from pallas_kernels.linear_attention.common import patch_triton_for_jax_triton  # re-exported
 
 BACKENDS = ("tpu", "gpu", "triton")
-
-
-def patch_triton_for_jax_triton() -> str | None:
-    """Give triton < 3.7 the `TMA_TF32` constant that jax-triton 0.4 imports; must run before jax_triton is first
-    imported. jax-triton 0.4.1 asks for triton >= 3.7 and imports `triton.backends.nvidia.driver.TMA_TF32` under a
-    guard: on triton 3.6 (the GPU image's) the guard replaces its whole NVIDIA backend by stubs and every kernel
-    call fails later. The constant is 11 (CUDA's TF32 tensor-map type), used only for TMA descriptors, which this
-    project's kernel does not use. Returns what it did, or None where nothing was needed or triton is absent."""
-    try:
-        from triton.backends.nvidia import driver
-    except Exception:  # noqa: BLE001 - no triton, or no NVIDIA backend: nothing for jax-triton to use anyway
-        return None
-    if hasattr(driver, "TMA_TF32"):
-        return None
-    driver.TMA_TF32 = 11  # CU_TENSOR_MAP_DATA_TYPE_TFLOAT32
-    return "defined triton.backends.nvidia.driver.TMA_TF32 = 11 for jax-triton (triton < 3.7)"
 
 
 @functools.cache

@@ -1,10 +1,19 @@
 """Chunked Based / PLA prefill as a Triton-language kernel, called from JAX through `jax_triton.triton_call`.
 
-The kernel has the contract of `gpu.prefill_gpu` (the Pallas-Triton kernel) and the same algorithm: grid
+The kernel has the contract of `gpu.prefill_gpu` (the Pallas GPU kernel) and the same algorithm: grid
 (B·H, D / Db), each program owns one head and a Db-wide slice of the value dimension and walks the chunks of
 its sequence, carrying its slice of the fp32 state in registers: S0 [Db], S1 [F, Db], S2 [P2, Db], z0, z1 [F],
-z2 [P2]. Precision as there: fp32 inputs use IEEE fp32 dots (`input_precision="ieee"`, the 1e-5 contract);
-bf16 / fp16 inputs are read as fp32 and allow TF32 tensor-core dots; the state stays fp32 throughout.
+z2 [P2]. Precision by `common.matmul_precision` in Triton's words (`common.triton_input_precision`): fp32 inputs
+use IEEE fp32 dots (the 1e-5 contract); bf16 / fp16 inputs are read as fp32 and allow TF32 tensor-core dots; the
+state stays fp32 throughout.
+
+Why the chunk body is written here and not taken from `common.chunk_body`: Triton compiles a kernel from its
+Python source, on Triton tensors addressed by explicit pointer arithmetic, and can call only other Triton
+functions, not jnp code. What can be shared is: the Taylor kernel 1 + s + s²/2 (`common.taylor_kernel`, plain
+arithmetic, compiled here by `triton.jit`), the precision rule, the scales (`common.taylor_scales`), the state
+layout (`common.state_shapes`) and the size rules (`common.gpu_unsupported_reason`, `GPU_VALUE_BLOCK`). The
+tests hold the two bodies equal: tests/test_triton_kernel.py compares every output of this kernel (in Triton's
+interpreter) with the Pallas GPU kernel's on the same inputs.
 
 Two launchers share the kernel: `prefill_triton` (JAX arrays, through jax-triton, what `api.py` runs on CUDA)
 and `prefill_triton_torch` (torch tensors: on a GPU the compiled kernel; in a process that imported triton with
@@ -14,21 +23,16 @@ Why jax-triton and not Pallas Mosaic GPU: jax ≥ 0.11 deprecates the Pallas Tri
 at every lowering: "The Pallas Triton backend is deprecated and will be removed in a future JAX version"), and
 the two ways off it are Mosaic GPU and Triton-language kernels through jax_triton. Mosaic GPU targets Hopper
 and later with warpgroup programming and cannot be exercised at all without such a GPU; a Triton kernel runs in
-Triton's interpreter on the CPU (the tests here) and compiles for every GPU Triton supports (sm_80 on). The
-choice was not measured on a GPU, none was available; `benchmarks/kernels.py` times both kernels on one
-(`backend="gpu"` and `backend="triton"` rows).
+Triton's interpreter on the CPU (the tests here) and compiles for every GPU Triton supports (sm_80 on).
+`benchmarks/kernels.py` times both GPU kernels on a GPU (`backend="gpu"` and `backend="triton"` rows).
 
 What jax-triton needs: a CUDA jaxlib (`pip install 'jrt-jax[gpu]'`): `import jax_triton` fails on a CPU-only
 jaxlib, whose `jaxlib.gpu_triton` lacks the kernel-call bindings of the jax-cuda plugin. With the plugin
-installed but no GPU, `triton_call` lowers and exports for CUDA (it compiles the kernel to PTX on the host); the
-kernel is then built for compute capability 9.0, the target the Pallas-Triton kernel had under jax 0.10. Without
-jax-triton, `api.py` keeps the Pallas-Triton kernel for CUDA, so exporting for CUDA from a CPU machine works.
-
-Measured on the host only (no GPU run yet): Triton 3.9 compiles the kernel for sm_90 (F = 16, chunk 64,
-4 warps); with bf16 inputs ptxas 12.9 reports 255 registers and ~2.2 KB of spills per thread, 104 KB of
-shared memory; fp32 inputs (IEEE dots on FMA units) spill ~70 KB. Triton 3.9 writes PTX ISA 9.4 for sm_90 and
-later (it takes the ISA from its bundled CUDA 13 ptxas), which a CUDA 12 ptxas rejects; pointing
-TRITON_PTXAS_BLACKWELL_PATH at a CUDA 12 ptxas makes it write PTX 8.8.
+installed but no GPU, `triton_call` lowers and exports for CUDA (it compiles the kernel to PTX on the host, for
+compute capability 9.0: `_compute_capability`). Without jax-triton, `api.py` keeps the Pallas GPU kernel for
+CUDA, so exporting for CUDA from a CPU machine works. The PTX ISA version Triton writes must be one XLA's ptxas
+reads: docs/hardware.md ("The ptxas / PTX-version risk") says which Triton and ptxas pairs work and how to
+point Triton at another ptxas.
 
 Optional inputs and outputs: a Triton kernel has one fixed parameter list and jax-triton passes the outputs
 after the inputs, so an input or output that a call does not use (the segment arrays, the unnormalised
@@ -40,18 +44,32 @@ from __future__ import annotations
 
 import functools
 import inspect
+import types
 
 import jax
 import jax.numpy as jnp
 import triton
 import triton.language as tl
 
-from pallas_kernels.linear_attention.common import GPU_VALUE_BLOCK, KernelState, gpu_unsupported_reason
+from pallas_kernels.linear_attention.common import (
+    GPU_VALUE_BLOCK,
+    KernelState,
+    gpu_unsupported_reason,
+    matmul_precision,
+    patch_triton_for_jax_triton,
+    state_shapes,
+    taylor_kernel,
+    taylor_scales,
+    triton_input_precision,
+)
 
 _F32 = jnp.float32
 VALUE_BLOCK = GPU_VALUE_BLOCK
-unsupported_reason = gpu_unsupported_reason  # the limits of the Pallas-Triton kernel: the same tiles
+unsupported_reason = gpu_unsupported_reason  # the limits of the Pallas GPU kernel: the same tiles
 _PLACEHOLDER = (1,)  # the shape of an input or output a call does not use
+# `common.taylor_kernel` compiled by Triton from its own source, with this module's globals: Triton's interpreter
+# looks for triton.language among the globals of every function it runs, and common.py does not import triton.
+_taylor_kernel = triton.jit(types.FunctionType(taylor_kernel.__code__, globals(), taylor_kernel.__name__))
 
 
 @triton.jit
@@ -70,7 +88,7 @@ def _prefill_kernel(
 
     Arrays are dense row-major in kernel layout: q, k [BH, TP, F], v and y [BH, TP, D], den [BH, TP], w and the
     segment arrays [B, TP], ea, eb [F, P2], states s0 [BH, D], s1 [BH, F, D], s2 [BH, P2, D], z0 [BH],
-    z1 [BH, F], z2 [BH, P2], saved states with a leading chunk axis [TP / CHUNK, BH, …].
+    z1 [BH, F], z2 [BH, P2] (`_state_views`), saved states with a leading chunk axis [TP / CHUNK, BH, …].
     """
     i = tl.program_id(0).to(tl.int64)
     j = tl.program_id(1)
@@ -124,7 +142,7 @@ def _prefill_kernel(
                 r = tl.load(r_ptr + b * TP + t)
                 carried_num = carried_num * r[:, None]
                 carried_den = carried_den * r
-            a = tl.where(allowed, 1.0 + s + 0.5 * s * s, 0.0)
+            a = tl.where(allowed, _taylor_kernel(s), 0.0)
             num = tl.dot(a, v * w[:, None], input_precision=PRECISION) + carried_num
             den = tl.sum(a * w[None, :], axis=1) + carried_den
             y_at = y_ptr + i * TP * D + t[:, None] * D + di[None, :]
@@ -159,8 +177,14 @@ def _prefill_kernel(
         tl.store(z2_out + i * P2 + pi, z2)
 
 
+def _view_shapes(f: int, d: int):
+    """The state parts' per-head shapes as the kernel addresses them: `common.state_shapes` without the unit
+    leading axis of s0, z0, z1, z2 (s0 [D], s1 [F, D], s2 [P2, D], z0 [1], z1 [F], z2 [P2])."""
+    return [s[1:] if s[0] == 1 else s for s in state_shapes(f, d)]
+
+
 def _plan(q_shape, v_shape, p2, *, heads, chunk, eps, scale_dim, emit_output, normalize, save_states, segmented,
-          has_weights, fp32_inputs):
+          has_weights, precision):
     """(grid, constexpr parameters, output shapes in kernel order) of one call; both launchers use it.
 
     The outputs are y (or num), den, the six final state arrays and the six saved ones, placeholders
@@ -175,25 +199,24 @@ def _plan(q_shape, v_shape, p2, *, heads, chunk, eps, scale_dim, emit_output, no
     if tp % chunk:
         raise ValueError(f"q must have a whole number of chunks ({chunk}) along its sequence axis; got {tp}")
     n = tp // chunk
+    inv_sqrt_d, inv_d4 = taylor_scales(scale_dim)
     meta = dict(
         BH=bh, HEADS=heads, TP=tp, F=f, D=d, P2=p2, CHUNK=chunk, DB=VALUE_BLOCK, EMIT_OUTPUT=emit_output,
         NORMALIZE=normalize, SAVE_STATES=save_states, SEGMENTED=segmented, HAS_WEIGHTS=has_weights, EPS=float(eps),
-        INV_SQRT_D=1.0 / scale_dim**0.5, INV_D4=1.0 / scale_dim**0.25,
-        PRECISION="ieee" if fp32_inputs else "tf32",
+        INV_SQRT_D=inv_sqrt_d, INV_D4=inv_d4, PRECISION=triton_input_precision(precision),
     )
-    state_shapes = [(d,), (f, d), (p2, d), (), (f,), (p2,)]
+    views = _view_shapes(f, d)
     shapes = [(bh, tp, d) if emit_output else _PLACEHOLDER,
               (bh, tp) if emit_output and not normalize else _PLACEHOLDER]
-    shapes += [(bh,) + s for s in state_shapes]
-    shapes += [(n, bh) + s if save_states else _PLACEHOLDER for s in state_shapes]
+    shapes += [(bh,) + s for s in views]
+    shapes += [(n, bh) + s if save_states else _PLACEHOLDER for s in views]
     return (bh, d // VALUE_BLOCK), meta, shapes
 
 
 def _state_views(state: KernelState):
-    """KernelState arrays (s0 [BH,1,D], …, z2 [BH,1,P2]) as the kernel reads them (s0 [BH,D], …, z2 [BH,P2])."""
-    bh = state.s0.shape[0]
-    return [state.s0.reshape(bh, -1), state.s1, state.s2, state.z0.reshape(bh), state.z1.reshape(bh, -1),
-            state.z2.reshape(bh, -1)]
+    """KernelState arrays (s0 [BH,1,D], …, z2 [BH,1,P2]) in the kernel's shapes (`_view_shapes`)."""
+    bh, f, d = state.s1.shape
+    return [x.reshape((bh,) + s) for x, s in zip(state, _view_shapes(f, d))]
 
 
 def _results(outs, emit_output, normalize, save_states):
@@ -237,7 +260,7 @@ def prefill_triton(q, k, v, w, ea, eb, state: KernelState, seg=None, *, heads, c
     grid, meta, shapes = _plan(
         q.shape, v.shape, ea.shape[1], heads=heads, chunk=chunk, eps=eps, scale_dim=scale_dim,
         emit_output=emit_output, normalize=normalize, save_states=save_states, segmented=seg is not None,
-        has_weights=w is not None, fp32_inputs=q.dtype == jnp.float32,
+        has_weights=w is not None, precision=matmul_precision(q.dtype),
     )
     placeholder = jnp.zeros(_PLACEHOLDER, _F32)
     w_arg = placeholder if w is None else w[..., 0].astype(_F32)
@@ -266,9 +289,7 @@ def _jax_triton():
     `(used_outputs, live_inputs, eqn)`, so every jit holding a kernel call failed ("takes 2 positional arguments
     but 3 were given"). The rule keeps every input and the call itself whatever is used, so the adapter drops
     `live_inputs` and changes nothing else; a rule of the right arity is left alone."""
-    from pallas_kernels.linear_attention import api  # imported here: api imports this module
-
-    api.patch_triton_for_jax_triton()
+    patch_triton_for_jax_triton()
     try:
         import jax_triton
     except ImportError as exc:
@@ -323,7 +344,7 @@ def prefill_triton_torch(q, k, v, w, ea, eb, state: KernelState, seg=None, *, he
     grid, meta, shapes = _plan(
         tuple(q.shape), tuple(v.shape), ea.shape[1], heads=heads, chunk=chunk, eps=eps, scale_dim=scale_dim,
         emit_output=emit_output, normalize=normalize, save_states=save_states, segmented=seg is not None,
-        has_weights=w is not None, fp32_inputs=q.dtype == torch.float32,
+        has_weights=w is not None, precision=matmul_precision(jnp.dtype(str(q.dtype).removeprefix("torch."))),
     )
     dev = q.device
     f32 = lambda x: x.to(device=dev, dtype=torch.float32).contiguous()

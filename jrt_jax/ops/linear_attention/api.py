@@ -87,13 +87,7 @@ def _check_encoder(q, v, k_enc, v_enc):
 def _check_state(initial_state, b, h, f, d):
     if initial_state is None:
         return None
-    if not isinstance(initial_state, LinearAttentionState):
-        if isinstance(initial_state, tuple) and len(initial_state) == 2:
-            initial_state = LinearAttentionState(*initial_state)
-        else:
-            raise TypeError(
-                f"initial_state must be a LinearAttentionState (kv, z); got {type(initial_state).__name__}"
-            )
+    initial_state = LinearAttentionState.coerce(initial_state)
     check_float_array("initial_state.kv", initial_state.kv, 4)
     check_float_array("initial_state.z", initial_state.z, 3)
     want = (b, h, taylor_feature_dim(f, compact=True), d)
@@ -323,11 +317,9 @@ def linear_attention_step(state: LinearAttentionState, q_t, k_t, v_t, *, eps: fl
     Returns:
       (y_t [B, H, D] in the inputs' result dtype, new state).
     """
-    if not isinstance(state, LinearAttentionState):
-        if isinstance(state, tuple) and len(state) == 2:
-            state = LinearAttentionState(*state)
-        else:
-            raise TypeError(f"state must be a LinearAttentionState (kv, z); got {type(state).__name__}")
+    if state is None:
+        raise TypeError("state must be a LinearAttentionState (kv, z); got NoneType")
+    state = LinearAttentionState.coerce(state, "state")
     check_float_array("q_t", q_t, 3)
     check_float_array("k_t", k_t, 3)
     check_float_array("v_t", v_t, 3)

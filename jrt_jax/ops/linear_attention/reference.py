@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from jrt_jax.ops._checks import matmul_precision
 from jrt_jax.ops.feature_map import taylor_feature_map, taylor_feature_map_compact
 from jrt_jax.ops.linear_attention.state import LinearAttentionState
 
@@ -23,7 +24,7 @@ _F32 = jnp.float32
 
 
 def _scores(phi_q, phi_k):
-    return jnp.einsum("bihp,bjhp->bhij", phi_q, phi_k, precision="highest")
+    return jnp.einsum("bihp,bjhp->bhij", phi_q, phi_k, precision=matmul_precision(phi_q, phi_k))
 
 
 def _weights(allowed, w):
@@ -43,20 +44,21 @@ def reference_linear_attention(q, k, v, *, k_enc=None, v_enc=None, key_w=None, e
     causal = jnp.tril(jnp.ones((t, t), bool))[None] & same
     phi_q = taylor_feature_map(q, scale_dim=scale_dim)
     scores = _scores(phi_q, taylor_feature_map(k, scale_dim=scale_dim)) * _weights(causal, key_w)
-    num = jnp.einsum("bhij,bjhd->bihd", scores, v, precision="highest")
+    num = jnp.einsum("bhij,bjhd->bihd", scores, v, precision=matmul_precision(scores, v))
     den = jnp.einsum("bhij->bih", scores)
     if k_enc is not None:
         m = k_enc.shape[1]
         k_enc, v_enc = k_enc.astype(_F32), v_enc.astype(_F32)
         enc_scores = _scores(phi_q, taylor_feature_map(k_enc, scale_dim=scale_dim))
         enc_scores = enc_scores * _weights(same[:, :, :m], enc_w)  # not causal: the whole prefix of the document
-        num = num + jnp.einsum("bhij,bjhd->bihd", enc_scores, v_enc, precision="highest")
+        num = num + jnp.einsum("bhij,bjhd->bihd", enc_scores, v_enc, precision=matmul_precision(enc_scores, v_enc))
         den = den + jnp.einsum("bhij->bih", enc_scores)
     if initial_state is not None:
         first = jnp.ones((b, t), bool) if doc is None else doc == doc[:, :1]
         phi_qc = taylor_feature_map_compact(q, scale_dim=scale_dim) * first[:, :, None, None]
-        num = num + jnp.einsum("bihp,bhpd->bihd", phi_qc, initial_state[0].astype(_F32), precision="highest")
-        den = den + jnp.einsum("bihp,bhp->bih", phi_qc, initial_state[1].astype(_F32), precision="highest")
+        kv0, z0 = initial_state[0].astype(_F32), initial_state[1].astype(_F32)
+        num = num + jnp.einsum("bihp,bhpd->bihd", phi_qc, kv0, precision=matmul_precision(phi_qc, kv0))
+        den = den + jnp.einsum("bihp,bhp->bih", phi_qc, z0, precision=matmul_precision(phi_qc, z0))
     y = num / (den[..., None] + eps)
     return y, final_state(k, v, k_enc, v_enc, key_w, enc_w, doc, initial_state, scale_dim=scale_dim)
 
@@ -91,5 +93,6 @@ def reference_state(k, v, key_w=None, *, scale_dim=None) -> LinearAttentionState
     phi_k = taylor_feature_map_compact(k.astype(_F32), scale_dim=scale_dim)
     if key_w is not None:
         phi_k = phi_k * key_w.astype(_F32)[:, :, None, None]
-    kv = jnp.einsum("bjhp,bjhd->bhpd", phi_k, v.astype(_F32), precision="highest")
+    v = v.astype(_F32)
+    kv = jnp.einsum("bjhp,bjhd->bhpd", phi_k, v, precision=matmul_precision(phi_k, v))
     return LinearAttentionState(kv=kv, z=jnp.sum(phi_k, axis=1))

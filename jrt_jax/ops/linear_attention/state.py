@@ -7,6 +7,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jrt_jax.ops._checks import matmul_precision
 from jrt_jax.ops.feature_map import taylor_feature_dim, taylor_feature_map_compact
 
 
@@ -20,6 +21,16 @@ class LinearAttentionState(NamedTuple):
 
     kv: jax.Array
     z: jax.Array
+
+    @classmethod
+    def coerce(cls, value, name: str = "initial_state"):
+        """`value` as a LinearAttentionState: None stays None, a (kv, z) pair is wrapped; TypeError naming `name`
+        otherwise. The one place every op that takes a state accepts one."""
+        if value is None or isinstance(value, cls):
+            return value
+        if isinstance(value, tuple) and len(value) == 2:
+            return cls(*value)
+        raise TypeError(f"{name} must be a LinearAttentionState (kv, z); got {type(value).__name__}")
 
 
 def zero_state(batch: int, heads: int, feature_dim: int, value_dim: int) -> LinearAttentionState:
@@ -39,6 +50,6 @@ def step(state: LinearAttentionState, q_t, k_t, v_t, *, eps: float, scale_dim=No
     kv = state.kv + phi_k[..., :, None] * v_t.astype(f32)[..., None, :]
     z = state.z + phi_k
     phi_q = taylor_feature_map_compact(q_t.astype(f32), scale_dim=scale_dim)
-    num = jnp.einsum("bhp,bhpd->bhd", phi_q, kv, precision="highest")
-    den = jnp.einsum("bhp,bhp->bh", phi_q, z, precision="highest")
+    num = jnp.einsum("bhp,bhpd->bhd", phi_q, kv, precision=matmul_precision(phi_q, kv))
+    den = jnp.einsum("bhp,bhp->bh", phi_q, z, precision=matmul_precision(phi_q, z))
     return num / (den[..., None] + eps), LinearAttentionState(kv, z)

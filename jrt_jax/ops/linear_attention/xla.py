@@ -10,9 +10,8 @@ carrying the state (kv [B,H,Φ,D], z [B,H,Φ]) and writes each chunk's output in
 
 φ(k) is built features-first ([B,H,Φ,C], `taylor_feature_map_compact_t`) so that the update is a plain
 [Φ, C] @ [C, D] matmul; φ(q) stays features-last for the read. On XLA:CPU this layout is what sends the update
-to the fast (YNNPACK) matmul and builds the map in one vectorised product instead of one small kernel per row:
-17–20 % less wall time at C = 64 than building both maps features-last (PLA prefill at T = 32k, old and new
-path timed round-robin in one process on a 2-core CPU).
+to the fast (YNNPACK) matmul and builds the map in one vectorised product instead of one small kernel per row
+(`benchmarks/prefill.py` times the path).
 
 Nothing of size T × Φ or N × Φ × D is materialised in the forward pass: the per-chunk states are carried,
 not stacked, so every per-chunk operand stays in cache. On CPU the loop is bound by per-op overhead and by
