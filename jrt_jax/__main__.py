@@ -7,12 +7,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import jax
 import jax.numpy as jnp
 
 from jrt_jax import benchmarking as bm
-from jrt_jax import ops
+from jrt_jax import cli, ops
 
 
 def check_against_reference(seed: int = 0) -> dict[str, float]:
@@ -45,8 +46,8 @@ def check_against_reference(seed: int = 0) -> dict[str, float]:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m jrt_jax", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(prog="python -m jrt_jax", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seq-lens", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
@@ -64,8 +65,8 @@ def main(argv=None) -> None:
     if sp:
         print("\nPLA speed-up over dot_product_attention: " + ", ".join(f"T={t}: {x:.1f}x" for t, x in sorted(sp.items())))
     if max(errors.values()) > 1e-5:
-        raise SystemExit("reference check failed")
+        raise cli.CommandFailed("the chunked path differs from the reference by more than 1e-5 (above)")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run_command(main, prog="python -m jrt_jax"))

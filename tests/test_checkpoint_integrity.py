@@ -215,8 +215,8 @@ def test_digest_catches_any_single_element_change_and_ignores_sharding(run):
 
 def test_digests_are_one_program_per_device_set(run, monkeypatch):
     """A save digests the whole state in one program (per set of devices), never one per array: dozens of small
-    multi-device programs in flight deadlocked simulated CPU devices (jrt_jax.convert.run.array_digests)."""
-    from jrt_jax.convert import run as run_format
+    multi-device programs in flight deadlocked simulated CPU devices (jrt_jax.runs.array_digests)."""
+    from jrt_jax.runs import digests as run_format
 
     calls = []
     real = run_format._digests_jit

@@ -142,10 +142,10 @@ def test_cli_converts_and_round_trips(release, tmp_path, capsys):
     assert "converted" in stdout and "hazy" in stdout and "model.safetensors" in stdout
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     ch.assert_bit_identical(ch.params_of(from_pretrained(release)), ch.params_of(from_pretrained(out)))
-    # an existing non-empty destination needs --overwrite; with it, files are replaced
-    assert cli.main([str(release), str(out)]) == 1
+    # an existing non-empty destination needs --overwrite (bad input: exit status 2); with it, files are replaced
+    assert cli.main([str(release), str(out)]) == 2
     assert "not empty" in capsys.readouterr().err
-    assert cli.main([str(release), str(out), "--format", "torch", "--overwrite"]) == 1  # stale safetensors
+    assert cli.main([str(release), str(out), "--format", "torch", "--overwrite"]) == 2  # stale safetensors
     assert "model.safetensors" in capsys.readouterr().err
     assert cli.main([str(release), str(out), "--dtype", "bfloat16", "--overwrite"]) == 0
     assert from_pretrained(out).config.param_dtype == "bfloat16"
@@ -157,15 +157,16 @@ def test_cli_errors_exit_nonzero_and_write_nothing(release, tmp_path, capsys):
 
     bad = _edit_bin(release, tmp_path / "bad", edit)
     out = tmp_path / "out"
-    assert cli.main([str(bad), str(out)]) == 1
+    assert cli.main([str(bad), str(out)]) == 2  # bad input: every error of this command is one line, status 2
     err = capsys.readouterr().err
-    assert err.startswith("jrt convert: error:") and "transformer.ln_f.weight" in err
+    assert err.startswith("jrt convert: error:") and err.count("\n") == 1
+    assert "(1 missing, 0 unexpected, 0 mis-shaped): missing transformer.ln_f.weight" in err
     assert not out.exists()
-    assert cli.main([str(tmp_path / "missing"), str(out)]) == 1
+    assert cli.main([str(tmp_path / "missing"), str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as e:  # argparse: bad choice
-        cli.main([str(release), str(out), "--dtype", "int8"])
-    assert e.value.code == 2
+    assert cli.main([str(release), str(out), "--dtype", "int8"]) == 2  # argparse: bad choice
+    err = capsys.readouterr().err
+    assert err.startswith("jrt convert: error: argument --dtype: invalid choice: 'int8'") and err.count("\n") == 1
     assert not out.exists()
 
 
@@ -194,7 +195,7 @@ def test_jrt_dispatcher_runs_convert(release, tmp_path):
     train_cli = pytest.importorskip("train.cli")
     assert train_cli.main(["convert", str(release), str(tmp_path / "o"), "--format", "torch"]) == 0
     assert (tmp_path / "o" / "pytorch_model.bin").is_file()
-    assert train_cli.main(["convert", str(tmp_path / "nope"), str(tmp_path / "p")]) == 1
+    assert train_cli.main(["convert", str(tmp_path / "nope"), str(tmp_path / "p")]) == 2
     assert not (tmp_path / "p").exists()
 
 

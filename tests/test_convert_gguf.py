@@ -250,7 +250,7 @@ def test_unsupported_gguf_types_are_named(tmp_path, capsys):
     assert "unsupported GGUF tensor type" in msg
     assert "blk.0.attn_v.weight (I32)" in msg and "blk.1.ffn_down.weight (Q8_1)" in msg
     out = tmp_path / "out"
-    assert cli.main([str(tmp_path / "bad.gguf"), str(out)]) == 1
+    assert cli.main([str(tmp_path / "bad.gguf"), str(out)]) == 2
     assert "blk.1.ffn_down.weight (Q8_1)" in capsys.readouterr().err
     assert not out.exists()
 

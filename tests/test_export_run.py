@@ -24,6 +24,7 @@ import pytest
 from flax import nnx
 
 import jrt_jax
+from jrt_jax import runs
 from jrt_jax.convert import ConversionError, load_tokenizer
 from jrt_jax.convert.run import EXPORT_FILE, run_model_config, run_tokenizer_record
 from jrt_jax.tokenizer import ByteTokenizer
@@ -138,6 +139,19 @@ def test_llama_run_exports_to_a_transformers_folder(llama_run, tmp_path):
     ch.assert_bit_identical(ch.params_of(ours), ch.params_of(jrt_jax.from_pretrained(tmp_path / "out")))
     assert isinstance(load_tokenizer(llama_run), ByteTokenizer)
     assert isinstance(load_tokenizer(tmp_path / "out"), ByteTokenizer)
+
+    # The run records the model it trains beside its checkpoints; a run written before it did (no config.json)
+    # gives the same model from its saved training config; a damaged record is a one-line error.
+    llama = dataclasses.replace(jrt_jax.models.config_from_preset("llama-tiny"), num_hidden_layers=1)
+    assert runs.read_model_config(llama_run) == llama == ours.config
+    legacy = tmp_path / "legacy"
+    shutil.copytree(llama_run, legacy)
+    (legacy / runs.MODEL_CONFIG_FILE).unlink()
+    assert model_config(legacy) == model_config(llama_run)
+    ch.assert_bit_identical(ch.params_of(ours), ch.params_of(jrt_jax.from_pretrained(legacy)))
+    (legacy / runs.MODEL_CONFIG_FILE).write_text("{")
+    with pytest.raises(ConversionError, match=r"config.json: unreadable \(JSONDecodeError"):
+        jrt_jax.from_pretrained(legacy)
 
 
 # A tokenizer.json in the run directory is the run's tokenizer (`run_tokenizer_record`); written with the byte
@@ -419,11 +433,27 @@ def test_a_corrupt_newest_step_falls_back_unless_asked_for(jrt_run, tmp_path, da
     ["model.preset=llama-tiny", "model.rope_scaling={rope_type: dynamic, factor: 2.0}", "data.seq_len=8192"],
 ], ids=["jrt", "based-overrides", "bf16", "pi-linear", "yarn", "dynamic"])
 def test_model_config_rule_matches_the_trainer(overrides):
-    """A saved training config (JSON round trip) rebuilds the model config the trainer trained."""
+    """The model config the trainer trained is what a run records (config.json round trip), and what the saved
+    training config of a run that records none rebuilds (JSON round trip)."""
     from train.trainer import build_model_config
 
     cfg = load_config(None, overrides)
-    assert run_model_config(json.loads(json.dumps(to_dict(cfg)))) == build_model_config(cfg)
+    trained = build_model_config(cfg)
+    assert runs.model_config_from_dict(json.loads(json.dumps(runs.model_config_dict(trained)))) == trained
+    assert run_model_config(json.loads(json.dumps(to_dict(cfg)))) == trained
+
+
+def test_recorded_model_config_errors():
+    good = runs.model_config_dict(jrt_jax.models.config_from_preset("recall-attention"))
+    assert good["model_class"] == "JRTConfig" and good["attention_layers"] == [1] and good["mlp"] is False
+    for bad, match in [(dict(good, model_class="GPT2"), r"x/config.json: model_class='GPT2'; expected one of \["),
+                       (dict(good, n_layerz=3), r"unknown field\(s\) \['n_layerz'\] for JRTConfig"),
+                       (dict(good, n_layers=0), "does not build a JRTConfig: n_layers"),
+                       ([], "must hold a JSON object; got list")]:
+        with pytest.raises(runs.RunError, match=match):
+            runs.model_config_from_dict(bad, "x/config.json")
+    with pytest.raises(runs.RunError, match="fine-tuned from model.checkpoint=base .*base_config="):
+        runs.legacy_model_config({"model": {"checkpoint": "base"}}, run="r")
 
 
 def test_model_config_rules_for_rope_scaling():
@@ -507,13 +537,14 @@ def test_text_tools_refuse_a_run_without_a_text_tokenizer(jrt_run, tmp_path, cap
     reason = ("no text tokenizer (data.kind=set_disjointness is a synthetic task: its token ids are task symbols, not "
               "text, so there is no text tokenizer and no bos / eos / pad id)")
     for checkpoint in (run, tmp_path / "out"):
-        with pytest.raises(SystemExit) as exc:
-            cli.main(["generate", "--checkpoint", str(checkpoint), "--prompt", "It was the", "--max-new-tokens", "2"])
-        message = str(exc.value.code)
-        assert message == (f"jrt generate: error: --checkpoint {checkpoint} has {reason}; generate from a model "
-                           "trained on text (or force one with --tokenizer bytes), or evaluate a synthetic-task run "
-                           f"with jrt eval recall --model {checkpoint}")
-        assert capsys.readouterr().out == ""  # nothing generated
+        code = cli.main(["generate", "--checkpoint", str(checkpoint), "--prompt", "It was the", "--max-new-tokens",
+                         "2"])
+        captured = capsys.readouterr()
+        assert code == 2 and captured.err == (
+            f"jrt generate: error: --checkpoint {checkpoint} has {reason}; this reads text: give a model trained on "
+            f"text (or force one with --tokenizer bytes), or evaluate a synthetic-task run with jrt eval recall --model "
+            f"{checkpoint}\n")
+        assert captured.out == ""  # nothing generated
     text = tmp_path / "t.txt"
     text.write_text(TEXT)
     rows = tmp_path / "qa.jsonl"
@@ -524,7 +555,7 @@ def test_text_tools_refuse_a_run_without_a_text_tokenizer(jrt_run, tmp_path, cap
         captured = capsys.readouterr()
         lines = captured.err.strip().splitlines()
         assert code == 2 and captured.out == "" and len(lines) == 1, captured.err
-        assert lines[0] == (f"jrt eval {command[0]}: error: --model {run} has {reason}; this evaluation reads text: "
+        assert lines[0] == (f"jrt eval {command[0]}: error: --model {run} has {reason}; this reads text: "
                             f"give a model trained on text, or evaluate a synthetic-task run with jrt eval recall "
                             f"--model {run}")
     code = cli.main(["eval", "recall", "--model", str(run), "--task", "set_disjointness", "--examples", "4", "--json",

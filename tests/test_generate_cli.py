@@ -28,6 +28,14 @@ def test_generate_sampling_seed_is_reproducible(capsys):
     assert a == b and a.startswith("[0] ") and "\n[1] " in a
 
 
+def test_prefill_chunk_gives_the_same_text(capsys):
+    args = ["--preset", "llama-tiny", "--prompt", "a longer prompt than one chunk", "--prompt", "short",
+            "--max-new-tokens", "6", "--tokenizer", "bytes", "--no-eos-stop"]
+    code, one, _ = run(capsys, *args)
+    code_chunked, chunked, _ = run(capsys, *args, "--prefill-chunk", "8")
+    assert code == code_chunked == 0 and chunked == one
+
+
 def test_jrt_prompt_flags(capsys):
     code, out, _ = run(capsys, "--preset", "llama-tiny", "--jrt-prompt", "--question", "Who?", "--context",
                        "Ann met Bo.", "--max-new-tokens", "4", "--tokenizer", "bytes", "--echo")
@@ -46,12 +54,16 @@ def test_jrt_prompt_flags(capsys):
          "--max-new-tokens must be in [1, 1,000,000]; got 10,000,000,000"),
         (["--preset", "llama-tiny", "--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens must be in"),
         (["--preset", "llama-tiny", "--prompt", "x", "--stop", ""], "an empty stop string"),
+        (["--preset", "llama-tiny", "--prompt", "x", "--prefill-chunk", "0"], "--prefill-chunk must be >= 1"),
+        (["--preset", "llama-tiny", "--prompt", "x", "--max-new-tokens", "lots"],
+         "argument --max-new-tokens: invalid int value: 'lots' (see jrt generate --help)"),
     ],
 )
 def test_cli_errors(capsys, argv, message):
-    with pytest.raises(SystemExit) as e:
-        cli.main(argv)
-    assert message in str(e.value)
+    code, out, err = run(capsys, *argv)
+    lines = err.strip().splitlines()
+    assert code == 2 and out == "" and len(lines) == 1, err
+    assert lines[0].startswith("jrt generate: error: ") and message in lines[0]
 
 
 def test_list_presets(capsys):

@@ -55,10 +55,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-# The digest and the metadata's SHA-256 live with the reading side of this format, `jrt_jax.convert.run` (jrt_jax
+from jrt_jax.cli import one_line
+
+# The digest and the metadata's SHA-256 live with the reading side of this format, `jrt_jax.runs` (jrt_jax
 # reads run directories without importing train), so that writer and readers cannot drift apart.
-from jrt_jax.convert.run import META_FORMAT, OWNER_FILE, array_digests  # noqa: F401 — re-exported
-from jrt_jax.convert.run import meta_sha256 as _meta_sha
+from jrt_jax.runs import META_FORMAT, OWNER_FILE, array_digests  # noqa: F401 — re-exported
+from jrt_jax.runs import meta_sha256 as _meta_sha
 
 SET_ASIDE = "set-aside"
 TRAJECTORY_SECTIONS = ("seed", "model", "data", "objective", "optim")
@@ -86,14 +88,6 @@ def unflatten(like, flat: dict):
     """The inverse of `flatten`, with the structure of `like`."""
     paths, treedef = jax.tree_util.tree_flatten_with_path(like)
     return jax.tree_util.tree_unflatten(treedef, [flat[jax.tree_util.keystr(p)] for p, _ in paths])
-
-
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    """"Type: first line of the message", cut to `limit` characters (orbax / tensorstore errors run to pages)."""
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else ""
-    first = first if len(first) <= limit else first[: limit - 3] + "..."
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def fingerprint(config: dict) -> str:

@@ -24,18 +24,20 @@ digests; the optimizer state is not read). DST receives what `jrt_jax.save_pretr
   training config.
 
 Nothing is written unless everything succeeds (`jrt_jax.convert.atomic.AtomicFolder`); an existing non-empty DST
-is refused unless --overwrite. Errors are one line on stderr, exit status 1 (2 for bad arguments, 130 on Ctrl-C,
-143 on SIGTERM, which also removes the partial output).
+is refused unless --overwrite. Errors are one line on stderr; exit status 2 for bad input (arguments, an unusable
+run directory or step, a non-empty DST), 1 for a failure while writing, 130 on Ctrl-C, 143 on SIGTERM (which also
+removes the partial output) (`jrt_jax.cli.run_command`).
 """
 
 from __future__ import annotations
 
 import argparse
 import pathlib
-import signal
 import sys
 import time
 import warnings
+
+from jrt_jax import cli
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 BYTES_LOADER = ("bytes: UTF-8 bytes 0-255, 256 = end of text, 257 = pad; no tokenizer.json (transformers' "
@@ -43,9 +45,9 @@ BYTES_LOADER = ("bytes: UTF-8 bytes 0-255, 256 = end of text, 257 = pad; no toke
                 "jrt_export.json")
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jrt export", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(prog="jrt export", description=__doc__.split("\n\n")[0],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="the run's checkpoint.dir (holds jrt_run.json)")
     p.add_argument("dst", help="output folder (new or empty)")
     p.add_argument("--step", type=int, help="which step (default: the newest that verifies)")
@@ -124,30 +126,22 @@ def export_run(run_dir, dst, *, step: int | None = None, format: str = "safetens
 
 def main(argv=None) -> int:
     """Run ``jrt export`` with `argv` (default: sys.argv[1:]); returns the exit status."""
-    from jrt_jax.convert.atomic import Terminated, sigterm_raises
+    return cli.run("export", argv)
 
+
+def command(argv) -> int:
+    """`jrt export` (under `jrt_jax.cli.run_command`: errors become one line and an exit status)."""
     args = _parser().parse_args(argv)
     prog = "jrt export"
     t0 = time.perf_counter()
-    try:
-        with sigterm_raises(), warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                summary = export_run(args.run_dir, args.dst, step=args.step, format=args.format,
-                                     overwrite=args.overwrite)
-            finally:
-                for w in caught:
-                    print(f"{prog}: warning: {str(w.message).splitlines()[0]}", file=sys.stderr)
-    except Terminated:
-        print(f"{prog}: terminated by SIGTERM; partial output removed", file=sys.stderr)
-        return 128 + signal.SIGTERM
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; partial output removed", file=sys.stderr)
-        return 130
-    except (ValueError, OSError, RuntimeError) as exc:  # ConversionError is a ValueError
-        text = str(exc).strip().splitlines()
-        print(f"{prog}: error: {text[0] if text else type(exc).__name__}", file=sys.stderr)
-        return 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            summary = export_run(args.run_dir, args.dst, step=args.step, format=args.format,
+                                 overwrite=args.overwrite)
+        finally:
+            for w in caught:
+                print(f"{prog}: warning: {str(w.message).splitlines()[0]}", file=sys.stderr)
     tok = summary["tokenizer"] or "none"
     ids = ("" if summary["tokenizer"] is None else f" (bos {summary['bos_token_id']}, eos {summary['eos_token_id']}, "
            f"pad {summary['pad_token_id']})")

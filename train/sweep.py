@@ -164,12 +164,11 @@ class Sweep:
 
     def _init_params(self):
         """(rest, params stacked [R, ...]): each replica initialised as `jrt train seed=s` initialises its model."""
-        cls = models.JRTLM if isinstance(self.model_config, models.JRTConfig) else models.LlamaLM
         config = self.model_config
 
         @jax.jit
         def init(seed):
-            _, params, rest = nnx.split(cls(config, rngs=nnx.Rngs(jax.random.key(seed))), nnx.Param, ...)
+            _, params, rest = nnx.split(models.build(config, rngs=nnx.Rngs(jax.random.key(seed))), nnx.Param, ...)
             return params, rest
 
         by_seed = {s: init(jnp.int32(s)) for s in sorted({r["seed"] for r in self.replicas})}

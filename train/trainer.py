@@ -44,6 +44,7 @@ from flax import nnx
 from jrt_jax import models
 from jrt_jax.nn.constraints import activation_sharding, embedding_sharding
 from jrt_jax.nn.sequence_parallel import sequence_parallel
+from jrt_jax.runs import write_model_config
 from train import mesh as meshlib
 from train import objectives
 from train.checkpoint import Checkpointer, CheckpointError
@@ -51,6 +52,7 @@ from train.config import TrainConfig, resolved_mlm_prob, to_dict, write_run_conf
 from train.data import make_task
 from train.lock import claim_run
 from train.metrics import MetricsWriter, Progress, peak_flops_per_device
+from train.model_config import training_model_config
 from train.optim import make_optimizer, resume_schedule, warmup_note
 
 
@@ -60,9 +62,8 @@ class TrainingError(ValueError):
 
 def build_model_config(cfg: TrainConfig):
     """The model config: preset (or model.checkpoint's config) + overrides, dtypes from the optimiser section,
-    model.rope_scaling (`jrt_jax.convert.run.training_model_config`: the rules a run's readers rebuild it by)."""
-    from jrt_jax.convert.run import training_model_config
-
+    model.rope_scaling (`train.model_config.training_model_config`). Recorded beside the run's checkpoints as
+    config.json (`settle_opened_run`), which is what the run's readers build."""
     return training_model_config(to_dict(cfg))
 
 
@@ -116,7 +117,7 @@ class Trainer:
         self.rules = meshlib.resolve_rules(cfg.mesh.rules)
         self.task = make_task(cfg.data, self.model_config, checkpoint=cfg.model.checkpoint)
         self.objective, self.enc_len = resolve_objective(cfg, self.model_config, self.task)
-        self.is_jrt = getattr(self.model_config, "linear_kind", None) == "prefix"
+        self.is_jrt = getattr(self.model_config, "encoder_len", None) is not None
 
         # Abstract model → shardings → initialise parameters directly into them.
         abstract = models.abstract_model(self.model_config)
@@ -382,14 +383,17 @@ def _stderr(message: str) -> None:
 
 def settle_opened_run(runner) -> None:
     """What `Trainer` and `train.sweep.Sweep` do once their checkpoint directory accepted the run: a resumed run
-    keeps its saved schedule (`runner._keep_schedule(runner._resumed_config)`), config.yaml is written (process 0,
-    after the directory accepted the run, never before) and a warmup longer than the schedule is noted (of the
-    schedule in use). On any failure the checkpointer is closed and the first error is raised."""
+    keeps its saved schedule (`runner._keep_schedule(runner._resumed_config)`), config.yaml is written, and the
+    model's config.json beside the checkpoints (`jrt_jax.runs.write_model_config`: what readers of the run build;
+    process 0, after the directory accepted the run, never before), and a warmup longer than the schedule is noted
+    (of the schedule in use). On any failure the checkpointer is closed and the first error is raised."""
     try:
         if runner._resumed_config is not None:
             runner._keep_schedule(runner._resumed_config)
         if jax.process_index() == 0:
             write_run_config(runner.cfg, new_run=runner.step == 0)
+            if runner.checkpointer is not None:
+                write_model_config(runner.checkpointer.path, runner.model_config)
         note = warmup_note(runner.cfg.optim, runner.cfg.steps)
         if note:
             runner._notes.append(note)
@@ -429,7 +433,7 @@ def resolve_objective(cfg: TrainConfig, model_config, task) -> tuple[str, int | 
     prefix-linear-attention models), M = the task's prefix (else the model's enc_len); ValueError when the JRT
     objective has no model or no decoder positions to train."""
     enc_len = task.enc_len if task.enc_len is not None else getattr(model_config, "enc_len", None)
-    is_jrt = getattr(model_config, "linear_kind", None) == "prefix"
+    is_jrt = getattr(model_config, "encoder_len", None) is not None
     objective = cfg.objective.kind if cfg.objective.kind != "auto" else ("jrt" if is_jrt else "ntp")
     if objective == "jrt" and not is_jrt:
         raise ValueError(f"objective.kind='jrt' needs a JRT-RNN (prefix) model; {cfg.model.preset!r} is not one "

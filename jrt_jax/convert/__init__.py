@@ -9,11 +9,14 @@
 
 Command line: ``jrt convert SRC DST [--preset NAME] [--dtype D] [--format safetensors|torch]``.
 
-Modules: `loader` (detection, key checks, streaming placement), `export` (save_pretrained), `hf_tokenizer` (the
-tokenizer_config.json / special_tokens_map.json / generation_config.json that complete a folder), `hazy` / `llama_hf`
-/ `gguf` (per-architecture configs and key maps), `run` (training run directories, read-only and verified),
-`mapping` (entries and the generic loader), `io` (streaming safetensors / torch-zip readers and writers, atomic
-output folders), `cli`.
+Modules, each importing only those before it: `errors`; `formats` / `writers` (streaming safetensors / torch-zip
+readers and writers); `atomic` (atomic output folders); `mapping` (entries and the generic loader); `hazy_config`
+(release config.json ↔ JRTConfig); `hazy` / `llama_hf` / `gguf` (per-architecture configs and key maps);
+`architectures` (the strategy protocol, the file formats); `sources` (what a path holds, named checkpoints);
+`run_tokenizer` / `run_checkpoint` (training run directories as checkpoints, over the run format `jrt_jax.runs`);
+`loader` (detection, key checks, streaming placement); `run` (the run-directory functions); `hf_tokenizer` (the
+tokenizer_config.json / special_tokens_map.json / generation_config.json that complete a folder); `export`
+(save_pretrained); `cli`.
 """
 
 from jrt_jax.convert.errors import ConversionError, KeyMismatchError, NoTextTokenizer

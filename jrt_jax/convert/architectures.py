@@ -2,11 +2,12 @@
 
 `Architecture` is what `jrt_jax.convert.loader` needs from each: recognise a checkpoint (`detect`), open its
 tensors under the model's key names and give its model config (`open`), the key mapping (`entries`, `extras`,
-`ignored`), checks beyond the key names (`check`), and its tokenizer (`tokenizer`). The three implementations
-live with their mappings: `jrt_jax.convert.gguf.GGUF`, `jrt_jax.convert.llama_hf.HF_LLAMA` and
-`jrt_jax.convert.hazy.HAZY`; training run directories are `jrt_jax.convert.run.RUN`. `find` tries the run
-first (a folder with ``jrt_run.json``), then the others in that order (a ``.gguf`` file is GGUF whatever else is
-given).
+`ignored`), checks beyond the key names (`check`), and its tokenizer (`tokenizer`). The file formats live with
+their mappings: `jrt_jax.convert.gguf.GGUF`, `jrt_jax.convert.llama_hf.HF_LLAMA` and `jrt_jax.convert.hazy.HAZY`
+(`FILE_FORMATS`, in detection order: a ``.gguf`` file is GGUF whatever else is given). Training run directories
+are the fourth (`jrt_jax.convert.run_checkpoint.TrainingRun`), which the loader puts first: a run refers to the
+checkpoint it was fine-tuned from, so the loader builds it with its own way of opening checkpoints
+(`jrt_jax.convert.loader.ARCHITECTURES`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from jrt_jax.convert.formats import TensorSource
+from jrt_jax.convert.gguf import GGUF
+from jrt_jax.convert.hazy import HAZY
+from jrt_jax.convert.llama_hf import HF_LLAMA
 from jrt_jax.convert.mapping import Entry, Extra
 
 
@@ -54,28 +58,14 @@ class Architecture(Protocol):
         ...
 
 
-def opened(source, build):
-    """build(source), closing `source` if that raises (a failed open leaves no file handle behind)."""
-    try:
-        return build(source)
-    except Exception:
-        source.close()
-        raise
+#: The checkpoint file formats, in detection order.
+FILE_FORMATS: tuple[Architecture, ...] = (GGUF, HF_LLAMA, HAZY)
 
 
-def architectures() -> tuple[Architecture, ...]:
-    """Every supported architecture, in detection order."""
-    from jrt_jax.convert.gguf import GGUF
-    from jrt_jax.convert.hazy import HAZY
-    from jrt_jax.convert.llama_hf import HF_LLAMA
-    from jrt_jax.convert.run import RUN
-
-    return (RUN, GGUF, HF_LLAMA, HAZY)
-
-
-def find(weights: pathlib.Path, cfg: Mapping | None, config=None) -> Architecture | None:
-    """The first architecture that detects the checkpoint, or None."""
-    for arch in architectures():
+def find(weights: pathlib.Path, cfg: Mapping | None, config=None,
+         among: tuple[Architecture, ...] = FILE_FORMATS) -> Architecture | None:
+    """The first architecture of `among` that detects the checkpoint, or None."""
+    for arch in among:
         if arch.detect(weights, cfg, config):
             return arch
     return None

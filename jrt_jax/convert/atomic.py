@@ -4,19 +4,16 @@
 only when all of them are complete; on any error it removes what it wrote (and the folder, if it created it). A
 process killed outright (kill -9, power loss) cannot clean up: its temporary files carry its pid
 (``.NAME.PID-TAG.tmp``, `temp_name`), and the next `AtomicFolder` on that folder deletes those whose process is
-gone (`remove_stale_temp_files`). `sigterm_raises` turns SIGTERM into an exception (`Terminated`), so that a
-terminated conversion removes its files itself on the way out.
+gone (`remove_stale_temp_files`). A SIGTERM becomes an exception under `jrt_jax.cli.run_command`, so a terminated
+conversion removes its files itself on the way out.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pathlib
 import re
 import shutil
-import signal
-import threading
 import time
 import uuid
 
@@ -133,24 +130,3 @@ class AtomicFolder:
         if self._created:
             shutil.rmtree(self.folder, ignore_errors=True)
         return False
-
-
-class Terminated(BaseException):
-    """Raised in the main thread on SIGTERM so that `AtomicFolder` removes its temporary files on the way out."""
-
-
-@contextlib.contextmanager
-def sigterm_raises():
-    """Within the block, SIGTERM raises `Terminated` (in the main thread; elsewhere the block is a no-op)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

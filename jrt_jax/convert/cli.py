@@ -13,27 +13,27 @@ plus those companion files when the folder lacks them (`jrt_jax.convert.hf_token
 the release format, read by `jrt_jax.from_pretrained` (its config.json says so in ``jrt_loader``), not by
 transformers. Nothing is written unless the whole
 conversion succeeds: a SIGTERM or Ctrl-C removes the partial files before exiting, and the temporary files of a
-conversion killed outright are removed by the next conversion into that folder. Exit status 0 on success, 1 on a
-conversion error (message on stderr), 2 on bad arguments, 130 on Ctrl-C, 143 on SIGTERM.
+conversion killed outright are removed by the next conversion into that folder. Errors are one line on stderr;
+exit status 0 on success, 2 for bad input (arguments, an unreadable or mismatched checkpoint, a non-empty DST
+without --overwrite), 1 for a failure while writing, 130 on Ctrl-C, 143 on SIGTERM (`jrt_jax.cli.run_command`).
 """
 
 from __future__ import annotations
 
 import argparse
 import pathlib
-import signal
 import sys
 import time
 
-from jrt_jax.convert.atomic import Terminated, sigterm_raises  # noqa: F401 — importable from here as before
+from jrt_jax import cli
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
                    "chat_template.jinja")
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jrt convert", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(prog="jrt convert", description=__doc__.split("\n\n")[0],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="checkpoint folder, weights file or .gguf file")
     p.add_argument("dst", help="output folder")
     p.add_argument("--preset", help="model preset to use instead of SRC/config.json (e.g. jrt-360m, jrt-1.3b)")
@@ -47,16 +47,32 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Run ``jrt convert`` with `argv` (default: sys.argv[1:]); returns the exit status."""
+    return cli.run("convert", argv)
+
+
+def command(argv) -> int:
+    """`jrt convert` (under `jrt_jax.cli.run_command`: errors become one line and an exit status)."""
+    from jrt_jax.convert.errors import ConversionError, KeyMismatchError
+
     args = _parser().parse_args(argv)
     try:
-        with sigterm_raises():
-            return _convert(args)
-    except Terminated:
-        print("jrt convert: terminated by SIGTERM; partial output removed", file=sys.stderr)
-        return 128 + signal.SIGTERM
-    except KeyboardInterrupt:
-        print("jrt convert: interrupted; partial output removed", file=sys.stderr)
-        return 130
+        return _convert(args)
+    except KeyMismatchError as e:
+        raise ConversionError(_mismatch_line(e)) from e
+
+
+def _mismatch_line(e, shown: int = 8) -> str:
+    """A `KeyMismatchError` in one line: its first line, then the offending keys (the first `shown` of each kind;
+    JRT_TRACEBACK=1 prints the full message)."""
+    def some(keys):
+        more = f", … {len(keys) - shown} more" if len(keys) > shown else ""
+        return ", ".join(keys[:shown]) + more
+
+    parts = [f"missing {some(e.missing)}" if e.missing else "",
+             f"unexpected {some(e.unexpected)}" if e.unexpected else "",
+             f"mis-shaped {some([f'{k} {tuple(got)} vs {tuple(want)}' for k, got, want in e.mismatched])}"
+             if e.mismatched else ""]
+    return str(e).splitlines()[0] + ": " + "; ".join(p for p in parts if p)
 
 
 def _convert(args) -> int:
@@ -68,24 +84,20 @@ def _convert(args) -> int:
 
     t0 = time.perf_counter()
     src = pathlib.Path(args.src)
-    try:
-        model = from_pretrained(src, dtype=args.dtype, preset=args.preset)
-        tokenizer, extra, ids = None, [], {}
-        with open_checkpoint(src, preset=args.preset) as ckpt:
-            kind, folder, own_tokenizer = ckpt.kind, ckpt.folder, ckpt.architecture.tokenizer_in_weights
-            if own_tokenizer:  # written as tokenizer.json
-                try:
-                    tokenizer = ckpt.architecture.tokenizer(ckpt.source, folder)
-                except ConversionError as e:
-                    print(f"jrt convert: note: tokenizer not written ({e})", file=sys.stderr)
-        if not own_tokenizer:  # the folder's tokenizer files are copied, with the ids its configs name
-            extra = [folder / n for n in TOKENIZER_FILES if (folder / n).is_file()]
-            ids = folder_token_ids(folder)
-        out = save_pretrained(model, args.dst, format=args.format, overwrite=args.overwrite, tokenizer=tokenizer,
-                              extra_files=extra, config_updates=ids)
-    except (ConversionError, ValueError, OSError) as e:
-        print(f"jrt convert: error: {e}", file=sys.stderr)
-        return 1
+    model = from_pretrained(src, dtype=args.dtype, preset=args.preset)
+    tokenizer, extra, ids = None, [], {}
+    with open_checkpoint(src, preset=args.preset) as ckpt:
+        kind, folder, own_tokenizer = ckpt.kind, ckpt.folder, ckpt.architecture.tokenizer_in_weights
+        if own_tokenizer:  # written as tokenizer.json
+            try:
+                tokenizer = ckpt.architecture.tokenizer(ckpt.source, folder)
+            except ConversionError as e:
+                print(f"jrt convert: note: tokenizer not written ({e})", file=sys.stderr)
+    if not own_tokenizer:  # the folder's tokenizer files are copied, with the ids its configs name
+        extra = [folder / n for n in TOKENIZER_FILES if (folder / n).is_file()]
+        ids = folder_token_ids(folder)
+    out = save_pretrained(model, args.dst, format=args.format, overwrite=args.overwrite, tokenizer=tokenizer,
+                          extra_files=extra, config_updates=ids)
     config = model.config
     dtype = config.param_dtype
     print(f"converted {src} ({kind}, {type(model).__name__}, {count_params(model):,} parameters, {dtype}) → {out} "

@@ -34,12 +34,14 @@ import jax
 import numpy as np
 
 from jrt_jax.convert import hazy, llama_hf
-from jrt_jax.convert.errors import ConversionError
+from jrt_jax.convert import hf_tokenizer as hft
 from jrt_jax.convert.atomic import AtomicFolder
+from jrt_jax.convert.errors import ConversionError
+from jrt_jax.convert.mapping import flat_params
 from jrt_jax.convert.sources import WEIGHT_FILES
 from jrt_jax.convert.writers import TensorPlan, write_safetensors, write_torch
-from jrt_jax.convert.mapping import flat_params
 from jrt_jax.models import JRTConfig, LlamaConfig
+from jrt_jax.tokenizer import TokenizerFile
 
 FORMATS = {"safetensors": "model.safetensors", "torch": "pytorch_model.bin"}
 TIED_HEAD = ("copy", "once")
@@ -170,8 +172,6 @@ def _tokenizer_source(tokenizer, extra_files):
         return tokenizer
     for f in extra_files:
         if pathlib.Path(f).name == "tokenizer.json":
-            from jrt_jax.tokenizer import TokenizerFile
-
             try:
                 return TokenizerFile(f)
             except Exception as e:  # noqa: BLE001 — tokenizers raises its own exception type on a bad file
@@ -183,9 +183,7 @@ def _with_tokenizer_files(json_files: dict, copied: set, source, tokenizer_json:
                           model, cfg_dict: dict) -> dict:
     """`json_files` plus the Hugging Face tokenizer files the folder lacks (`jrt_jax.convert.hf_tokenizer`);
     `cfg_dict` gets the special ids it does not set already."""
-    from tokenizers import Tokenizer
-
-    from jrt_jax.convert import hf_tokenizer as hft
+    from tokenizers import Tokenizer  # imported when a tokenizer is written, not with jrt_jax
 
     present = copied | set(json_files)
     ids = hft.special_ids(source, config_updates)

@@ -114,6 +114,15 @@ class TensorSource:
         self.close()
 
 
+def opened(source: TensorSource, build):
+    """build(source), closing `source` if that raises (a failed open leaves no file handle behind)."""
+    try:
+        return build(source)
+    except Exception:
+        source.close()
+        raise
+
+
 def _prod(shape) -> int:
     return int(math.prod(shape)) if shape else 1
 

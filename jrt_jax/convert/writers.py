@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import io
 import json
 import pickle
 import struct
@@ -125,9 +126,7 @@ def write_torch(path: PathLike, plans: Sequence[TensorPlan], archive: str = "arc
                 return ("storage", cls, obj.key, "cpu", obj.numel)
             return None
 
-    import io as _io
-
-    buf = _io.BytesIO()
+    buf = io.BytesIO()
     _Pickler(buf, protocol=2).dump(state)
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         zf.writestr(f"{archive}/data.pkl", buf.getvalue())

@@ -8,7 +8,8 @@
 
 M is a converted folder, a .gguf file, a `jrt train` run directory or a preset (`jrt_jax.evals.loading`).
 `--json` prints exactly one JSON object on stdout; a progress bar goes to stderr. Errors are one line on stderr
-and exit status 2; nothing is written.
+(`jrt_jax.cli.run_command`): exit status 2 for bad input (arguments, a missing file, a model that cannot be
+loaded), 1 for a failure while running; nothing is written.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import json
 import resource
 import sys
 import time
+
+from jrt_jax import cli
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -31,7 +34,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jrt eval", description="Evaluate a model.")
+    p = cli.ArgumentParser(prog="jrt eval", description="Evaluate a model.")
     sub = p.add_subparsers(dest="command", required=True)
     ppl = sub.add_parser("perplexity", help="sliding-window perplexity (each token scored once)")
     _common(ppl)
@@ -199,22 +202,22 @@ def _perplexity(args) -> dict:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    """Run ``jrt eval`` with `argv` (default: sys.argv[1:]); returns the exit status."""
+    return cli.run("eval", argv)
+
+
+def command(argv) -> int:
+    """`jrt eval` (under `jrt_jax.cli.run_command`: errors become one line and an exit status)."""
     if argv[:1] == ["lm-eval"]:  # the rest is lm-eval's own command line, not parsed here
-        try:
-            from jrt_jax.evals.lm_eval_adapter import main as lm_eval_main
-        except ImportError as e:
-            print(f"jrt eval lm-eval: error: {e} (pip install 'jrt-jax[eval]')", file=sys.stderr)
-            return 2
+        with cli.reported_as("jrt eval lm-eval"):
+            try:
+                from jrt_jax.evals.lm_eval_adapter import main as lm_eval_main
+            except ImportError as e:
+                raise cli.UsageError(f"{e} (pip install 'jrt-jax[eval]')") from None
         return lm_eval_main(argv[1:], prog="jrt eval lm-eval")
     args = build_parser().parse_args(argv)
-    prog = f"jrt eval {args.command}"
-    try:
+    with cli.reported_as(f"jrt eval {args.command}"):
         out = {"perplexity": _perplexity, "passkey": _passkey, "qa": _qa, "recall": _recall}[args.command](args)
-    except (ValueError, OSError) as e:  # ConversionError is a ValueError
-        text = str(e).strip().splitlines()
-        print(f"{prog}: error: {text[0] if text else type(e).__name__}", file=sys.stderr)
-        return 2
     if args.json:
         print(json.dumps(out))
     else:

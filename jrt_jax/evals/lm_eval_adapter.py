@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
@@ -124,7 +123,6 @@ class JRTJaxLM(TemplateLM):
             raise ValueError(f"jrt-jax: rope_scaling must be a JSON object; got {rope_scaling!r}")
         self.model, self.tokenizer, self.description = loading.load_model(str(pretrained),
                                                                           rope_scaling=rope_scaling, dtype=dtype)
-        config = self.model.config
         self.max_length = max(2, _positive_int("max_length", max_length if max_length is not None
                                                else self._default_max_length()))
         self.stride = _positive_int("stride", stride if stride is not None else self.max_length - 1)
@@ -133,7 +131,7 @@ class JRTJaxLM(TemplateLM):
                              "first token is context only, so stride = max_length would leave tokens unscored)")
         self._custom_prefix = None if prefix_token_id is None else int(prefix_token_id)
         # JRT-RNN: the prefix linear attention's encoder reads its first enc_len tokens non-causally.
-        self._enc_len = (config.enc_len if "prefix_linear" in tuple(getattr(config, "mixers", ())) else None)
+        self._enc_len = getattr(self.model, "encoder_len", None)
         self._generator = None
         if device is not None:
             log.debug("jrt-jax: device=%s ignored (JAX uses its default backend)", device)
@@ -350,34 +348,28 @@ if __name__ != "__main__":
 def main(argv: Sequence[str] | None = None, prog: str = "python -m jrt_jax.evals.lm_eval_adapter") -> int:
     """Run lm-eval's own command line (`lm_eval.__main__.cli_evaluate`) with "jrt-jax" registered.
 
-    Errors are one line on stderr (`PROG: error: ...`, exit status 2; JRT_TRACEBACK=1 also prints the
-    traceback); lm-eval's argument errors and --help keep their own output and exit status.
+    Errors end as every jrt command's (`jrt_jax.cli.run_command`: one line on stderr, exit status 2 for bad input,
+    1 for a failure, 130 / 143 when interrupted; JRT_TRACEBACK=1 also prints the traceback); lm-eval's argument
+    errors and --help keep their own output and exit status.
     """
-    from lm_eval.__main__ import cli_evaluate
+    from jrt_jax.cli import run_command
 
-    argv = sys.argv[1:] if argv is None else list(argv)
-    saved = sys.argv
-    sys.argv = [prog, *argv]  # lm-eval's HarnessCLI reads sys.argv (and inserts "run" when no subcommand)
-    try:
-        cli_evaluate()
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # noqa: BLE001  one line, as every jrt command
-        if os.environ.get("JRT_TRACEBACK"):
-            import traceback
+    def evaluate(args):
+        from lm_eval.__main__ import cli_evaluate
 
-            traceback.print_exception(e)
-        text = str(e).strip().splitlines()
-        first = text[0][:500] if text else ""
-        print(f"{prog}: error: {type(e).__name__}: {first}" + (" (set JRT_TRACEBACK=1 for the traceback)"
-              if not os.environ.get("JRT_TRACEBACK") else ""), file=sys.stderr)
-        return 2
-    finally:
-        sys.argv = saved
-    return 0
+        saved = sys.argv
+        sys.argv = [prog, *args]  # lm-eval's HarnessCLI reads sys.argv (and inserts "run" when no subcommand)
+        try:
+            cli_evaluate()
+        except (ValueError, TypeError, OSError):
+            raise
+        except Exception as e:  # noqa: BLE001  a task's own error (a template, a dataset): the input is at fault
+            raise ValueError(f"{type(e).__name__}: {e}") from e
+        finally:
+            sys.argv = saved
+        return 0
+
+    return run_command(evaluate, argv, prog=prog)
 
 
 if __name__ == "__main__":

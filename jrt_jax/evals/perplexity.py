@@ -103,8 +103,8 @@ def perplexity(model, ids: Sequence[int] | np.ndarray, *, context: int, stride: 
             first = w.first_scored - 1 - w.begin
             targets[row, first:n - 1] = ids[w.first_scored:w.end]
         enc = None
-        if getattr(model.config, "linear_kind", None) == "prefix":  # JRT-RNN: keep scored tokens out of the encoder
-            m = int(model.config.enc_len)
+        m = getattr(model, "encoder_len", None)
+        if m is not None:  # JRT-RNN: keep scored tokens out of the encoder
             enc = np.asarray([max(1, min(m, w.first_scored - w.begin)) for w in group], np.int32)
         logp, greedy = target_logprobs(model, tokens, targets, chunk=chunk, enc_len=enc)
         count = int((targets >= 0).sum())

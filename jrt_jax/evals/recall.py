@@ -9,8 +9,6 @@ JRT-RNN's encoder reads both copies.
 
 from __future__ import annotations
 
-import numpy as np
-
 from jrt_jax.evals.scoring import target_logprobs
 from jrt_jax.tasks import read_twice
 
@@ -40,7 +38,7 @@ def recall(model, task, *, examples: int = 256, batch_size: int = 32, jrt_prompt
     if task.vocab_needed > vocab:
         raise ValueError(f"the task uses token ids up to {task.vocab_needed - 1} but the model's vocabulary is "
                          f"{vocab}")
-    is_jrt = getattr(model.config, "linear_kind", None) == "prefix"
+    is_jrt = getattr(model, "encoder_len", None) is not None
     correct = positions = 0
     for start in range(0, examples, batch_size):
         rows = range(start, min(start + batch_size, examples))

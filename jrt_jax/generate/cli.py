@@ -11,6 +11,8 @@ checkpoint with `jrt_jax.from_pretrained` (Hugging Face Llama folder, JRT / Base
 ``jrt train`` run directory or a ``jrt export`` folder) and, with ``--tokenizer auto``, its own tokenizer
 (`jrt_jax.convert.load_tokenizer`: for a run, the one its data were encoded with). A run trained on a synthetic task
 has no text tokenizer and is refused (its ids are task symbols: decoded as bytes they print noise).
+Errors are one line on stderr: exit status 2 for bad input, 1 for a failure while generating, 130 on Ctrl-C,
+143 on SIGTERM.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ import pathlib
 import sys
 import time
 
+from jrt_jax import cli
 from jrt_jax.generate.engine import Generator, compile_counts
 from jrt_jax.generate.sampling import SamplingParams
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jrt generate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(prog="jrt generate", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", default=None,
                      help="model preset, randomly initialised (default jrt-tiny); see --list-presets")
@@ -64,14 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stop", action="append", default=None,
                      help="stop string (repeatable; a JRT-Prompt stops at a newline by default)")
     gen.add_argument("--no-eos-stop", action="store_true", help="do not stop at the tokenizer's end-of-text id")
+    gen.add_argument("--prefill-chunk", type=int, default=None, metavar="N",
+                     help="prefill the prompt N positions at a time (bounded memory for long prompts; the same "
+                          "tokens as one pass)")
     gen.add_argument("--stats", action="store_true", help="print timing and compile counts to stderr")
     return p
 
 
 def _load_model(args):
-    from flax import nnx
-
-    from jrt_jax.models import JRTConfig, JRTLM, LlamaLM, config_from_preset
+    from jrt_jax import models
 
     if args.checkpoint is not None:
         from jrt_jax.convert import from_pretrained
@@ -79,43 +83,17 @@ def _load_model(args):
         try:
             return from_pretrained(args.checkpoint), str(args.checkpoint)
         except (ValueError, OSError) as e:  # ConversionError is a ValueError; its message names the problem
-            raise SystemExit(f"jrt generate: error: --checkpoint {args.checkpoint}: {e}") from None
+            raise ValueError(f"--checkpoint {args.checkpoint}: {cli.one_line(e, None, with_type=False)}") from e
     name = args.preset or "jrt-tiny"
-    try:
-        config = config_from_preset(name)
-    except ValueError as e:
-        raise SystemExit(f"jrt generate: error: {e}") from None
-    rngs = nnx.Rngs(args.init_seed)
-    model = JRTLM(config, rngs=rngs) if isinstance(config, JRTConfig) else LlamaLM(config, rngs=rngs)
+    model = models.build(models.config_from_preset(name), seed=args.init_seed)
     return model, f"{name} (random init, seed {args.init_seed})"
 
 
 def _tokenizer(args, vocab_size):
-    from jrt_jax.tokenizer import ByteTokenizer, gpt2_tokenizer, tokenizer_for_vocab
+    """The tokenizer by the rule `jrt eval` uses too (`jrt_jax.loading.resolve_tokenizer`)."""
+    from jrt_jax.loading import resolve_tokenizer
 
-    if args.tokenizer == "auto" and args.checkpoint is not None:
-        from jrt_jax.convert import ConversionError, NoTextTokenizer, load_tokenizer
-
-        try:
-            return load_tokenizer(args.checkpoint)
-        except NoTextTokenizer as e:  # e.g. a synthetic-task run: decoding its ids as bytes would print noise
-            fits = [name for name, size in (("bytes", ByteTokenizer.vocab_size), ("gpt2", 50257)) if vocab_size >= size]
-            force = f" (or force one with --tokenizer {'|'.join(fits)})" if fits else ""
-            raise SystemExit(f"jrt generate: error: --checkpoint {args.checkpoint} has no text tokenizer "
-                             f"({e.reason}); generate from a model trained on text{force}, or evaluate a "
-                             f"synthetic-task run with jrt eval recall --model {args.checkpoint}") from None
-        except ConversionError:
-            pass  # no tokenizer stored with the checkpoint (e.g. a folder without tokenizer.json): by vocabulary size
-    if args.tokenizer == "bytes":
-        tok = ByteTokenizer()
-    elif args.tokenizer == "gpt2":
-        tok = gpt2_tokenizer()
-    else:
-        tok = tokenizer_for_vocab(vocab_size)
-    if tok.vocab_size > vocab_size:
-        raise SystemExit(f"jrt generate: error: the tokenizer has {tok.vocab_size} ids but the model's vocabulary "
-                         f"is {vocab_size}")
-    return tok
+    return resolve_tokenizer(args.tokenizer, args.checkpoint, vocab_size, arg="--checkpoint", forceable=True)
 
 
 def _prompts(args, tok) -> list[list[int]]:
@@ -127,22 +105,22 @@ def _prompts(args, tok) -> list[list[int]]:
         if args.question is not None:
             context = ctx if ctx is not None else args.context
             if context is None:
-                raise SystemExit("jrt generate: error: --jrt-prompt with --question needs --context or --context-file")
+                raise cli.UsageError("--jrt-prompt with --question needs --context or --context-file")
             return [prompting.qa_prompt_tokens(args.question, context, tok, answer=args.answer,
                                                max_tokens=args.max_prompt_tokens, repeat=repeat)]
         if args.key is not None:
             doc = ctx if ctx is not None else args.document
             if doc is None:
-                raise SystemExit("jrt generate: error: --jrt-prompt with --key needs --document or --context-file")
+                raise cli.UsageError("--jrt-prompt with --key needs --document or --context-file")
             return [prompting.document_prompt_tokens(args.key, doc, tok, answer=args.answer,
                                                      max_tokens=args.max_prompt_tokens, repeat=repeat)]
-        raise SystemExit("jrt generate: error: --jrt-prompt needs --question (QA) or --key (documents-with-key)")
+        raise cli.UsageError("--jrt-prompt needs --question (QA) or --key (documents-with-key)")
     if not args.prompt:
-        raise SystemExit("jrt generate: error: give --prompt TEXT (or --jrt-prompt ...)")
+        raise cli.UsageError("give --prompt TEXT (or --jrt-prompt ...)")
     prompts = [tok.encode(p) for p in args.prompt]
     for i, p in enumerate(prompts):
         if not p:
-            raise SystemExit(f"jrt generate: error: prompt {i} is empty")
+            raise ValueError(f"--prompt {i} is empty")
     return prompts
 
 
@@ -159,52 +137,52 @@ MAX_NEW_TOKENS = 1_000_000
 
 
 def _check_generation_args(args) -> None:
+    if args.prefill_chunk is not None and args.prefill_chunk < 1:
+        raise ValueError(f"--prefill-chunk must be >= 1; got {args.prefill_chunk}")
     if not 1 <= args.max_new_tokens <= MAX_NEW_TOKENS:
-        raise SystemExit(f"jrt generate: error: --max-new-tokens must be in [1, {MAX_NEW_TOKENS:,}]; got "
-                         f"{args.max_new_tokens:,}")
+        raise ValueError(f"--max-new-tokens must be in [1, {MAX_NEW_TOKENS:,}]; got {args.max_new_tokens:,}")
     for stop in args.stop or []:
         if stop == "":
-            raise SystemExit("jrt generate: error: --stop '': an empty stop string would end every generation "
-                             "before its first token; give a non-empty string")
+            raise ValueError("--stop '': an empty stop string would end every generation before its first "
+                             "token; give a non-empty string")
 
 
 def main(argv=None) -> int:
     """Entry point of ``jrt generate`` / ``python -m jrt_jax.generate``; returns the exit status."""
+    return cli.run("generate", argv)
+
+
+def command(argv) -> int:
+    """`jrt generate` (under `jrt_jax.cli.run_command`: errors become one line and an exit status)."""
     args = build_parser().parse_args(argv)
     out = sys.stdout
     if args.list_presets:
         _list_presets(out)
         return 0
     _check_generation_args(args)
-    try:
-        sampling = SamplingParams(args.temperature, args.top_k, args.top_p)
-    except ValueError as e:
-        raise SystemExit(f"jrt generate: error: {e}") from None
+    sampling = SamplingParams(args.temperature, args.top_k, args.top_p)
     model, desc = _load_model(args)
     tok = _tokenizer(args, model.config.vocab_size)
     prompts = _prompts(args, tok)
     stops = args.stop if args.stop is not None else (["\n"] if args.jrt_prompt else [])
     stop_tokens = [] if args.no_eos_stop else [tok.eos_id]
-    gen = Generator(model)
+    gen = Generator(model, prefill_chunk=args.prefill_chunk)
     if args.echo:
         for p in prompts:
             out.write(tok.decode(p) + ("\n" if len(prompts) > 1 else ""))
         out.flush()
     t0 = time.perf_counter()
-    try:
-        stream = gen.stream(prompts, max_new_tokens=args.max_new_tokens, sampling=sampling, seed=args.seed,
-                            stop_tokens=stop_tokens, stop_strings=stops, detokenize=tok.decode)
-        texts = [""] * len(prompts)
-        n_tokens = 0
-        for event in stream:
-            n_tokens += int((event.tokens >= 0).sum())
-            for r, piece in enumerate(event.text):
-                texts[r] += piece
-            if len(prompts) == 1 and event.text[0]:
-                out.write(event.text[0])
-                out.flush()
-    except ValueError as e:
-        raise SystemExit(f"jrt generate: error: {e}") from None
+    stream = gen.stream(prompts, max_new_tokens=args.max_new_tokens, sampling=sampling, seed=args.seed,
+                        stop_tokens=stop_tokens, stop_strings=stops, detokenize=tok.decode)
+    texts = [""] * len(prompts)
+    n_tokens = 0
+    for event in stream:
+        n_tokens += int((event.tokens >= 0).sum())
+        for r, piece in enumerate(event.text):
+            texts[r] += piece
+        if len(prompts) == 1 and event.text[0]:
+            out.write(event.text[0])
+            out.flush()
     if len(prompts) == 1:
         out.write("\n")
     else:

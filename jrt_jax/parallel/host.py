@@ -8,7 +8,7 @@ legitimately be that late: `jrt train` on 8 simulated devices, mesh (2, 2, 2), a
 threads to join the rendezvous, but only 1 of them arrived on time") in 3 of 5 tries beside two busy processes.
 Those aborts were not all a slow clock: with a 1200 s timeout, the same run once stayed in the rendezvous for more
 than 13 minutes after its last step. That hang had a cause in this project, now removed: the checkpoint digests
-(`jrt_jax.convert.run.array_digests`) were one small multi-device program per array, dozens in flight at once,
+(`jrt_jax.runs.array_digests`) were one small multi-device program per array, dozens in flight at once,
 and a device's part of one program waited for one of the device's in-flight-computation slots while its peers
 waited for it in an all-reduce (gdb: six device threads in AllReduce, two in `Semaphore::Acquire`; measured
 2026-12-04). They are one program per save now. The rendezvous is still given five minutes: a peer that is late

@@ -32,7 +32,6 @@ packed row read just a piece of a long document.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
 import glob
@@ -410,8 +409,18 @@ def load_tokenizer(folder):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="jrt prepare-data", description="Tokenize text files into a directory for "
-                                "data.kind=tokens (memory-mapped token shards + index.json).")
+    """Run ``jrt prepare-data`` with `argv` (default: sys.argv[1:]); returns the exit status."""
+    from jrt_jax import cli
+
+    return cli.run("prepare-data", argv)
+
+
+def command(argv) -> int:
+    """`jrt prepare-data` (under `jrt_jax.cli.run_command`: a bad input is one line and exit status 2)."""
+    from jrt_jax import cli
+
+    p = cli.ArgumentParser(prog="jrt prepare-data", description="Tokenize text files into a directory for "
+                           "data.kind=tokens (memory-mapped token shards + index.json).")
     p.add_argument("files", nargs="+", metavar="FILE", help="paths or globs; 'shakespeare' = the 42 plays")
     p.add_argument("--tokenizer", required=True, help="gpt2, bytes, or a tokenizer.json (or a folder holding one)")
     p.add_argument("--output", required=True, help="the directory to write (must not exist or be empty)")
@@ -422,18 +431,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out choice")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier prepare-data --output directory")
     args = p.parse_args(argv)
-    prog = "jrt prepare-data"
-    try:
-        prepare(args.files, args.output, tokenizer=args.tokenizer, jsonl_field=args.jsonl, workers=args.workers,
-                shard_tokens=args.shard_tokens, eval_fraction=args.eval_fraction, seed=args.seed,
-                overwrite=args.overwrite, log=print)
-    except (ValueError, OSError) as exc:
-        text = str(exc).strip().splitlines()
-        print(f"{prog}: error: {text[0] if text else type(exc).__name__}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+    prepare(args.files, args.output, tokenizer=args.tokenizer, jsonl_field=args.jsonl, workers=args.workers,
+            shard_tokens=args.shard_tokens, eval_fraction=args.eval_fraction, seed=args.seed,
+            overwrite=args.overwrite, log=print)
     return 0
 
 

@@ -8,7 +8,7 @@ Writes DIR/NAME/results.json (every number), DIR/NAME/report.md (the table "clai
 the command, the wall time, the machine) and PNG plots; prints the report's path and the claims table.
 DIR defaults to runs/reproduce. Bad input (an unknown study, --seeds or --jobs < 1, an unwritable DIR) prints one line on
 stderr and exits with status 2; an unexpected failure prints one line and exits 1 (JRT_TRACEBACK=1 for the
-traceback).
+traceback); Ctrl-C exits 130 and SIGTERM 143, with nothing written (`jrt_jax.cli.run_command`).
 """
 
 from __future__ import annotations
@@ -17,42 +17,14 @@ import argparse
 import os
 import pathlib
 import shlex
-import signal
 import sys
-import threading
 import time
-import traceback
 
+from jrt_jax import cli
 from train.reproduce import STUDIES
 
 PROG = "jrt reproduce"
 DEFAULT_OUT = "runs/reproduce"
-
-
-class _BadInput(Exception):
-    pass
-
-
-class _Terminated(BaseException):
-    """SIGTERM, raised in the main thread so that the study's training workers are stopped on the way out."""
-
-
-def _on_sigterm_raise():
-    """Turn SIGTERM into `_Terminated` (main thread only); returns the previous handler, or None."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def handler(signum, frame):
-        raise _Terminated
-
-    return signal.signal(signal.SIGTERM, handler)
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with its errors as one line (no usage block) raised to main, which exits 2."""
-
-    def error(self, message):
-        raise _BadInput(message)
 
 
 def _positive_int(flag: str):
@@ -68,9 +40,9 @@ def _positive_int(flag: str):
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Reproduce a claim of the JRT / PI papers at laptop scale: a table "
-                "'claim | paper | ours | reproduced?', the numbers in results.json, and plots.")
+def build_parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(prog=PROG, description="Reproduce a claim of the JRT / PI papers at laptop scale: a "
+                           "table 'claim | paper | ours | reproduced?', the numbers in results.json, and plots.")
     p.add_argument("name", nargs="?", metavar="NAME", help=f"the study: {', '.join(STUDIES)}")
     p.add_argument("--quick", action="store_true", help="the scaled-down variant (< 1 minute; the test suite's)")
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"write DIR/NAME/ (default {DEFAULT_OUT})")
@@ -83,48 +55,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fail(message: str, code: int = 2) -> int:
-    lines = str(message).strip().splitlines()
-    print(f"{PROG}: error: {lines[0] if lines else 'failed'}", file=sys.stderr)
-    return code
-
-
 def _check_out(out: pathlib.Path) -> None:
     """The output directory can be made and written (before minutes of training are spent)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _BadInput(f"cannot create --out directory {str(out)!r}: {exc.strerror or exc}") from None
+        raise ValueError(f"cannot create --out directory {str(out)!r}: {exc.strerror or exc}") from None
     if not os.access(out, os.W_OK):
-        raise _BadInput(f"--out directory {str(out)!r} is not writable")
+        raise ValueError(f"--out directory {str(out)!r} is not writable")
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-        if args.list:
-            from train.reproduce import load
+    """Run ``jrt reproduce`` with `argv` (default: sys.argv[1:]); returns the exit status."""
+    return cli.run("reproduce", argv)
 
-            for name in STUDIES:
-                doc = (load(name).__doc__ or "").strip().splitlines()
-                print(f"{name:<18}{doc[0] if doc else ''}")
-            return 0
-        if args.name is None:
-            raise _BadInput(f"give a study NAME: {', '.join(STUDIES)} (or --list)")
-        if args.name not in STUDIES:
-            raise _BadInput(f"unknown study {args.name!r}; choose from {', '.join(STUDIES)}")
-        out = pathlib.Path(args.out) / args.name
-        _check_out(out)
-    except _BadInput as exc:
-        return _fail(str(exc))
-    except SystemExit as exc:  # --help
-        return int(exc.code or 0)
+
+def command(argv) -> int:
+    """`jrt reproduce` (under `jrt_jax.cli.run_command`: errors become one line and an exit status)."""
+    args = build_parser().parse_args(argv)
+    if args.list:
+        from train.reproduce import load
+
+        for name in STUDIES:
+            doc = (load(name).__doc__ or "").strip().splitlines()
+            print(f"{name:<18}{doc[0] if doc else ''}")
+        return 0
+    if args.name is None:
+        raise cli.UsageError(f"give a study NAME: {', '.join(STUDIES)} (or --list)")
+    if args.name not in STUDIES:
+        raise ValueError(f"unknown study {args.name!r}; choose from {', '.join(STUDIES)}")
+    out = pathlib.Path(args.out) / args.name
+    _check_out(out)
 
     from train.reproduce import common, load
 
-    command = " ".join(["jrt", "reproduce", *map(shlex.quote, argv)])
+    command_line = " ".join(["jrt", "reproduce", *map(shlex.quote, argv)])
     log = lambda line: print(f"[{args.name}] {line}", file=sys.stderr, flush=True)
     study = load(args.name)
     jobs = args.jobs or (1 if args.quick else max(1, min(2, os.cpu_count() or 1)))
@@ -133,31 +98,12 @@ def main(argv=None) -> int:
             log(f"--jobs {args.jobs} ignored: this study trains one model at a time")
         jobs = 1
     ctx = common.Context(quick=args.quick, seeds=args.seeds, out_dir=out, jobs=jobs, log=log)
-    previous = _on_sigterm_raise()
-    try:
-        machine = common.machine_info()
-        start = time.perf_counter()
-        outcome = study.run(ctx)
-        wall = time.perf_counter() - start
-        _, report = common.write_outputs(ctx, name=args.name, title=study.TITLE, command=command, wall_s=wall,
-                                         outcome=outcome, machine=machine)
-    except common.StudyError as exc:
-        return _fail(str(exc))
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except _Terminated:
-        print(f"{PROG}: terminated (SIGTERM); nothing written", file=sys.stderr)
-        return 143
-    except Exception as exc:
-        if os.environ.get("JRT_TRACEBACK"):
-            traceback.print_exception(exc)
-        text = str(exc).strip().splitlines()
-        return _fail(f"unexpected {type(exc).__name__}: {text[0][:300] if text else ''} "
-                     "(set JRT_TRACEBACK=1 for the traceback)", 1)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    machine = common.machine_info()
+    start = time.perf_counter()
+    outcome = study.run(ctx)  # SIGTERM raises here (run_command), so the study's training workers are stopped
+    wall = time.perf_counter() - start
+    _, report = common.write_outputs(ctx, name=args.name, title=study.TITLE, command=command_line, wall_s=wall,
+                                     outcome=outcome, machine=machine)
     print(f"report: {report}")
     print(f"{study.TITLE} — {'quick' if ctx.quick else 'full'} variant, {wall:.1f} s")
     print(common.markdown_table(["claim", "paper", "ours", "reproduced?"],
