@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jrt_jax.models import JRTConfig, JRTLM, LlamaConfig, LlamaLM
+from jrt_jax.models import JRTConfig, LlamaConfig, build
 
 #: JRT-RNN small enough to compile in seconds: BaseConv, PLA, sliding window (window 8), BaseConv.
 #: M = 12, so prompts both shorter and longer than the encoder are exercised.
@@ -34,9 +34,7 @@ CONFIGS = {"jrt": JRT_TEST, "based": BASED_TEST, "llama": LLAMA_TEST}
 @functools.cache
 def model(name: str):
     """The shared test model `name` ("jrt", "based", "llama"), seed 0."""
-    config = CONFIGS[name]
-    cls = LlamaLM if isinstance(config, LlamaConfig) else JRTLM
-    return cls(config, rngs=nnx.Rngs(0))
+    return build(CONFIGS[name], seed=0)
 
 
 @functools.cache

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from jrt_jax import nn
-from jrt_jax.nn.base_conv import causal_depthwise_conv
+from jrt_jax.ops.causal_conv import causal_conv1d
 from jrt_jax.nn.context import SequenceContext
 
 B, T, D = 2, 11, 16
@@ -172,7 +172,7 @@ def test_causal_conv_matches_torch_conv1d_layout():
     w = np.random.default_rng(1).normal(size=(5, 1, 3)).astype(np.float32)
     ref = torch.nn.functional.conv1d(torch.tensor(u).transpose(1, 2), torch.tensor(w), padding=2, groups=5)
     ref = ref[..., :9].transpose(1, 2).numpy()
-    out = causal_depthwise_conv(jnp.asarray(u), jnp.asarray(w[:, 0, :].T))
+    out = causal_conv1d(jnp.asarray(u), jnp.asarray(w[:, 0, :].T))
     np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
 
 

@@ -24,6 +24,7 @@ and decoding continues there. Tokens and logits equal the one-device path.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable, Iterator, Sequence
@@ -57,26 +58,45 @@ def _tree_bytes(tree) -> int:
     return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))
 
 
-@functools.partial(jax.jit, static_argnums=0, static_argnames=("cache_len", "greedy"))
-def _prefill(graphdef, state, tokens, mask, key, temperature, top_k, top_p, *, cache_len, greedy):
-    _COMPILES[("prefill", tokens.shape[0], tokens.shape[1], cache_len, greedy)] += 1
-    model = nnx.merge(graphdef, state)
-    logits, caches = model.prefill(tokens, mask=mask, cache_len=cache_len)
-    token = choose_tokens(logits, jax.random.fold_in(key, 0), temperature, top_k, top_p, greedy=greedy)
-    return token, logits, caches, jnp.sum(mask, axis=1).astype(jnp.int32)
-
-
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("cache_len", "greedy", "mesh", "axis_name"))
-def _prefill_sharded(graphdef, state, tokens, mask, key, temperature, top_k, top_p, *, cache_len, greedy, mesh,
-                     axis_name):
-    """`_prefill` context-parallel: tokens [B, T] split on T over `mesh` axis `axis_name`; every mixer runs its
-    `jrt_jax.parallel` op (`jrt_jax.nn.sequence_parallel`), the caches come out as global arrays."""
-    _COMPILES[("prefill_sharded", tokens.shape[0], tokens.shape[1], cache_len, greedy)] += 1
-    with sequence_parallel(mesh, axis_name):
+def _prefill(graphdef, state, tokens, mask, key, temperature, top_k, top_p, caches=None, start=None, *, cache_len,
+             greedy, mesh=None, axis_name=None):
+    """model.prefill of tokens [B, T] (continuing from `caches` when given, `start` [B] real tokens before), then
+    the first token chosen from the last logits. With `mesh`, context-parallel: tokens are split on T over its
+    axis `axis_name` and every mixer runs its `jrt_jax.parallel` op (`jrt_jax.nn.sequence_parallel`); the
+    caches come out as global arrays."""
+    kind = "prefill" if caches is None else "prefill_chunk"
+    _COMPILES[(kind if mesh is None else "prefill_sharded", tokens.shape[0], tokens.shape[1], cache_len,
+               greedy)] += 1
+    with contextlib.nullcontext() if mesh is None else sequence_parallel(mesh, axis_name):
         model = nnx.merge(graphdef, state)
-        logits, caches = model.prefill(tokens, mask=mask, cache_len=cache_len)
+        logits, caches = model.prefill(tokens, mask=mask, cache_len=cache_len, caches=caches, start=start)
     token = choose_tokens(logits, jax.random.fold_in(key, 0), temperature, top_k, top_p, greedy=greedy)
-    return token, logits, caches, jnp.sum(mask, axis=1).astype(jnp.int32)
+    real = jnp.sum(mask, axis=1).astype(jnp.int32)
+    return token, logits, caches, real if start is None else start + real
+
+
+def chunk_ends(seq_len: int, chunk: int, lengths, encoder_len: int | None = None) -> list[int]:
+    """Where the chunks of a left-padded batch [B, seq_len] end (the last end is seq_len).
+
+    Chunks are `chunk` positions long, except where a JRT-RNN row's encoder (its first min(encoder_len, length)
+    real tokens) would straddle a boundary: that chunk is stretched to the encoder's end, since every token of a
+    row reads its whole encoder (`JRTLM.chunk_context`).
+    """
+    lengths = np.asarray(lengths)
+    first = seq_len - lengths
+    enc_end = first + np.minimum(lengths, encoder_len) if encoder_len else first
+    ends, a = [], 0
+    while a < seq_len:
+        e = min(a + chunk, seq_len)
+        while True:
+            straddle = (first >= a) & (first < e) & (enc_end > e)
+            if not straddle.any():
+                break
+            e = int(enc_end[straddle].max())
+        ends.append(e)
+        a = e
+    return ends
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("greedy",), donate_argnames=("caches",))
@@ -139,10 +159,14 @@ class Generator:
         decoding continues there, exactly as after a one-device prefill. The bucket must be divisible by the
         axis size and a sliding window must fit in one shard (bucket / size tokens).
       sequence_axis: the mesh axis of `prefill_mesh` the prompt is split over.
+      prefill_chunk: prefill long prompts `prefill_chunk` positions at a time (`DecoderLM.prefill` with
+        `caches=`), so the activations held at once are those of one chunk; tokens and logits equal a one-pass
+        prefill. None (default): one pass. A JRT-RNN chunk is stretched where a row's encoder would straddle
+        its end (`chunk_ends`). Not combined with `prefill_mesh`.
     """
 
     def __init__(self, model, *, max_length: int | None = None, min_bucket: int = 16, pad_id: int = 0,
-                 prefill_mesh: Mesh | None = None, sequence_axis: str = "sequence"):
+                 prefill_mesh: Mesh | None = None, sequence_axis: str = "sequence", prefill_chunk: int | None = None):
         for attr in ("prefill", "decode_step", "config", "cache_grows"):
             if not hasattr(model, attr):
                 raise TypeError(f"model must provide `{attr}` (JRTLM or LlamaLM); got {type(model).__name__}")
@@ -161,6 +185,12 @@ class Generator:
                                  f"{tuple(prefill_mesh.axis_names)}")
         self.prefill_mesh = prefill_mesh
         self.sequence_axis = sequence_axis
+        if prefill_chunk is not None:
+            if isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or prefill_chunk < 1:
+                raise ValueError(f"prefill_chunk must be an int >= 1 or None; got {prefill_chunk!r}")
+            if prefill_mesh is not None:
+                raise ValueError("prefill_chunk and prefill_mesh are exclusive: a chunked prefill runs on one device")
+        self.prefill_chunk = prefill_chunk
 
     # --------------------------------------------------------------------------------------------------------
 
@@ -236,12 +266,12 @@ class Generator:
         key = jax.random.key(seed)
         temp, top_k, top_p = sampling.as_arrays()
         greedy = sampling.greedy
-        if self.prefill_mesh is None:
-            token, logits, caches, positions = _prefill(graphdef, state, jnp.asarray(tokens), jnp.asarray(mask),
-                                                        key, temp, top_k, top_p, cache_len=cache_len, greedy=greedy)
-        else:
+        if self.prefill_mesh is not None:
             token, logits, caches, positions = self._prefill_sharded(graphdef, state, tokens, mask, key, temp,
                                                                      top_k, top_p, cache_len, greedy)
+        else:
+            token, logits, caches, positions = self._prefill_chunks(graphdef, state, tokens, mask, key, temp, top_k,
+                                                                    top_p, cache_len, greedy)
         b = len(prompts)
         finished = np.zeros(b, bool)
         reasons = ["length"] * b
@@ -291,6 +321,19 @@ class Generator:
                 cache_len=cache_len,
             )
 
+    def _prefill_chunks(self, graphdef, state, tokens, mask, key, temp, top_k, top_p, cache_len, greedy):
+        """The prefill on one device: one pass, or chunk after chunk (`prefill_chunk`)."""
+        t = tokens.shape[1]
+        chunk = self.prefill_chunk or t
+        ends = chunk_ends(t, chunk, mask.sum(axis=1), getattr(self.model, "encoder_len", None))
+        tokens, mask = jnp.asarray(tokens), jnp.asarray(mask)
+        out = _prefill(graphdef, state, tokens[:, :ends[0]], mask[:, :ends[0]], key, temp, top_k, top_p,
+                       cache_len=cache_len, greedy=greedy)
+        for a, e in zip(ends[:-1], ends[1:]):
+            out = _prefill(graphdef, state, tokens[:, a:e], mask[:, a:e], key, temp, top_k, top_p, out[2], out[3],
+                           cache_len=None, greedy=greedy)
+        return out
+
     def _prefill_sharded(self, graphdef, state, tokens, mask, key, temp, top_k, top_p, cache_len, greedy):
         """The prefill on `prefill_mesh` (parameters replicated there, the prompt split on T), its outputs moved
         to the device of the model's parameters, where decoding runs."""
@@ -298,10 +341,10 @@ class Generator:
         home = next(iter(jax.tree.leaves(state)[0].devices()))
         rep = NamedSharding(mesh, PartitionSpec())
         split = NamedSharding(mesh, PartitionSpec(None, axis))
-        out = _prefill_sharded(graphdef, jax.device_put(state, rep), jax.device_put(jnp.asarray(tokens), split),
-                               jax.device_put(jnp.asarray(mask), split), jax.device_put(key, rep),
-                               *jax.device_put((temp, top_k, top_p), rep), cache_len=cache_len, greedy=greedy,
-                               mesh=mesh, axis_name=axis)
+        out = _prefill(graphdef, jax.device_put(state, rep), jax.device_put(jnp.asarray(tokens), split),
+                       jax.device_put(jnp.asarray(mask), split), jax.device_put(key, rep),
+                       *jax.device_put((temp, top_k, top_p), rep), cache_len=cache_len, greedy=greedy, mesh=mesh,
+                       axis_name=axis)
         return jax.device_put(out, home)
 
     def generate(self, prompts, *, on_event: Callable[[StreamEvent], None] | None = None,
@@ -319,6 +362,6 @@ class Generator:
 
 def generate(model, prompts, **kwargs) -> GenerationResult:
     """`Generator(model).generate(prompts, **kwargs)`; compilations are shared across calls."""
-    gen_kwargs = {k: kwargs.pop(k) for k in ("max_length", "min_bucket", "pad_id", "prefill_mesh", "sequence_axis")
-                  if k in kwargs}
+    gen_kwargs = {k: kwargs.pop(k) for k in ("max_length", "min_bucket", "pad_id", "prefill_mesh", "sequence_axis",
+                                             "prefill_chunk") if k in kwargs}
     return Generator(model, **gen_kwargs).generate(prompts, **kwargs)

@@ -13,18 +13,8 @@ from jrt_jax.models.jrt import JRTLM
 from jrt_jax.models.jrt_config import JRT_PRESETS, JRTConfig
 from jrt_jax.models.llama import LlamaLM
 from jrt_jax.models.llama_config import LLAMA_PRESETS, LlamaConfig
-from jrt_jax.models.params import abstract_model, build, count_params, param_shapes, param_table
-
-PRESETS = {**JRT_PRESETS, **LLAMA_PRESETS}
-
-
-def config_from_preset(name: str):
-    """The `JRTConfig` or `LlamaConfig` of any preset name; ValueError listing the known names otherwise."""
-    if name in JRT_PRESETS:
-        return JRTConfig.preset(name)
-    if name in LLAMA_PRESETS:
-        return LlamaConfig.preset(name)
-    raise ValueError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}")
+from jrt_jax.models.params import abstract_model, count_params, param_shapes, param_table
+from jrt_jax.models.registry import MODELS, PRESETS, build, config_from_preset, model_class
 
 
 __all__ = [
@@ -34,11 +24,13 @@ __all__ = [
     "LLAMA_PRESETS",
     "LlamaConfig",
     "LlamaLM",
+    "MODELS",
     "PRESETS",
     "abstract_model",
     "build",
     "config_from_preset",
     "count_params",
+    "model_class",
     "param_shapes",
     "param_table",
 ]

@@ -82,3 +82,14 @@ def check_enc_lens(enc_lens, batch: int, seq_len: int):
             bad = int(arr.min()) if arr.min() < 1 else int(arr.max())
             raise ValueError(f"enc_len: per-row value {bad} is outside [1, T={seq_len}]")
     return enc_lens
+
+
+def check_start(start, batch: int):
+    """The real tokens each row already holds before a prefill chunk: an integer array [B], values ≥ 0."""
+    if not hasattr(start, "shape") or tuple(start.shape) != (batch,) \
+            or not np.issubdtype(np.dtype(start.dtype), np.integer):
+        shape = tuple(start.shape) if hasattr(start, "shape") else type(start).__name__
+        raise ValueError(f"start must be an integer array of shape [batch] = ({batch},); got {shape}")
+    if is_concrete(start) and np.asarray(start).min() < 0:
+        raise ValueError(f"start must be >= 0 (real tokens already in the caches); got {np.asarray(start).min()}")
+    return start

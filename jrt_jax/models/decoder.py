@@ -16,8 +16,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jrt_jax.models._checks import check_mask_shape, check_start
 from jrt_jax.nn.constraints import constrain
 from jrt_jax.nn.context import SequenceContext
+from jrt_jax.parallel import current_sequence_parallel
 
 _F32 = jnp.float32
 
@@ -50,6 +52,12 @@ class DecoderLM(nnx.Module):
     Subclasses provide `embed_input(tokens)` (float32 [..., d]), `output_logits(x)` (float32 [..., V]) and
     `context(tokens, mask, enc_len, segment_ids)` (validation included).
     """
+
+    @property
+    def encoder_len(self) -> int | None:
+        """The PLA encoder length M of a JRT-RNN model (every row's first M real tokens are read twice); None
+        for models without an encoder."""
+        return None
 
     @property
     def cache_grows(self) -> bool:
@@ -85,21 +93,56 @@ class DecoderLM(nnx.Module):
         """Empty per-layer caches; `cache_len` is the capacity of KV caches (prompt + tokens to generate)."""
         return tuple(layer.parts()[1].init_cache(batch, cache_len) for layer in self.layers)
 
-    def prefill(self, tokens, *, mask=None, enc_len=None, cache_len: int | None = None, all_logits: bool = False):
-        """Parallel pass over a prompt that also returns the decoding caches.
+    def prefill(self, tokens, *, mask=None, enc_len=None, cache_len: int | None = None, all_logits: bool = False,
+                caches: tuple | None = None, start=None):
+        """Parallel pass over a prompt that also returns the decoding caches; or, given `caches`, over the next
+        chunk of a prompt.
+
+        Args:
+          tokens, mask, enc_len: as `__call__` (prompts are left-padded: pads lead each row).
+          cache_len: the KV-cache capacity (default T), ignored by constant-size caches. It must hold every
+            chunk to come plus the tokens to generate.
+          all_logits: return the logits of every position rather than of the last.
+          caches: the caches returned by an earlier `prefill` (or `decode_step`s): the pass continues from them,
+            so prefilling a prompt chunk by chunk equals one prefill over the concatenation (logits and caches)
+            while the activations held at once are those of one chunk.
+          start: with `caches`, [B] int: the real tokens each row already holds (the sum of the earlier
+            chunks' masks; what `decode_step` calls positions).
 
         Returns:
           (logits, caches): logits [B, T, V] if `all_logits` else the last position's [B, V]; one cache per
-          layer. `cache_len` (default T) is the KV-cache capacity, ignored by constant-size caches.
+          layer.
         """
-        ctx = self.context(tokens, mask, enc_len, None)
-        cache_len = tokens.shape[1] if cache_len is None else cache_len
+        if caches is None:
+            if start is not None:
+                raise ValueError("start is the real tokens already in `caches`; pass caches= with it")
+            ctx = self.context(tokens, mask, enc_len, None)
+            caches = self.init_cache(tokens.shape[0], tokens.shape[1] if cache_len is None else cache_len)
+        else:
+            if start is None:
+                raise ValueError("prefill(caches=...) continues a prompt: pass start=[B] int, the real tokens "
+                                 "each row already holds in the caches")
+            if current_sequence_parallel() is not None:
+                raise ValueError("a chunked prefill (prefill with caches=) runs on one device, not inside "
+                                 "sequence_parallel: prefill each chunk without it")
+            if len(caches) != len(self.layers):
+                raise ValueError(f"caches must hold one cache per layer ({len(self.layers)}); got {len(caches)}")
+            ctx = self.chunk_context(tokens, mask, enc_len, start)
         x = self.embed_input(tokens)
-        caches = []
-        for layer, cache in zip(self.layers, self.init_cache(tokens.shape[0], cache_len)):
+        new = []
+        for layer, cache in zip(self.layers, caches):
             x, cache = layer(x, ctx, cache)
-            caches.append(cache)
-        return self.output_logits(x if all_logits else x[:, -1]), tuple(caches)
+            new.append(cache)
+        return self.output_logits(x if all_logits else x[:, -1]), tuple(new)
+
+    def chunk_context(self, tokens, mask, enc_len, start) -> SequenceContext:
+        """The context of a later prefill chunk (validation included); models with an encoder override it."""
+        if enc_len is not None:
+            raise ValueError(f"enc_len is a JRT-RNN setting; {type(self).__name__} has no encoder "
+                             f"(got enc_len={enc_len!r})")
+        self.context(tokens, mask, None, None)  # validates tokens and mask
+        b, t = tokens.shape
+        return SequenceContext.for_chunk(b, t, start=check_start(start, b), mask=check_mask_shape(mask, b, t))
 
     def decode_step(self, token: jax.Array, caches: tuple, *, positions: jax.Array):
         """One token per row: token [B] int, positions [B] (real tokens before it) → (logits [B, V], caches)."""

@@ -14,10 +14,18 @@ Parameter paths follow the release's names: ``embed.embedding``, ``layers.{i}.no
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jrt_jax import nn
-from jrt_jax.models._checks import check_enc_len, check_enc_lens, check_mask_shape, check_tokens
+from jrt_jax.models._checks import (
+    check_enc_len,
+    check_enc_lens,
+    check_mask_shape,
+    check_start,
+    check_tokens,
+    is_concrete,
+)
 from jrt_jax.models.decoder import DecoderBlock, DecoderLM
 from jrt_jax.models.jrt_config import JRTConfig
 from jrt_jax.nn.axes import EMBED, VOCAB, partitioned
@@ -26,6 +34,31 @@ from jrt_jax.nn.context import SequenceContext
 from jrt_jax.nn.dense import resolve_dtype
 
 _F32 = jnp.float32
+
+
+def _linear_kw(c: JRTConfig, out_std, common):
+    return dict(feature_dim=c.feature_dim, eps=c.linear_eps, implementation=c.implementation,
+                chunk_size=c.chunk_size, init_std=c.init_std, out_init_std=out_std, **common)
+
+
+#: a mixer name of `JRTConfig.mixers` → its layer, built from (config, residual-projection init std, dtypes + rngs)
+MIXERS = {
+    "prefix_linear": lambda c, out_std, common: nn.PrefixLinearAttention(
+        c.d_model, c.num_heads, **_linear_kw(c, out_std, common)),
+    "causal_linear": lambda c, out_std, common: nn.CausalLinearAttention(
+        c.d_model, c.num_heads, **_linear_kw(c, out_std, common)),
+    "sliding_window": lambda c, out_std, common: nn.SlidingWindowAttention(
+        c.d_model, c.window_heads, window=c.window, rope_base=c.rope_base, implementation=c.window_implementation,
+        init_std=c.init_std, out_init_std=out_std, **common),
+    "base_conv": lambda c, out_std, common: nn.BaseConv(
+        c.d_model, kernel_size=c.conv_kernel, expand=c.conv_expand, use_bias=c.conv_bias, init_std=c.init_std,
+        out_init_std=out_std, **common),
+    # Zoology's recall baseline: full softmax attention without positions (the convs give the order)
+    "attention": lambda c, out_std, common: nn.Attention(
+        c.d_model, c.num_heads, c.num_heads, c.d_model // c.num_heads, use_rope=False,
+        implementation="reference" if c.implementation == "reference" else None, init_std=c.init_std,
+        out_init_std=out_std, **common),
+}
 
 
 class JRTBlock(DecoderBlock):
@@ -42,27 +75,9 @@ class JRTBlock(DecoderBlock):
         self.norm1 = nn.RMSNorm(c.d_model, eps=c.norm_eps, **common)
         # Mixer-only blocks (config.mlp=False) have neither the MLP nor its norm: `DecoderBlock` skips them.
         self.norm2 = nn.RMSNorm(c.d_model, eps=c.norm_eps, **common) if c.mlp else None
-        la = dict(feature_dim=c.feature_dim, eps=c.linear_eps, implementation=c.implementation,
-                  chunk_size=c.chunk_size, init_std=c.init_std, out_init_std=out_std, **common)
-        if mixer == "prefix_linear":
-            self.mixer = nn.PrefixLinearAttention(c.d_model, c.num_heads, **la)
-        elif mixer == "causal_linear":
-            self.mixer = nn.CausalLinearAttention(c.d_model, c.num_heads, **la)
-        elif mixer == "sliding_window":
-            self.mixer = nn.SlidingWindowAttention(
-                c.d_model, c.window_heads, window=c.window, rope_base=c.rope_base,
-                implementation=c.window_implementation, init_std=c.init_std, out_init_std=out_std, **common)
-        elif mixer == "base_conv":
-            self.mixer = nn.BaseConv(c.d_model, kernel_size=c.conv_kernel, expand=c.conv_expand,
-                                     use_bias=c.conv_bias, init_std=c.init_std, out_init_std=out_std, **common)
-        elif mixer == "attention":
-            head_dim = c.d_model // c.num_heads
-            self.mixer = nn.Attention(
-                c.d_model, c.num_heads, c.num_heads, head_dim, use_rope=False,
-                implementation="reference" if c.implementation == "reference" else None,
-                init_std=c.init_std, out_init_std=out_std, **common)
-        else:
-            raise ValueError(f"unknown mixer {mixer!r}")
+        if mixer not in MIXERS:
+            raise ValueError(f"unknown mixer {mixer!r}; known mixers: {sorted(MIXERS)}")
+        self.mixer = MIXERS[mixer](c, out_std, common)
         self.mlp = nn.GatedMLP(c.d_model, c.n_inner, init_std=c.init_std, out_init_std=out_std, **common) \
             if c.mlp else None
 
@@ -96,6 +111,11 @@ class JRTLM(DecoderLM):
         """Longest sequence accepted (`config.max_seq_len`; None = unbounded)."""
         return self.config.max_seq_len
 
+    @property
+    def encoder_len(self) -> int | None:
+        """`config.enc_len` when a layer is prefix linear attention (JRT-RNN), None for Based."""
+        return self.config.encoder_len
+
     def context(self, tokens, mask, enc_len, segment_ids) -> SequenceContext:
         check_tokens(tokens, self.config.vocab_size, self.max_length)
         b, t = tokens.shape
@@ -110,6 +130,39 @@ class JRTLM(DecoderLM):
             enc_len = check_enc_len(enc_len, t)
         return SequenceContext.for_sequence(b, t, mask=mask, segment_ids=segment_ids, enc_len=enc_len,
                                             enc_lens=enc_lens)
+
+    def chunk_context(self, tokens, mask, enc_len, start) -> SequenceContext:
+        """A later prefill chunk. The encoder of a row must lie whole in one chunk: the chunk where the row's
+        first real token is (so that every token of the row reads all of it). A row that starts in this chunk
+        (start 0) takes its encoder here; a row that has consumed at least the encoder length continues as
+        causal linear attention from its state (the encoder terms are in it). A row with 0 < start < encoder
+        length and real tokens in this chunk would split its encoder: ValueError (checked when the values are
+        concrete; under jit it is the caller's contract, as `jrt_jax.generate` keeps it)."""
+        check_tokens(tokens, self.config.vocab_size, self.max_length)
+        b, t = tokens.shape
+        mask = check_mask_shape(mask, b, t)
+        start = check_start(start, b)
+        if self.encoder_len is None:  # Based: no encoder
+            return SequenceContext.for_chunk(b, t, start=start, mask=mask)
+        if enc_len is None:
+            cap = jnp.full((b,), self.config.enc_len, jnp.int32)
+        elif hasattr(enc_len, "shape") and getattr(enc_len, "ndim", 0) == 1:
+            cap = jnp.asarray(check_enc_lens(enc_len, b, 2**30), jnp.int32)
+        else:
+            if isinstance(enc_len, bool) or not isinstance(enc_len, (int, np.integer)) or enc_len < 1:
+                raise ValueError(f"enc_len must be an int >= 1 or an int array [batch]; got {enc_len!r}")
+            cap = jnp.full((b,), int(enc_len), jnp.int32)
+        if is_concrete(start) and is_concrete(cap) and (mask is None or is_concrete(mask)):
+            has_real = np.ones(b, bool) if mask is None else np.asarray(mask).any(axis=1)
+            s, c = np.asarray(start), np.asarray(cap)
+            split = np.flatnonzero(has_real & (s > 0) & (s < c))
+            if split.size:
+                r = int(split[0])
+                raise ValueError(f"row {r}: its encoder ({int(c[r])} tokens) would span prefill chunks: it holds "
+                                 f"{int(s[r])} real tokens before this chunk; the chunk holding a row's first "
+                                 f"real token must hold its whole encoder")
+        enc_lens = jnp.where(jnp.asarray(start) == 0, cap, 0)
+        return SequenceContext.for_chunk(b, t, start=start, mask=mask, enc_len=t, enc_lens=enc_lens)
 
     def embed_input(self, tokens):
         return embed_lookup(self.embed, tokens).astype(_F32)

@@ -160,6 +160,12 @@ class JRTConfig:
             for i in range(self.n_layers)
         )
 
+    @property
+    def encoder_len(self) -> int | None:
+        """The PLA encoder length M when a layer is prefix linear attention (JRT-RNN); None for Based. The one
+        answer to "does this model read an encoder?" (`DecoderLM.encoder_len` returns it)."""
+        return self.enc_len if "prefix_linear" in self.mixers else None
+
     @classmethod
     def preset(cls, name: str, **overrides) -> JRTConfig:
         """A named configuration (see `JRT_PRESETS`), optionally with fields replaced."""

@@ -8,19 +8,9 @@ import functools
 import jax
 from flax import nnx
 
-from jrt_jax.models.jrt import JRTLM
 from jrt_jax.models.jrt_config import JRTConfig
-from jrt_jax.models.llama import LlamaLM
 from jrt_jax.models.llama_config import LlamaConfig
-
-
-def build(config, *, seed: int = 0):
-    """The model class for a config: `JRTLM` for `JRTConfig`, `LlamaLM` for `LlamaConfig`, initialised."""
-    if isinstance(config, JRTConfig):
-        return JRTLM(config, rngs=nnx.Rngs(seed))
-    if isinstance(config, LlamaConfig):
-        return LlamaLM(config, rngs=nnx.Rngs(seed))
-    raise TypeError(f"expected a JRTConfig or LlamaConfig; got {type(config).__name__}")
+from jrt_jax.models.registry import build
 
 
 def abstract_model(config):

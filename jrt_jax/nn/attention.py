@@ -31,7 +31,6 @@ from jrt_jax import ops, parallel
 from jrt_jax.nn.axes import EMBED, HEADS, KV
 from jrt_jax.nn.context import SequenceContext
 from jrt_jax.nn.dense import linear
-from jrt_jax.nn.sequence_parallel import current_sequence_parallel
 from jrt_jax.ops.attention import causal_attention
 
 # Module / config spelling (jax.nn.dot_product_attention's names) → `causal_attention`'s implementation.
@@ -125,11 +124,8 @@ class Attention(nnx.Module):
         b, t, _ = x.shape
         q, k, v = self._qkv(x, positions, rope_len)
         kw = dict(mask=mask, segment_ids=segment_ids, scale=1.0 / self.head_dim**0.5)
-        sp = current_sequence_parallel()
-        if sp is not None:  # context parallel: K / V all-gathered over the sequence axis, blocked attention
-            y = sp.call(parallel.causal_attention, q, k, v, **kw)
-        else:
-            y = causal_attention(q, k, v, implementation=_OP_IMPLEMENTATION[self.implementation], **kw)
+        # context parallel: K / V all-gathered over the sequence axis
+        y = parallel.run(causal_attention, q, k, v, implementation=_OP_IMPLEMENTATION[self.implementation], **kw)
         return self.o_proj(y.reshape(b, t, -1)), k, v
 
     def __call__(self, x, ctx: SequenceContext | None = None, cache: KVCache | None = None):
@@ -145,6 +141,8 @@ class Attention(nnx.Module):
         b, t, _ = x.shape
         if ctx.decode:
             return self._step(x, cache, ctx.positions[:, 0])
+        if ctx.continues and cache is not None:
+            return self._continue(x, ctx, cache)
         rope_len = t if cache is None else cache.k.shape[1]
         if rope_len < t:
             raise ValueError(f"the cache holds {rope_len} positions; the prompt has {t}")
@@ -156,6 +154,21 @@ class Attention(nnx.Module):
         cache = KVCache(jnp.pad(k, pad).astype(cache.k.dtype), jnp.pad(v, pad).astype(cache.v.dtype),
                         jnp.pad(valid, [(0, 0), (0, rope_len - t)]), jnp.asarray(t, jnp.int32))
         return y, cache
+
+    def _continue(self, x, ctx: SequenceContext, cache: KVCache):
+        """A later prefill chunk: its keys and values are written at the cache's index, and its queries read
+        every valid slot up to their own (the op's key span with a query offset)."""
+        b, t, _ = x.shape
+        capacity = cache.k.shape[1]
+        if t > capacity:
+            raise ValueError(f"the cache holds {capacity} positions; the chunk has {t}")
+        q, k, v = self._qkv(x, ctx.rope_positions(b, t), capacity)
+        valid = jnp.ones((b, t), bool) if ctx.mask is None else ctx.mask.astype(bool)
+        put = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), cache.index, axis=1)
+        new = KVCache(put(cache.k, k), put(cache.v, v), put(cache.valid, valid), cache.index + t)
+        y = causal_attention(q, new.k.astype(q.dtype), new.v.astype(q.dtype), q_offset=cache.index, mask=new.valid,
+                             scale=1.0 / self.head_dim**0.5, implementation=_OP_IMPLEMENTATION[self.implementation])
+        return self.o_proj(y.reshape(b, t, -1)), new
 
     def init_cache(self, batch: int, capacity: int | None = None) -> KVCache:
         """An empty cache of `capacity` slots (prompt + tokens to generate)."""

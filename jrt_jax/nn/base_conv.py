@@ -23,7 +23,6 @@ from jrt_jax import parallel
 from jrt_jax.nn.axes import CONV, CONV_WIDTH, EMBED, partitioned
 from jrt_jax.nn.context import SequenceContext
 from jrt_jax.nn.dense import linear
-from jrt_jax.nn.sequence_parallel import current_sequence_parallel
 from jrt_jax.ops.causal_conv import causal_conv1d, causal_conv1d_step
 
 
@@ -31,14 +30,6 @@ class ConvCache(NamedTuple):
     """Decoding state of a BaseConv layer: tail [B, K-1, C], the last K-1 conv inputs (zeros before the start)."""
 
     tail: jax.Array
-
-
-def causal_depthwise_conv(u: jax.Array, kernel: jax.Array) -> jax.Array:
-    """c[:, t] = Σ_k kernel[k] · u[:, t - (K-1) + k] with zeros before t = 0. u [B, T, C], kernel [K, C].
-
-    Kept for compatibility: `ops.causal_conv.causal_conv1d` without masks.
-    """
-    return causal_conv1d(u, kernel)
 
 
 class BaseConv(nnx.Module):
@@ -126,10 +117,7 @@ class DepthwiseCausalConv(nnx.Module):
         `jrt_jax.nn.sequence_parallel`, `jrt_jax.parallel.causal_conv1d` (a halo of K − 1 inputs)."""
         kernel = self.kernel[...].astype(u.dtype)
         kw = dict(mask=mask, segment_ids=segment_ids, initial_tail=initial_tail, return_tail=return_tail)
-        sp = current_sequence_parallel()
-        if sp is not None:
-            return sp.call(parallel.causal_conv1d, u, kernel, **kw)
-        return causal_conv1d(u, kernel, **kw)
+        return parallel.run(causal_conv1d, u, kernel, **kw)
 
     def step(self, tail: jax.Array, u_t: jax.Array):
         """`ops.causal_conv.causal_conv1d_step`: (c_t [B, C], new tail [B, K-1, C])."""

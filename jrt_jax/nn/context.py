@@ -8,7 +8,10 @@ the fields it needs and ignores the rest, so a model calls all of them the same 
 * ``cache=None`` — a parallel pass over x [B, T, d] (training, scoring); returns (y, None).
 * ``cache=mixer.init_cache(B, capacity)`` — a prefill: the same pass, also returning the decoding cache
   (linear attention and the conv continue from the cache they are given; sliding-window and full attention
-  start from an empty one).
+  start from an empty one unless ``ctx.continues``).
+* ``ctx.continues=True`` with the cache of an earlier prefill (or decoding steps) — a later chunk of a long
+  prompt: every mixer continues from its cache (attention appends to its KV cache and reads it, the sliding
+  window reads its ring buffer), so chunk after chunk equals one prefill over the concatenation.
 * ``ctx.decode=True`` with a cache — one token per row, x [B, 1, d]; returns (y [B, 1, d], new cache).
 
 `mixer.init_cache(batch, capacity)` gives the empty cache; only mixers whose cache grows with the sequence
@@ -37,6 +40,7 @@ class SequenceContext:
     enc_len: PLA encoder length M: each row's (each packed document's) first `enc_len` real tokens.
     enc_lens: optional [B] int per-row encoder lengths (capped at `enc_len`).
     decode: True for a single-token decoding step against a cache.
+    continues: True for a later chunk of a prefill: mixers continue from the cache they are given.
     """
 
     positions: jax.Array | None = None
@@ -45,12 +49,21 @@ class SequenceContext:
     enc_lens: jax.Array | None = None
     enc_len: int | None = struct.field(pytree_node=False, default=None)
     decode: bool = struct.field(pytree_node=False, default=False)
+    continues: bool = struct.field(pytree_node=False, default=False)
 
     @classmethod
     def for_sequence(cls, batch: int, seq: int, *, mask=None, segment_ids=None, enc_len=None, enc_lens=None):
         """The context of a parallel pass: positions count real tokens of each document (pads get 0)."""
         return cls(positions=document_positions(mask, segment_ids, batch, seq), mask=mask, segment_ids=segment_ids,
                    enc_len=enc_len, enc_lens=enc_lens)
+
+    @classmethod
+    def for_chunk(cls, batch: int, seq: int, *, start, mask=None, enc_len=None, enc_lens=None):
+        """The context of a later prefill chunk: `start` [B] int are the real tokens each row has already
+        consumed, so positions continue from them (pads get `start`, and are excluded anyway)."""
+        start = jnp.asarray(start, jnp.int32)[:, None]
+        return cls(positions=start + document_positions(mask, None, batch, seq), mask=mask, enc_len=enc_len,
+                   enc_lens=enc_lens, continues=True)
 
     @classmethod
     def for_step(cls, positions):

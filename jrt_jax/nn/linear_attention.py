@@ -22,9 +22,9 @@ positions, wherever left padding put them (the encoder projections then cover al
 or per-row lengths they cover only the first `enc_len`). With packed documents (`segment_ids`) the encoder of
 each document is its own first `enc_len` tokens.
 
-Context parallelism: inside `jrt_jax.nn.sequence_parallel` (a sequence mesh axis of size > 1) the op is the
-`jrt_jax.parallel` one (LASP-2: one all-gather of per-shard states); PLA's encoder projections then always
-cover all T positions (slot-aligned, `enc_mask` marking the encoder), so an encoder may span shards.
+Context parallelism: the op is called through `jrt_jax.parallel.run`, so inside `jrt_jax.nn.sequence_parallel`
+(a sequence mesh axis of size > 1) it is the `jrt_jax.parallel` one (LASP-2: one all-gather of per-shard
+states); an encoder of the first M positions is padded to T slots there, so an encoder may span shards.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from jrt_jax.nn.axes import EMBED, FEATURE, HEADS
 from jrt_jax.nn.context import SequenceContext
 from jrt_jax.nn.dense import linear
 from jrt_jax.nn.padding import document_positions
-from jrt_jax.nn.sequence_parallel import current_sequence_parallel
 
 
 class CausalLinearAttention(nnx.Module):
@@ -98,14 +97,15 @@ class CausalLinearAttention(nnx.Module):
         y, cache = ops.linear_attention_step(cache, q, k, v, eps=self.eps)
         return self.out_proj(y.reshape(x.shape[0], 1, -1)), cache
 
+    def _run(self, op, arrays, ctx, cache, **kw):
+        """(y, state after the last token or None): `op` through `jrt_jax.parallel.run` (the local op, or its
+        context-parallel twin); the state is asked for only when a cache is carried (prefill)."""
+        out = parallel.run(op, *arrays, mask=ctx.mask, padding="exclude", segment_ids=ctx.segment_ids,
+                           initial_state=cache, return_state=cache is not None, **kw, **self._op_kwargs())
+        return out if cache is not None else (out, None)
+
     def _attend(self, x, ctx, cache):
-        q, k, v = self._qkv(x)
-        kw = dict(mask=ctx.mask, padding="exclude", segment_ids=ctx.segment_ids, initial_state=cache,
-                  return_state=True, **self._op_kwargs())
-        sp = current_sequence_parallel()
-        if sp is not None:
-            return _sharded(sp, parallel.linear_attention, (q, k, v), kw, cache)
-        return ops.linear_attention(q, k, v, **kw)
+        return self._run(ops.linear_attention, self._qkv(x), ctx, cache)
 
     def __call__(self, x: jax.Array, ctx: SequenceContext | None = None, cache=None):
         """x [B, T, d] → (y [B, T, d], state or None); see `jrt_jax.nn.context` for ctx and cache.
@@ -191,19 +191,11 @@ class PrefixLinearAttention(CausalLinearAttention):
     def _attend(self, x, ctx, cache):
         b, t, _ = x.shape
         enc_len = self._encoder_length(ctx, t)
-        q, k, v = self._qkv(x)
-        sp = current_sequence_parallel()
         enc_mask = encoder_mask(ctx.mask, ctx.segment_ids, enc_len, ctx.enc_lens, b, t)
-        if enc_mask is None and sp is not None:  # context parallel: the encoder slot-aligned over all T
-            enc_mask = jnp.broadcast_to(jnp.arange(t) < enc_len, (b, t))
         x_enc = x if enc_mask is not None else x[:, :enc_len]
         k_enc = self._heads(x_enc, self.proj_k_enc, self.feature_dim)
         v_enc = self._heads(x_enc, self.proj_v_enc, self.head_dim)
-        kw = dict(mask=ctx.mask, padding="exclude", enc_mask=enc_mask, segment_ids=ctx.segment_ids,
-                  initial_state=cache, return_state=True, **self._op_kwargs())
-        if sp is not None:
-            return _sharded(sp, parallel.prefix_linear_attention, (q, k, v, k_enc, v_enc), kw, cache)
-        return ops.prefix_linear_attention(q, k, v, k_enc, v_enc, **kw)
+        return self._run(ops.prefix_linear_attention, self._qkv(x) + (k_enc, v_enc), ctx, cache, enc_mask=enc_mask)
 
     def __call__(self, x: jax.Array, ctx: SequenceContext | None = None, cache=None):
         """x [B, T, d] → (y [B, T, d], state or None).
@@ -217,16 +209,6 @@ class PrefixLinearAttention(CausalLinearAttention):
         folded in: decoding steps use the causal projections only.
         """
         return super().__call__(x, ctx, cache)
-
-
-def _sharded(sp, op, arrays, kw, cache):
-    """`op` of `jrt_jax.parallel` on global arrays over the active sequence axis; (y, state or None). The final
-    state (a psum) is asked for only when a cache is carried (prefill)."""
-    kw = dict(kw, return_state=cache is not None)
-    if cache is None:
-        kw.pop("initial_state")
-        return sp.call(op, *arrays, **kw), None
-    return sp.call(op, *arrays, **kw)
 
 
 def encoder_mask(mask, segment_ids, enc_len: int, enc_lens, batch: int, seq: int):

@@ -21,7 +21,6 @@ from jrt_jax import ops, parallel
 from jrt_jax.nn.axes import EMBED, HEADS, QKV
 from jrt_jax.nn.context import SequenceContext
 from jrt_jax.nn.dense import linear
-from jrt_jax.nn.sequence_parallel import current_sequence_parallel
 from jrt_jax.ops.sliding_window import sliding_window_step
 
 
@@ -90,11 +89,7 @@ class SlidingWindowAttention(nnx.Module):
         b, t, _ = x.shape
         q, k, v = self._qkv(x, positions)
         kw = dict(window=self.window, mask=mask, segment_ids=segment_ids, implementation=self.implementation)
-        sp = current_sequence_parallel()
-        if sp is not None:  # context parallel: a halo of `window` keys from the previous shard
-            y = sp.call(parallel.sliding_window_attention, q, k, v, **kw)
-        else:
-            y = ops.sliding_window_attention(q, k, v, **kw)
+        y = parallel.run(ops.sliding_window_attention, q, k, v, **kw)  # context parallel: a halo of `window` keys
         return self.out_proj(y.reshape(b, t, -1)), k, v
 
     def __call__(self, x: jax.Array, ctx: SequenceContext | None = None, cache: SlidingWindowCache | None = None):
@@ -102,31 +97,51 @@ class SlidingWindowAttention(nnx.Module):
 
         RoPE at `ctx.positions` (default 0 … T-1); pads (`ctx.mask`) are never attended; with
         `ctx.segment_ids` no window crosses a document boundary. With a cache (an empty one from `init_cache`)
-        the ring buffer of the last `window` keys and values is returned as well.
+        the ring buffer of the last `window` keys and values is returned as well; with `ctx.continues` the
+        chunk's first queries also read the window held in the cache (a later chunk of a prefill).
         """
         ctx = ctx or SequenceContext()
         b, t = x.shape[:2]
         if ctx.decode:
             return self._step(x, cache, ctx.positions[:, 0])
+        if ctx.continues and cache is not None:
+            return self._continue(x, ctx, cache)
         y, k, v = self._attend(x, ctx.rope_positions(b, t), ctx.mask, ctx.segment_ids)
         if cache is None:
             return y, None
-        return y, self._fill(k, v, ctx.mask, t)
+        valid = jnp.ones((b, t), bool) if ctx.mask is None else ctx.mask.astype(bool)
+        return y, self._fill(k, v, valid, t)
 
-    def _fill(self, k, v, mask, t):
-        """The ring buffer after a prompt of t tokens: position p in slot p % window."""
-        b = k.shape[0]
+    def _continue(self, x, ctx: SequenceContext, cache: SlidingWindowCache):
+        """A later prefill chunk: the ring buffer, unrolled oldest first, is the key span before the chunk."""
+        b, t, _ = x.shape
         w = self.window
-        valid = jnp.ones((b, t), bool) if mask is None else mask.astype(bool)
-        if t < w:  # pad on the left with empty slots
-            pad = [(0, 0), (w - t, 0)]
+        q, k, v = self._qkv(x, ctx.rope_positions(b, t))
+        shift = -(cache.index % w)  # slot of the oldest position held: index - w
+        ring = lambda a: jnp.roll(a, shift, axis=1)
+        valid = jnp.ones((b, t), bool) if ctx.mask is None else ctx.mask.astype(bool)
+        span_k = jnp.concatenate([ring(cache.k).astype(k.dtype), k], axis=1)
+        span_v = jnp.concatenate([ring(cache.v).astype(v.dtype), v], axis=1)
+        span_valid = jnp.concatenate([ring(cache.valid), valid], axis=1)
+        y = ops.sliding_window_attention(q, span_k, span_v, window=w, mask=span_valid, q_offset=w,
+                                         implementation=self.implementation)
+        y = self.out_proj(y.reshape(b, t, -1))
+        return y, self._fill(span_k, span_v, span_valid, cache.index + t)
+
+    def _fill(self, k, v, valid, end):
+        """The ring buffer holding the last `window` of positions … end-1 (k, v, valid [B, L, …] in position
+        order, the last at position end - 1): position p in slot p % window; `end` may be traced."""
+        w = self.window
+        n = k.shape[1]
+        if n < w:  # pad on the left with empty slots
+            pad = [(0, 0), (w - n, 0)]
             k = jnp.pad(k, pad + [(0, 0), (0, 0)])
             v = jnp.pad(v, pad + [(0, 0), (0, 0)])
             valid = jnp.pad(valid, pad)
-        # the last w positions T-w … T-1; position p goes to slot p % w
-        shift = t % w
+        shift = end % w
         last = lambda a: jnp.roll(a[:, a.shape[1] - w :], shift, axis=1)
-        return SlidingWindowCache(last(k), last(v), last(valid), jnp.asarray(t, jnp.int32))
+        return SlidingWindowCache(last(k).astype(self.dtype), last(v).astype(self.dtype), last(valid),
+                                  jnp.asarray(end, jnp.int32))
 
     def init_cache(self, batch: int, capacity: int | None = None) -> SlidingWindowCache:
         """The empty ring buffer (`capacity` is ignored: it always holds `window` positions)."""

@@ -46,12 +46,13 @@ import jax
 import jax.numpy as jnp
 
 from jrt_jax import ops
+from jrt_jax.ops._checks import matmul_precision
 from jrt_jax.ops.linear_attention import PADDING_MODES, LinearAttentionState
 from jrt_jax.ops.segments import document_ids
 from jrt_jax.parallel import _axis
 
 _F32 = jnp.float32
-_HIGHEST = jax.lax.Precision.HIGHEST
+_HIGHEST = matmul_precision(jnp.float32)  # the states are fp32
 
 
 def _pack(st: LinearAttentionState):
@@ -66,14 +67,6 @@ def _unpack(x) -> LinearAttentionState:
 def _combine(coef, gathered):
     """Σ_r coef[b, r] · gathered[r, b, …]: coef [B, n], gathered [n, B, H, Φ, D+1]."""
     return jnp.einsum("bn,nbhpd->bhpd", coef, gathered, precision=_HIGHEST)
-
-
-def _as_state(initial_state):
-    if initial_state is None or isinstance(initial_state, LinearAttentionState):
-        return initial_state
-    if isinstance(initial_state, tuple) and len(initial_state) == 2:
-        return LinearAttentionState(*initial_state)
-    raise TypeError(f"initial_state must be a LinearAttentionState (kv, z); got {type(initial_state).__name__}")
 
 
 def _zero_keys(mask, padding, *keys):
@@ -155,7 +148,7 @@ def linear_attention(
     n = _axis.axis_size(axis_name)
     _check_local(q, k, v)
     _axis.require_unchecked("linear_attention", q)
-    initial_state = _as_state(initial_state)
+    initial_state = LinearAttentionState.coerce(initial_state)
     mask, (k,) = _zero_keys(mask, padding, k)
     kw = dict(scale_dim=scale_dim, implementation=implementation, chunk_size=chunk_size)
     s = _axis.shard_index(axis_name)
@@ -248,7 +241,7 @@ def prefix_linear_attention(
         raise ValueError("prefix_linear_attention needs k_enc and v_enc (use linear_attention without an encoder)")
     _check_local(q, k, v, k_enc, v_enc)
     _axis.require_unchecked("prefix_linear_attention", q)
-    initial_state = _as_state(initial_state)
+    initial_state = LinearAttentionState.coerce(initial_state)
     mask, (k, k_enc) = _zero_keys(mask, padding, k, k_enc)
     kw = dict(scale_dim=scale_dim, implementation=implementation, chunk_size=chunk_size)
     s = _axis.shard_index(axis_name)

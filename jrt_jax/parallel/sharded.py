@@ -63,16 +63,17 @@ def _placed(fn, mesh, in_specs):
     return placed
 
 
-def _check_mesh(mesh, axis_name, batch_axis):
+def check_mesh(mesh, axis_name, batch_axis, *, batch_name: str = "batch_axis"):
+    """The one check of a (mesh, sequence axis, batch axes) triple; `batch_name` is the caller's argument name."""
     if not isinstance(mesh, Mesh):
         raise TypeError(f"mesh must be a jax.sharding.Mesh; got {type(mesh).__name__}")
     names = tuple(mesh.axis_names)
     batch = _batch_axes(batch_axis)
-    for what, name in (("axis_name", axis_name),) + tuple(("batch_axis", a) for a in batch):
+    for what, name in (("axis_name", axis_name),) + tuple((batch_name, a) for a in batch):
         if name is not None and name not in names:
             raise ValueError(f"{what}={name!r} is not an axis of the mesh; its axes are {names}")
     if axis_name in batch:
-        raise ValueError(f"batch_axis and axis_name must differ; both name {axis_name!r}")
+        raise ValueError(f"{batch_name} and axis_name must differ; both name {axis_name!r}")
 
 
 def _batch_axes(batch_axis) -> tuple:
@@ -138,7 +139,7 @@ def context_parallel(op, mesh: Mesh, axis_name="sequence", *, batch_axis=None, j
     if op not in _SPECS:
         names = ", ".join(f.__name__ for f in _SPECS)
         raise ValueError(f"context_parallel supports the jrt_jax.parallel ops {names}; got {op!r}")
-    _check_mesh(mesh, axis_name, batch_axis)
+    check_mesh(mesh, axis_name, batch_axis)
     spec = _SPECS[op]
     if isinstance(batch_axis, list):
         batch_axis = tuple(batch_axis)
@@ -203,7 +204,7 @@ def context_parallel(op, mesh: Mesh, axis_name="sequence", *, batch_axis=None, j
 def global_document_positions(mask, segment_ids, mesh: Mesh, axis_name="sequence", *, batch_axis=None):
     """`positions.document_positions` on global [B, T] arrays (`jrt_jax.nn.padding.document_positions`,
     context-parallel): mask / segment_ids may be None (not both needed)."""
-    _check_mesh(mesh, axis_name, batch_axis)
+    check_mesh(mesh, axis_name, batch_axis)
     ref = mask if mask is not None else segment_ids
     if ref is None:
         raise ValueError("global_document_positions needs a mask or segment_ids (else positions are 0 … T-1)")
