@@ -29,10 +29,13 @@ from typing import Literal
 
 from jrt_jax.models._checks import one_of, positive_float, positive_int
 from jrt_jax.nn.dense import DTYPES
+from jrt_jax.ops._checks import closest_implementation
+from jrt_jax.ops.linear_attention.api import IMPLEMENTATIONS as LINEAR_IMPLEMENTATIONS
+from jrt_jax.ops.sliding_window import IMPLEMENTATIONS as SWA_IMPLEMENTATIONS
 
 LinearKind = Literal["prefix", "causal"]
 MIXERS = ("base_conv", "prefix_linear", "causal_linear", "sliding_window", "attention")
-IMPLEMENTATIONS = ("auto", "reference", "xla", "pallas")
+IMPLEMENTATIONS = LINEAR_IMPLEMENTATIONS  # the linear-attention op's names ("auto", "pallas", "xla", "reference")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,9 +100,9 @@ class JRTConfig:
 
     @property
     def window_implementation(self) -> str:
-        """The sliding-window layers' implementation: "reference" when `implementation` is, else "auto"
-        (the banded XLA path; there is no sliding-window kernel for "pallas" to pick)."""
-        return "reference" if self.implementation == "reference" else "auto"
+        """The sliding-window layers' implementation: `implementation` where the op offers it, else "auto" (the
+        banded XLA path; there is no sliding-window kernel for "pallas" to pick)."""
+        return closest_implementation(self.implementation, SWA_IMPLEMENTATIONS)
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_inner", "num_heads", "feature_dim", "window_heads",

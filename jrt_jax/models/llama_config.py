@@ -14,6 +14,7 @@ from typing import Any
 from jrt_jax.ops.rope import rope_frequencies_numpy
 from jrt_jax.models._checks import one_of, positive_float, positive_int
 from jrt_jax.nn.dense import DTYPES
+from jrt_jax.ops.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 
 
 class FrozenMapping(Mapping):
@@ -61,7 +62,8 @@ class LlamaConfig:
         "llama3", "longrope"), validated by `ops.rope_frequencies`; stored as an immutable mapping.
       initializer_range: std of the normal initialisers.
       dtype / param_dtype: compute and storage dtypes ("float32", "bfloat16", "float16").
-      attention_implementation: `jax.nn.dot_product_attention`'s implementation (None, "xla", "cudnn").
+      attention_implementation: the attention op's implementation, in the ops' one vocabulary (None = "auto",
+        "reference", "xla" = blocked linear-memory, "dense" = `jax.nn.dot_product_attention`, "cudnn").
     """
 
     vocab_size: int = 32000
@@ -91,7 +93,7 @@ class LlamaConfig:
             positive_float(name, getattr(self, name))
         one_of("dtype", self.dtype, tuple(DTYPES))
         one_of("param_dtype", self.param_dtype, tuple(DTYPES))
-        one_of("attention_implementation", self.attention_implementation, (None, "xla", "cudnn"))
+        one_of("attention_implementation", self.attention_implementation, (None, *ATTENTION_IMPLEMENTATIONS))
         if self.num_key_value_heads is None:
             object.__setattr__(self, "num_key_value_heads", self.num_attention_heads)
         positive_int("num_key_value_heads", self.num_key_value_heads)

@@ -5,10 +5,11 @@
     y = softmax(q kᵀ / √Dh + causal/pad mask) v      # `ops.attention.causal_attention`, GQA
     out = o_proj(y)
 
-`implementation` is the model config's `attention_implementation`: None → the op's "auto" (dense
-`jax.nn.dot_product_attention` up to `ops.attention.DENSE_MAX_LEN` tokens, the blocked linear-memory path
-above), "xla" → "dense" (`jax.nn.dot_product_attention` at every length), "cudnn" → "cudnn". "auto",
-"reference", "dense" and "blocked" (the op's blocked "xla" path at every length) are accepted as well.
+`implementation` is the model config's `attention_implementation`, in the ops' one vocabulary
+(`jrt_jax.ops.attention.IMPLEMENTATIONS`): None or "auto" (dense `jax.nn.dot_product_attention` up to
+`ops.attention.DENSE_MAX_LEN` tokens, the blocked linear-memory "xla" path above), "dense", "xla", "cudnn" or
+"reference" at every length. Decoding steps read one query against the cache with `jax.nn.dot_product_attention`
+(its cuDNN kernel when "cudnn").
 
 `use_rope=False` leaves q and k unrotated: attention without positions, as in Zoology's recall models, where
 the short convolution before the attention layer is the only source of order.
@@ -31,11 +32,9 @@ from jrt_jax import ops, parallel
 from jrt_jax.nn.axes import EMBED, HEADS, KV
 from jrt_jax.nn.context import SequenceContext
 from jrt_jax.nn.dense import linear
-from jrt_jax.ops.attention import causal_attention
+from jrt_jax.ops._checks import resolve_implementation
+from jrt_jax.ops.attention import IMPLEMENTATIONS, causal_attention
 
-# Module / config spelling (jax.nn.dot_product_attention's names) → `causal_attention`'s implementation.
-_OP_IMPLEMENTATION = {None: "auto", "xla": "dense", "cudnn": "cudnn", "blocked": "xla", "auto": "auto",
-                      "reference": "reference", "dense": "dense"}
 
 
 class KVCache(NamedTuple):
@@ -81,9 +80,7 @@ class Attention(nnx.Module):
     ):
         if num_heads % num_kv_heads:
             raise ValueError(f"num_kv_heads={num_kv_heads} must divide num_heads={num_heads}")
-        if implementation not in _OP_IMPLEMENTATION:
-            known = ", ".join(repr(i) for i in _OP_IMPLEMENTATION)
-            raise ValueError(f"implementation must be one of {known}; got {implementation!r}")
+        implementation = resolve_implementation(implementation or "auto", IMPLEMENTATIONS, "Attention").value
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
@@ -125,7 +122,7 @@ class Attention(nnx.Module):
         q, k, v = self._qkv(x, positions, rope_len)
         kw = dict(mask=mask, segment_ids=segment_ids, scale=1.0 / self.head_dim**0.5)
         # context parallel: K / V all-gathered over the sequence axis
-        y = parallel.run(causal_attention, q, k, v, implementation=_OP_IMPLEMENTATION[self.implementation], **kw)
+        y = parallel.run(causal_attention, q, k, v, implementation=self.implementation, **kw)
         return self.o_proj(y.reshape(b, t, -1)), k, v
 
     def __call__(self, x, ctx: SequenceContext | None = None, cache: KVCache | None = None):
@@ -167,7 +164,7 @@ class Attention(nnx.Module):
         put = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), cache.index, axis=1)
         new = KVCache(put(cache.k, k), put(cache.v, v), put(cache.valid, valid), cache.index + t)
         y = causal_attention(q, new.k.astype(q.dtype), new.v.astype(q.dtype), q_offset=cache.index, mask=new.valid,
-                             scale=1.0 / self.head_dim**0.5, implementation=_OP_IMPLEMENTATION[self.implementation])
+                             scale=1.0 / self.head_dim**0.5, implementation=self.implementation)
         return self.o_proj(y.reshape(b, t, -1)), new
 
     def init_cache(self, batch: int, capacity: int | None = None) -> KVCache:

@@ -11,26 +11,43 @@ from pallas_kernels.linear_attention.common import matmul_precision as matmul_pr
 
 
 class Implementation(str, enum.Enum):
-    """Which code path computes an op.
+    """The one vocabulary of code paths; a name means the same thing for every op that offers it.
 
+    AUTO: the op's own choice among what it offers (the first of its `IMPLEMENTATIONS` after "auto" that
+      applies to the inputs and platform).
     REFERENCE: quadratic, obviously correct, materialises everything (the oracle in tests).
-    XLA: chunked pure-JAX path; linear in sequence length, differentiable; default on CPU.
-    PALLAS: the kernels in `pallas_kernels` (TPU / GPU; interpret mode on CPU).
-    AUTO: PALLAS where a kernel supports the backend and shapes, otherwise XLA.
+    XLA: the op's memory-efficient pure-JAX path (chunked linear attention, blocked flash attention, banded
+      sliding window, shifted-slice conv); differentiable; what "auto" runs on CPU.
+    PALLAS: the kernels in `pallas_kernels` (TPU / GPU; interpret mode on CPU); linear attention only.
+    DENSE: `jax.nn.dot_product_attention` (XLA's fused attention; materialises the scores); softmax attention only.
+    CUDNN: `jax.nn.dot_product_attention(implementation="cudnn")`; softmax attention on NVIDIA GPUs only.
     """
 
     AUTO = "auto"
     REFERENCE = "reference"
     XLA = "xla"
     PALLAS = "pallas"
+    DENSE = "dense"
+    CUDNN = "cudnn"
 
 
-def resolve_implementation(implementation) -> Implementation:
-    try:
-        return Implementation(implementation)
-    except ValueError:
-        choices = ", ".join(repr(i.value) for i in Implementation)
-        raise ValueError(f"implementation must be one of {choices}; got {implementation!r}") from None
+def resolve_implementation(implementation, offered=None, op: str = "this op") -> Implementation:
+    """`implementation` (a name or an `Implementation`) checked against what an op offers (`offered`, names;
+    default: the linear-attention ops' auto / reference / xla / pallas); ValueError naming the choices."""
+    offered = ("auto", "reference", "xla", "pallas") if offered is None else tuple(offered)
+    value = getattr(implementation, "value", implementation)
+    if value not in offered:
+        choices = ", ".join(repr(i) for i in offered)
+        raise ValueError(f"implementation={implementation!r} is not offered by {op}: implementation must be one "
+                         f"of {choices}")
+    return Implementation(value)
+
+
+def closest_implementation(implementation, offered) -> str:
+    """`implementation` where an op offers it, else "auto": how a model's one `implementation` setting reaches
+    layers whose op lacks that path (no sliding-window kernel for "pallas")."""
+    value = getattr(implementation, "value", implementation)
+    return value if value in tuple(offered) else "auto"
 
 
 def check_float_array(name: str, x, rank: int | None = None):

@@ -28,11 +28,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jrt_jax.ops._checks import check_dim, check_float_array, check_positive_int
+from jrt_jax.ops._checks import check_dim, check_float_array, check_positive_int, resolve_implementation
 from jrt_jax.ops.attention.reference import allowed_keys, reference_causal_attention
 from jrt_jax.ops.attention.xla import blocked_causal_attention
 from jrt_jax.ops.segments import check_segments, resolve_segments, zero_excluded
 
+#: what `implementation=` may name (the module docstring; `jrt_jax.ops._checks.Implementation` the shared meanings)
 IMPLEMENTATIONS = ("auto", "reference", "xla", "dense", "cudnn")
 DENSE_MAX_LEN = 2048
 
@@ -131,12 +132,9 @@ def causal_attention(
     q_offset = check_q_offset(q_offset, t, s)
     check_positive_int("block_q", block_q)
     check_positive_int("block_k", block_k)
-    if implementation not in IMPLEMENTATIONS:
-        choices = ", ".join(repr(i) for i in IMPLEMENTATIONS)
-        raise ValueError(f"implementation must be one of {choices}; got {implementation!r}")
+    impl = resolve_implementation(implementation, IMPLEMENTATIONS, "causal_attention").value
     check_segments(segment_ids, mask, b, s)
     scale = 1.0 / d**0.5 if scale is None else float(scale)
-    impl = str(implementation.value if hasattr(implementation, "value") else implementation)
     if impl == "auto":
         impl = "dense" if t * s <= DENSE_MAX_LEN**2 and v.shape[3] == d else "xla"
     if impl in ("dense", "cudnn") and v.shape[3] != d:

@@ -21,6 +21,9 @@ from jrt_jax.ops.causal_conv.xla import shifted_causal_conv1d
 from jrt_jax.ops.segments import check_segments, resolve_segments, zero_excluded
 
 
+#: what `implementation=` may name ("auto" = "xla"); `jrt_jax.ops._checks.Implementation` says what each means
+IMPLEMENTATIONS = ("auto", "reference", "xla")
+
 def causal_conv1d(
     x,
     kernel,
@@ -67,9 +70,7 @@ def causal_conv1d(
             raise ValueError(
                 f"initial_tail must have shape [batch, K-1, C] = {(b, kk - 1, c)}; got {tuple(initial_tail.shape)}"
             )
-    impl = resolve_implementation(implementation)
-    if impl is Implementation.PALLAS:
-        raise ValueError("implementation='pallas': the causal conv has no Pallas kernel; use 'xla'")
+    impl = resolve_implementation(implementation, IMPLEMENTATIONS, "causal_conv1d (no Pallas kernel)")
     check_segments(segment_ids, mask, b, t)
     return _causal_conv1d(x, kernel, segment_ids, mask, initial_tail, return_tail=bool(return_tail),
                           reference=impl is Implementation.REFERENCE)

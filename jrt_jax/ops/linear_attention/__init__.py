@@ -2,6 +2,7 @@
 
 from jrt_jax.ops.linear_attention.api import (
     DEFAULT_CHUNK_SIZE,
+    IMPLEMENTATIONS,
     PADDING_MODES,
     linear_attention,
     linear_attention_state,
@@ -13,6 +14,7 @@ from jrt_jax.ops.linear_attention.state import LinearAttentionState, zero_state
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "IMPLEMENTATIONS",
     "PADDING_MODES",
     "LinearAttentionState",
     "linear_attention",

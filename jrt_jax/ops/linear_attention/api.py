@@ -51,6 +51,9 @@ from jrt_jax.ops.linear_attention.state import LinearAttentionState
 
 DEFAULT_CHUNK_SIZE = 64
 PADDING_MODES = ("exclude", "zero_keys")
+#: what `implementation=` may name, "auto" first ("pallas" where a kernel takes the inputs, else "xla");
+#: `jrt_jax.ops._checks.Implementation` says what each means
+IMPLEMENTATIONS = ("auto", "pallas", "xla", "reference")
 
 
 def _check_qkv(q, k, v):
@@ -111,7 +114,7 @@ def _resolve(q, k, v, k_enc, v_enc, mask, padding, eps, chunk_size, implementati
     if padding not in PADDING_MODES:
         raise ValueError(f"padding must be one of {PADDING_MODES}; got {padding!r}")
     chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else check_positive_int("chunk_size", chunk_size)
-    impl = resolve_implementation(implementation)
+    impl = resolve_implementation(implementation, IMPLEMENTATIONS, "linear attention")
     if impl in (Implementation.PALLAS, Implementation.AUTO):
         reason = _pallas.unsupported_reason(q, v, chunk_size)  # no kernel on any platform takes these inputs
         if reason is not None and impl is Implementation.PALLAS:

@@ -30,6 +30,9 @@ from jrt_jax.ops.sliding_window.reference import reference_sliding_window_attent
 from jrt_jax.ops.sliding_window.xla import banded_sliding_window_attention
 
 
+#: what `implementation=` may name ("auto" = "xla"); `jrt_jax.ops._checks.Implementation` says what each means
+IMPLEMENTATIONS = ("auto", "reference", "xla")
+
 def sliding_window_attention(
     q,
     k,
@@ -91,9 +94,7 @@ def sliding_window_attention(
         check_positive_int("block_size", block_size)
     check_segments(segment_ids, mask, b, s)
     scale = 1.0 / d**0.5 if scale is None else float(scale)
-    impl = resolve_implementation(implementation)
-    if impl is Implementation.PALLAS:
-        raise ValueError("implementation='pallas': sliding-window attention has no Pallas kernel; use 'xla'")
+    impl = resolve_implementation(implementation, IMPLEMENTATIONS, "sliding_window_attention (no Pallas kernel)")
     return _sliding_window_attention(q, k, v, segment_ids, mask, window=window, q_offset=q_offset, scale=scale,
                                      reference=impl is Implementation.REFERENCE, block=block_size)
 
