@@ -1,33 +1,16 @@
-"""Validation shared by the configs and the models: errors name the field or argument and the bad value."""
+"""Validation of the models' inputs (token ids, masks, encoder lengths); the scalar checks are the library's one set
+(`jrt_jax.ops._checks`, re-exported here under the names the configs use)."""
 
 from __future__ import annotations
 
-import numbers
-
-import jax
 import numpy as np
 
-
-def positive_int(field: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"{field} must be a positive int; got {value!r}")
-    return int(value)
+from jrt_jax.ops._checks import check_one_of, check_positive_float, check_positive_int, is_concrete
 
 
-def positive_float(field: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-        raise ValueError(f"{field} must be a number > 0; got {value!r}")
-    return float(value)
-
-
-def one_of(field: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{field} must be one of {tuple(choices)}; got {value!r}")
-
-
-def is_concrete(x) -> bool:
-    """True when x holds values we can inspect (not a tracer inside jit / grad / eval_shape)."""
-    return not isinstance(x, jax.core.Tracer)
+positive_int = check_positive_int
+positive_float = check_positive_float
+one_of = check_one_of
 
 
 def check_tokens(tokens, vocab_size: int, max_length: int | None, name: str = "tokens"):

@@ -1,9 +1,14 @@
-"""Argument validation shared by the ops: errors name the argument and say what was expected."""
+"""The library's argument validation: every check takes (name, value), names the argument, the value and what
+was expected. The ops, the models' configs and RoPE use these; model-specific checks (token ids, encoder
+lengths) build on them in `jrt_jax.models._checks`."""
 
 from __future__ import annotations
 
 import enum
+import math
+import numbers
 
+import jax
 import jax.numpy as jnp
 
 # The one precision rule of the kernels and the chunked paths, defined at the lowest layer.
@@ -80,9 +85,28 @@ def check_mask(mask, batch: int, seq: int, name: str = "mask"):
 
 
 def check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    """An int > 0 (numpy integers included; bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
         raise ValueError(f"{name} must be a positive int; got {value!r}")
-    return value
+    return int(value)
+
+
+def check_positive_float(name: str, value) -> float:
+    """A finite real number > 0 (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not value > 0:
+        raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
+    return float(value)
+
+
+def check_one_of(name: str, value, choices) -> None:
+    """`value` is one of `choices`."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}; got {value!r}")
+
+
+def is_concrete(x) -> bool:
+    """True when x holds values we can inspect (not a tracer inside jit / grad / eval_shape)."""
+    return not isinstance(x, jax.core.Tracer)
 
 
 def check_eps(eps) -> float:

@@ -33,6 +33,8 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from jrt_jax.ops._checks import check_positive_float, check_positive_int
+
 __all__ = ["ROPE_TYPES", "rope_frequencies", "apply_rope"]
 
 #: The ``rope_type`` values :func:`rope_frequencies` understands (``scaling=None`` means ``"default"``).
@@ -51,19 +53,7 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _positive_real(value: Any, name: str) -> float:
-    if not _is_real(value) or not math.isfinite(float(value)) or float(value) <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or int(value) <= 0:
-        raise ValueError(f"{name} must be an integer > 0, got {value!r}")
-    return int(value)
-
-
-def _factor(value: Any, name: str) -> float:
+def _factor(name: str, value: Any) -> float:
     if not _is_real(value) or not math.isfinite(float(value)) or float(value) < 1.0:
         raise ValueError(f"{name} must be a finite number >= 1 (the context-extension ratio), got {value!r}")
     return float(value)
@@ -112,7 +102,7 @@ def _original_context(scaling: Mapping, rope_type: str, max_position_embeddings:
                 "(it may also be left out when max_position_embeddings is given, which then stands in for it)"
             )
         return max_position_embeddings
-    return _positive_int(value, "scaling['original_max_position_embeddings']")
+    return check_positive_int("scaling['original_max_position_embeddings']", value)
 
 
 def _factor_or_ratio(
@@ -120,7 +110,7 @@ def _factor_or_ratio(
 ) -> float:
     """``factor``, or when absent ``max_position_embeddings / original_max_position_embeddings`` (transformers)."""
     if scaling.get("factor") is not None:
-        return _factor(scaling["factor"], "scaling['factor']")
+        return _factor("scaling['factor']", scaling["factor"])
     if max_position_embeddings is None:
         raise ValueError(
             f"scaling['factor'] is required for rope_type {rope_type!r} but is missing "
@@ -128,9 +118,9 @@ def _factor_or_ratio(
             "max_position_embeddings / original_max_position_embeddings)"
         )
     return _factor(
-        max_position_embeddings / original,
         f"factor (derived as max_position_embeddings / original_max_position_embeddings = "
         f"{max_position_embeddings} / {original})",
+        max_position_embeddings / original,
     )
 
 
@@ -169,7 +159,7 @@ def _plain(base: float, rot_dim: int) -> np.ndarray:
 
 
 def _dynamic(base, rot_dim, scaling, seq_len, max_position_embeddings):
-    factor = _factor(_required(scaling, "factor", "dynamic"), "scaling['factor']")
+    factor = _factor("scaling['factor']", _required(scaling, "factor", "dynamic"))
     if max_position_embeddings is None:
         raise ValueError(
             "rope_type 'dynamic' needs max_position_embeddings (the trained context length), either as the "
@@ -189,8 +179,8 @@ def _yarn(base, rot_dim, scaling, max_position_embeddings):
 
     beta_fast = scaling.get("beta_fast")
     beta_slow = scaling.get("beta_slow")
-    beta_fast = 32.0 if beta_fast is None else _positive_real(beta_fast, "scaling['beta_fast']")
-    beta_slow = 1.0 if beta_slow is None else _positive_real(beta_slow, "scaling['beta_slow']")
+    beta_fast = 32.0 if beta_fast is None else check_positive_float("scaling['beta_fast']", beta_fast)
+    beta_slow = 1.0 if beta_slow is None else check_positive_float("scaling['beta_slow']", beta_slow)
     if beta_fast < beta_slow:
         raise ValueError(
             f"scaling['beta_fast'] must be >= scaling['beta_slow'], got beta_fast={beta_fast} and beta_slow={beta_slow}"
@@ -205,7 +195,7 @@ def _yarn(base, rot_dim, scaling, max_position_embeddings):
 
     attention_factor = scaling.get("attention_factor")
     if attention_factor is not None:
-        attention_scale = _positive_real(attention_factor, "scaling['attention_factor']")
+        attention_scale = check_positive_float("scaling['attention_factor']", attention_factor)
     else:
         mscale = scaling.get("mscale")
         mscale_all_dim = scaling.get("mscale_all_dim")
@@ -234,9 +224,9 @@ def _yarn(base, rot_dim, scaling, max_position_embeddings):
 
 
 def _llama3(base, rot_dim, scaling, max_position_embeddings):
-    factor = _factor(_required(scaling, "factor", "llama3"), "scaling['factor']")
-    low_ff = _positive_real(_required(scaling, "low_freq_factor", "llama3"), "scaling['low_freq_factor']")
-    high_ff = _positive_real(_required(scaling, "high_freq_factor", "llama3"), "scaling['high_freq_factor']")
+    factor = _factor("scaling['factor']", _required(scaling, "factor", "llama3"))
+    low_ff = check_positive_float("scaling['low_freq_factor']", _required(scaling, "low_freq_factor", "llama3"))
+    high_ff = check_positive_float("scaling['high_freq_factor']", _required(scaling, "high_freq_factor", "llama3"))
     if high_ff <= low_ff:
         raise ValueError(
             f"scaling['high_freq_factor'] must be > scaling['low_freq_factor'], got {high_ff} and {low_ff}"
@@ -262,7 +252,7 @@ def _longrope(base, rot_dim, scaling, seq_len, max_position_embeddings):
 
     attention_factor = scaling.get("attention_factor")
     if attention_factor is not None:
-        attention_scale = _positive_real(attention_factor, "scaling['attention_factor']")
+        attention_scale = check_positive_float("scaling['attention_factor']", attention_factor)
     elif factor <= 1.0:
         attention_scale = 1.0
     else:
@@ -349,7 +339,7 @@ def rope_frequencies_numpy(
     partial_rotary_factor: float = _DEFAULT_PARTIAL_ROTARY_FACTOR,
 ) -> tuple[np.ndarray, float]:
     """`rope_frequencies` on the host: (float32 numpy inv_freq, attention scale); no JAX backend is touched."""
-    head_dim = _positive_int(head_dim, "head_dim")
+    head_dim = check_positive_int("head_dim", head_dim)
     if head_dim % 2:
         raise ValueError(f"head_dim must be even (RoPE rotates pairs of channels), got {head_dim}")
     if scaling is None:
@@ -361,7 +351,7 @@ def rope_frequencies_numpy(
         )
     rope_type = _resolve_rope_type(scaling)
 
-    base = _positive_real(_merge_argument(scaling, "rope_theta", base, _DEFAULT_BASE), "base (rope_theta)")
+    base = check_positive_float("base (rope_theta)", _merge_argument(scaling, "rope_theta", base, _DEFAULT_BASE))
     partial_rotary_factor = _merge_argument(
         scaling, "partial_rotary_factor", partial_rotary_factor, _DEFAULT_PARTIAL_ROTARY_FACTOR
     )
@@ -376,14 +366,14 @@ def rope_frequencies_numpy(
 
     max_position_embeddings = _merge_argument(scaling, "max_position_embeddings", max_position_embeddings, None)
     if max_position_embeddings is not None:
-        max_position_embeddings = _positive_int(max_position_embeddings, "max_position_embeddings")
+        max_position_embeddings = check_positive_int("max_position_embeddings", max_position_embeddings)
     if seq_len is not None:
-        seq_len = _positive_int(seq_len, "seq_len")
+        seq_len = check_positive_int("seq_len", seq_len)
 
     if rope_type == "default":
         inv_freq, attention_scale = _plain(base, rot_dim), 1.0
     elif rope_type == "linear":
-        factor = _factor(_required(scaling, "factor", "linear"), "scaling['factor']")
+        factor = _factor("scaling['factor']", _required(scaling, "factor", "linear"))
         inv_freq, attention_scale = _plain(base, rot_dim) / factor, 1.0
     elif rope_type == "dynamic":
         inv_freq, attention_scale = _dynamic(base, rot_dim, scaling, seq_len, max_position_embeddings)
