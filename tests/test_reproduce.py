@@ -487,3 +487,15 @@ def test_read_twice_task_and_config(tmp_path):
         make_task(load_config(None, [*sizes, "data.seq_len=60"]).data)
     with pytest.raises(ValueError, match="enc_len must be in"):
         read_twice(a.tokens, a.labels, 0)
+
+
+def test_a_study_stopped_by_sigterm_exits_143_not_as_bad_input(monkeypatch):
+    """SIGTERM stops training with a checkpoint; the study then has no result and ends as every command does on
+    SIGTERM (`jrt_jax.cli.Terminated`: exit status 143), not as a bad request (2)."""
+    import train.sweep
+    from jrt_jax.cli import Terminated, exit_status
+
+    monkeypatch.setattr(train.sweep, "sweep", lambda cfg, log=None: {"stopped": "SIGTERM", "runs": []})
+    with pytest.raises(Terminated, match="sweep stopped early") as exc:
+        common.run_sweep(["data.kind=mqar", "steps=2"])
+    assert exit_status(exc.value) == 143

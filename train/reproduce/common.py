@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from jrt_jax.cli import Terminated
+
 
 class StudyError(ValueError):
     """A request the study cannot satisfy (bad sizes, missing inputs); reported in one line, exit status 2."""
@@ -140,8 +142,8 @@ def train_model(overrides: Sequence[str], *, log: Callable[[str], None] | None =
         summary = trainer.run()
     finally:
         trainer.close()
-    if summary.get("stopped"):  # SIGTERM: a partly trained model is not a result
-        raise StudyError(f"training stopped early ({summary['stopped']})")
+    if summary.get("stopped"):  # SIGTERM: a partly trained model is not a result; exit 143 as every command
+        raise Terminated(f"terminated by SIGTERM: training stopped early ({summary['stopped']}); nothing written")
     model = nnx.merge(trainer.graphdef, trainer.state["params"], trainer.rest)
     return Trained(model, trainer, summary, time.perf_counter() - start, models.count_params(trainer.model_config))
 
@@ -176,8 +178,8 @@ def run_sweep(overrides: Sequence[str], *, log: Callable[[str], None] | None = N
     """`train.sweep.sweep` of `overrides` (sweep.seeds × sweep.lr trained as one program, batches made on the
     device) with no run directory and no checkpoints; its summary ({"runs": one row per replica with seed, lr,
     eval_accuracy, eval_loss, diverged_at; "seconds", …}) plus "wall_s" (setup and compilation included). A
-    diverged replica is a row of the result (`diverged_at` set), not a failure; a sweep stopped by SIGTERM is a
-    StudyError."""
+    diverged replica is a row of the result (`diverged_at` set), not a failure; a sweep stopped by SIGTERM raises
+    `jrt_jax.cli.Terminated` (exit status 143)."""
     from train.config import load_config
     from train.sweep import sweep
 
@@ -185,8 +187,8 @@ def run_sweep(overrides: Sequence[str], *, log: Callable[[str], None] | None = N
     start = time.perf_counter()
     cfg = load_config(None, [*overrides, *TRAIN_DEFAULTS])
     summary = sweep(cfg, log=(lambda *a, **k: None) if log is None else (lambda *a, **k: log(" ".join(map(str, a)))))
-    if summary.get("stopped"):  # SIGTERM: partly trained replicas are not a result
-        raise StudyError(f"sweep stopped early ({summary['stopped']})")
+    if summary.get("stopped"):  # SIGTERM: partly trained replicas are not a result; exit 143 as every command
+        raise Terminated(f"terminated by SIGTERM: sweep stopped early ({summary['stopped']}); nothing written")
     summary["wall_s"] = time.perf_counter() - start
     return summary
 
