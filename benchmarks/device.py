@@ -35,7 +35,7 @@ The dry run (`--dry-run`) runs the same code at tiny sizes: T 128-256, B 1, 2 he
 instead of jrt-360m and SmolLM2-135M, XLA's optimisations mostly off, the Pallas kernels in interpret mode where
 the platform is a CPU, attention through XLA where cuDNN cannot run, and `pytest -m gpu` collected but skipped
 (started with the run and collected last, so that its imports overlap the other sections' compilations).
-`tests/test_device_benchmark.py` runs it.
+`tests/benchmarks/test_device_benchmark.py` runs it.
 
 Why one process: every section shares the JAX runtime, so the device is initialised once and the later sections
 reuse the measured ceilings; the GPU tests alone run in a subprocess (pytest, their own conftest), with
@@ -678,7 +678,7 @@ def gpu_test_files() -> list[str]:
     """The test files that use the `gpu` marker (collecting only these keeps the run short, and a module that
     needs a package the image lacks cannot stop the collection)."""
     files = []
-    for path in sorted((ROOT / "tests").glob("test_*.py")):
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
         if re.search(r"pytest\.mark\.gpu\b", path.read_text(errors="replace")):
             files.append(str(path.relative_to(ROOT)))
     return files

@@ -3,7 +3,7 @@
 Memory maps: every executable XLA:CPU compiles keeps ~10–100 memory mappings, and interpret-mode Pallas kernels
 compile many; one pytest process running the whole suite passed Linux's limit of 65530 mappings per process
 (vm.max_map_count) after ~200–290 tests, and the next compile segfaulted inside LLVM (mmap failed). Measured
-on tests/test_linear_attention_packed.py: ~800 mappings per test, back to ~600 in all after jax.clear_caches().
+on tests/ops/test_linear_attention_packed.py: ~800 mappings per test, back to ~600 in all after jax.clear_caches().
 So after any test that leaves the process above half the limit, the compiled caches are dropped.
 """
 

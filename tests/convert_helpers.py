@@ -8,6 +8,8 @@ import pathlib
 
 import numpy as np
 
+from tests.helpers import max_abs  # noqa: F401 - the helpers of the convert tests, in one namespace
+
 #: A small JRT-RNN in the release's layout: BaseConv, PLA, sliding window, BaseConv, PLA. Vocabulary 250 padded
 #: to 256 by pad_vocab_size_multiple 8, M = 12 (prompts shorter and longer than the encoder), window_size 16 →
 #: 8 keys back.
@@ -136,10 +138,6 @@ def assert_bit_identical(a: dict, b: dict) -> None:
         assert a[k].dtype == b[k].dtype, (k, a[k].dtype, b[k].dtype)
         assert a[k].shape == b[k].shape, (k, a[k].shape, b[k].shape)
         assert np.array_equal(a[k].view(np.uint8), b[k].view(np.uint8)), f"{k} differs"
-
-
-def max_abs(a, b) -> float:
-    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
 def torch_single_thread():

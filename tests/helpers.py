@@ -95,3 +95,8 @@ def export_for(fn, platforms, *args):
     checks = TRITON_CHECKS if cuda else ()
     with gpu_export_target() if cuda else contextlib.nullcontext():
         return jax.export.export(fn, platforms=platforms, disabled_checks=checks)(*args)
+
+
+def max_abs(a, b) -> float:
+    """The largest absolute difference of two arrays (numpy or jax, any float dtype), in float64."""
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))

@@ -9,11 +9,11 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from jrt_jax.models import JRTConfig, LlamaConfig, build
+from tests.helpers import max_abs  # noqa: F401 - the helpers of the model tests, in one namespace
 
 #: JRT-RNN small enough to compile in seconds: BaseConv, PLA, sliding window (window 8), BaseConv.
 #: M = 12, so prompts both shorter and longer than the encoder are exercised.
@@ -54,7 +54,3 @@ def forward_fn(name: str):
 def random_prompts(lengths, vocab: int, seed: int = 0) -> list[list[int]]:
     rng = np.random.default_rng(seed)
     return [rng.integers(0, vocab, n).tolist() for n in lengths]
-
-
-def max_abs(a, b) -> float:
-    return float(jnp.max(jnp.abs(jnp.asarray(a, jnp.float32) - jnp.asarray(b, jnp.float32))))

@@ -14,7 +14,7 @@ sweep.steps_per_scan steps run in one `lax.scan` with their batches generated in
 What a replica is: replica (seed s, lr l) trains as `jrt train seed=s optim.lr=l data.on_device=true` with the rest of
 the config unchanged — the same initialisation, the same batches (every replica reads data.seed's stream), the same
 masking RNG, the same schedule (the optimizer is built with lr = 1 and each replica's updates are scaled by its lr,
-exact for AdamW's linear dependence on the lr) — equal to float rounding; tests/test_sweep.py holds it to 1e-5. A
+exact for AdamW's linear dependence on the lr) — equal to float rounding; tests/train/test_sweep.py holds it to 1e-5. A
 replica whose loss, gradient or new state turns non-finite is frozen at its last finite state and reported as
 diverged (the others go on); `best` never picks it.
 

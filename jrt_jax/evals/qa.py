@@ -54,7 +54,7 @@ def render_chat_template(template: str, messages: list[dict], **context) -> str:
     (break/continue), a `{% generation %}` block (rendered as its body), `raise_exception(msg)`, a `tojson` that
     keeps non-ASCII text, and `strftime_now(fmt)`. Needs jinja2 >= 3.1.6 (older versions have known sandbox
     escapes). Written here rather than imported from transformers, which is not a core dependency; equality with
-    transformers is tested (tests/test_evals.py). A template that fails raises ValueError with jinja's message."""
+    transformers is tested (tests/evals/test_evals.py). A template that fails raises ValueError with jinja's message."""
     import datetime
     import json
 

@@ -42,7 +42,7 @@ class IncrementalDetokenizer:
     piece is not empty (a lone ``<0x20>`` whose space the decoder strips as the leading one) is widened by
     joining the last two pieces.
     Exact, with no rewinds, for byte-level BPE (GPT-2, ``ByteLevel`` tokenizer.json), `ByteTokenizer` and
-    SentencePiece-style ``Metaspace`` decoders; tested on random streams in tests/test_generate_detokenize.py.
+    SentencePiece-style ``Metaspace`` decoders; tested on random streams in tests/generate/test_generate_detokenize.py.
 
     Final text: `final_len` characters of the text can no longer change, whatever tokens follow. With a
     decoder that never rewrites (byte-level BPE, `ByteTokenizer`, Metaspace without byte fallback) that is all

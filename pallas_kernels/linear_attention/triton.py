@@ -12,7 +12,7 @@ Python source, on Triton tensors addressed by explicit pointer arithmetic, and c
 functions, not jnp code. What can be shared is: the Taylor kernel 1 + s + s²/2 (`common.taylor_kernel`, plain
 arithmetic, compiled here by `triton.jit`), the precision rule, the scales (`common.taylor_scales`), the state
 layout (`common.state_shapes`) and the size rules (`common.gpu_unsupported_reason`, `GPU_VALUE_BLOCK`). The
-tests hold the two bodies equal: tests/test_triton_kernel.py compares every output of this kernel (in Triton's
+tests hold the two bodies equal: tests/kernels/test_triton_kernel.py compares every output of this kernel (in Triton's
 interpreter) with the Pallas GPU kernel's on the same inputs.
 
 Two launchers share the kernel: `prefill_triton` (JAX arrays, through jax-triton, what `api.py` runs on CUDA)

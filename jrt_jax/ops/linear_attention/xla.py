@@ -149,7 +149,7 @@ def _forward(q, k, v, w, seg, kv0, z0, chunk, eps, scale_dim, save_states, norma
     # A one-chunk pass from a zero start state reads no state. Besides saving two matmuls, this sidesteps an
     # XLA:CPU miscompilation (jaxlib 0.10.2): with the zero state a constant of the jitted program, the YNNPACK
     # fusion of the read returned 1e20-1e36 at batch >= 64, differently on every run
-    # (tests/test_linear_attention.py::test_jitted_one_chunk_forward_at_large_batch).
+    # (tests/ops/test_linear_attention.py::test_jitted_one_chunk_forward_at_large_batch).
     step = functools.partial(_chunk_step, scale_dim=scale_dim, eps=eps, precision=matmul_precision(out_dtype),
                              head_groups=forward_head_groups(b, h), normalize=normalize,
                              read_state=not (zero_start and n == 1))

@@ -33,7 +33,7 @@ from train import cli
 from jrt_jax.convert import load_config as model_config
 from train.config import load_config, to_dict
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 TEXT = "It was the best of times, it was the worst of times, it was the age of wisdom. " * 40
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from tests.helpers import simulated_devices_env
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 # A small JRT-RNN whose dimensions divide every mesh axis used below.
 SMALL = ["model.preset=jrt-micro", "data.kind=mqar", "data.seq_len=48", "data.num_pairs=8", "data.num_queries=4",
          "data.num_keys=16", "data.num_values=16", "data.batch_size=16", "optim.warmup_steps=2"]

@@ -32,7 +32,7 @@ import pytest
 
 from tests.helpers import simulated_devices_env
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 TOL = 1e-5
 # (sequence, data). Sequence 4 runs with data 2 only: alone it proves nothing that (4, 2), 2 and 8 do not (JRT's
 # 24-token encoder: inside shard 0 at 2, over two shards at 4, over three at 8).

@@ -26,7 +26,7 @@ from tests.helpers import inherited_xla_flags
 from train import cli
 from train.config import load_config
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 # One Llama layer: the cheapest model to compile (~6 s on two CPU cores).
 SMALL = ["model.preset=llama-tiny", "model.overrides={num_hidden_layers: 1}", "data.batch_size=8",
          "data.eval_examples=8", "optim.warmup_steps=2"]

@@ -20,7 +20,7 @@ import pytest
 
 from benchmarks import device
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +185,7 @@ def test_budget_nominal_and_junit(tmp_path):
 
 def test_gpu_test_files_and_bad_arguments(capsys):
     files = device.gpu_test_files()
-    assert "tests/test_pallas_kernels.py" in files and "tests/test_device_benchmark.py" not in files
+    assert "tests/kernels/test_pallas_kernels.py" in files and "tests/benchmarks/test_device_benchmark.py" not in files
     for argv, message in ((["--budget-s", "0"], "--budget-s must be positive"),
                           (["--seq-lens", "0"], "--seq-lens must be positive"),
                           (["--wheels", "/nonexistent-wheels"], "no such folder"),

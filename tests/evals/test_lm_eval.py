@@ -24,7 +24,7 @@ from jrt_jax.evals import lm_eval_adapter as adapter  # noqa: E402
 from jrt_jax.evals.perplexity import perplexity  # noqa: E402
 from jrt_jax.evals.scoring import target_logprobs  # noqa: E402
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 TASKS = ROOT / "tests" / "data" / "lm_eval"
 OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
 

@@ -30,7 +30,7 @@ from train.data import make_task
 from train.data.prepare import PrepareError, held_out, prepare, read_index
 from train.data.tokens import TokenData, integer_weights, interleave
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 EOS = 256  # ByteTokenizer's end of text
 
 

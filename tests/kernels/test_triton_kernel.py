@@ -10,7 +10,7 @@ the Pallas interpreter's run of `gpu.prefill_gpu`, the same contract on the same
 
 NaN in padded tokens is not tested here: neither kernel keeps it out (a NaN key or value with weight 0 still
 gives 0 · NaN), the public ops zero excluded tokens before any kernel runs
-(tests/test_linear_attention_packed.py tests that).
+(tests/ops/test_linear_attention_packed.py tests that).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from tests.segment_helpers import python_document_ids, random_segment_ids  # noq
 
 F = 16
 ON_GPU = jax.default_backend() in ("gpu", "cuda")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Small shapes keep the interpreter fast: B = 2, H = 2, T ≤ 96 after padding to whole chunks.
 _BASE = dict(b=2, h=2, d=16, chunk=16, dtype="float32", weights="all", segments=None, state=False, normalize=True,

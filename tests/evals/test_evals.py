@@ -17,7 +17,7 @@ import pytest
 from jrt_jax.evals import perplexity, target_logprobs, windows
 from tests import model_helpers as mh
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("length,context,stride", [(10, 4, 4), (10, 4, 3), (11, 4, 1), (9, 9, 9), (100, 32, 7)])

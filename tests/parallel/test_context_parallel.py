@@ -19,7 +19,7 @@ import pytest
 
 from tests.helpers import simulated_devices_env
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 TOL = 1e-5
 MESHES = ["seq2", "seq4", "seq8", "data2xseq4"]
 
