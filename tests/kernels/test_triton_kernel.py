@@ -3,7 +3,7 @@
 Triton's interpreter must be chosen before triton is first imported (TRITON_INTERPRET=1: triton.language's own
 jitted functions, `tl.sum`, have to be interpreted too), and from then on interprets every Triton kernel of the
 process, so jax-triton can no longer compile one. The interpreted runs therefore happen in one subprocess, this
-module run as a script (`python -m tests.test_triton_kernel OUT.npz`), which leaves the pytest process (other
+module run as a script (`python -m tests.kernels.test_triton_kernel OUT.npz`), which leaves the pytest process (other
 test modules, the GPU test below) untouched whatever xdist collects with it. The tests compare its outputs with
 the Pallas interpreter's run of `gpu.prefill_gpu`, the same contract on the same inputs, and with the
 `jrt_jax.ops` reference.
@@ -172,7 +172,7 @@ class _Interpreted:
         env = dict(os.environ, TRITON_INTERPRET="1", JAX_PLATFORMS="cpu")
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
         self._path = path
-        self._proc = subprocess.Popen([sys.executable, "-m", "tests.test_triton_kernel", str(path)], cwd=ROOT,
+        self._proc = subprocess.Popen([sys.executable, "-m", "tests.kernels.test_triton_kernel", str(path)], cwd=ROOT,
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self._results = None
 

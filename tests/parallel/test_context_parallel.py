@@ -4,7 +4,7 @@ padding, an all-padding shard inside a document, and a PLA encoder longer than o
 
 The comparisons run in one subprocess with 8 simulated CPU devices (XLA_FLAGS must be set before JAX starts):
 
-    python -m tests.test_context_parallel OUT.json     # the worker; writes the measured errors
+    python -m tests.parallel.test_context_parallel OUT.json     # the worker; writes the measured errors
 """
 
 from __future__ import annotations
@@ -223,7 +223,7 @@ def measured(tmp_path_factory):
     # 8 simulated devices; optimisation level 0 cuts XLA:CPU compile time by a third (numerics are unchanged:
     # fp32 throughout, no fast-math either way).
     env = simulated_devices_env(8, fast_compile=True, pythonpath=str(ROOT))
-    proc = subprocess.run([sys.executable, "-m", "tests.test_context_parallel", str(out)], env=env, cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "tests.parallel.test_context_parallel", str(out)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         raise AssertionError(f"worker failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")

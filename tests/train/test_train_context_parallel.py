@@ -2,7 +2,7 @@
 
 Each scenario runs in a fresh subprocess with 8 simulated CPU devices (or two processes of 2 for multi-host):
 
-    python -m tests.test_train_context_parallel SCENARIO OUT.json [key=value ...]
+    python -m tests.train.test_train_context_parallel SCENARIO OUT.json [key=value ...]
 
   losses     5 steps on one device, then on sequence = 2, 8 and data 2 × sequence 4, of packed batches
              (documents crossing shard boundaries, padding between and after them, a JRT encoder of 24 tokens
@@ -190,7 +190,7 @@ def _env(devices):
 
 
 def _command(scenario, out, overrides):
-    return [sys.executable, "-m", "tests.test_train_context_parallel", scenario, str(out)] + list(overrides)
+    return [sys.executable, "-m", "tests.train.test_train_context_parallel", scenario, str(out)] + list(overrides)
 
 
 def _worker(scenario, out, overrides=(), devices=8):
