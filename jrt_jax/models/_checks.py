@@ -54,16 +54,18 @@ def check_enc_len(enc_len, seq_len: int) -> int:
     return int(enc_len)
 
 
-def check_enc_lens(enc_lens, batch: int, seq_len: int):
-    """Per-row encoder lengths: an integer array [B], values ≥ 1 and ≤ T (checked when concrete)."""
+def check_enc_lens(enc_lens, batch: int, seq_len: int | None):
+    """Per-row encoder lengths: an integer array [B], values ≥ 1 and ≤ T (no upper bound when `seq_len` is None,
+    as for a later prefill chunk, which holds no encoder of its own length); checked when concrete."""
     if tuple(enc_lens.shape) != (batch,) or not np.issubdtype(np.dtype(enc_lens.dtype), np.integer):
         raise ValueError(f"enc_len as an array must be integer with shape [batch] = ({batch},); "
                          f"got shape {tuple(enc_lens.shape)} dtype {enc_lens.dtype}")
     if is_concrete(enc_lens):
         arr = np.asarray(enc_lens)
-        if arr.min() < 1 or arr.max() > seq_len:
-            bad = int(arr.min()) if arr.min() < 1 else int(arr.max())
-            raise ValueError(f"enc_len: per-row value {bad} is outside [1, T={seq_len}]")
+        if arr.min() < 1:
+            raise ValueError(f"enc_len: per-row value {int(arr.min())} must be >= 1")
+        if seq_len is not None and arr.max() > seq_len:
+            raise ValueError(f"enc_len: per-row value {int(arr.max())} is outside [1, T={seq_len}]")
     return enc_lens
 
 

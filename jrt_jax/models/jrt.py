@@ -147,7 +147,7 @@ class JRTLM(DecoderLM):
         if enc_len is None:
             cap = jnp.full((b,), self.config.enc_len, jnp.int32)
         elif hasattr(enc_len, "shape") and getattr(enc_len, "ndim", 0) == 1:
-            cap = jnp.asarray(check_enc_lens(enc_len, b, 2**30), jnp.int32)
+            cap = jnp.asarray(check_enc_lens(enc_len, b, None), jnp.int32)
         else:
             if isinstance(enc_len, bool) or not isinstance(enc_len, (int, np.integer)) or enc_len < 1:
                 raise ValueError(f"enc_len must be an int >= 1 or an int array [batch]; got {enc_len!r}")
