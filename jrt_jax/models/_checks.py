@@ -1,10 +1,11 @@
-"""Validation of the models' inputs (token ids, masks, encoder lengths); the scalar checks are the library's one set
-(`jrt_jax.ops._checks`, re-exported here under the names the configs use)."""
+"""Validation of the models' inputs (token ids, encoder lengths); the mask and scalar checks are the library's one
+set (`jrt_jax.ops._checks`, re-exported here under the names the configs use)."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from jrt_jax.ops._checks import check_mask as check_mask  # noqa: F401 (re-exported for the models)
 from jrt_jax.ops._checks import check_one_of, check_positive_float, check_positive_int, is_concrete
 
 
@@ -36,15 +37,6 @@ def check_tokens(tokens, vocab_size: int, max_length: int | None, name: str = "t
             bad = lo if lo < 0 else hi
             where = tuple(int(i) for i in np.argwhere(arr == bad)[0])
             raise ValueError(f"{name}: token id {bad} at {where} is outside the vocabulary [0, {vocab_size})")
-
-
-def check_mask_shape(mask, batch: int, seq: int):
-    if mask is None:
-        return None
-    if not hasattr(mask, "shape") or tuple(mask.shape) != (batch, seq):
-        shape = tuple(mask.shape) if hasattr(mask, "shape") else type(mask).__name__
-        raise ValueError(f"mask must have shape [batch, seq] = {(batch, seq)}; got {shape}")
-    return mask.astype(bool)
 
 
 def check_enc_len(enc_len, seq_len: int) -> int:

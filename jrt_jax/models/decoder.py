@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jrt_jax.models._checks import check_mask_shape, check_start
+from jrt_jax.models._checks import check_mask, check_start, check_tokens
 from jrt_jax.nn.constraints import constrain
 from jrt_jax.nn.context import SequenceContext
 from jrt_jax.parallel import current_sequence_parallel
@@ -140,9 +140,9 @@ class DecoderLM(nnx.Module):
         if enc_len is not None:
             raise ValueError(f"enc_len is a JRT-RNN setting; {type(self).__name__} has no encoder "
                              f"(got enc_len={enc_len!r})")
-        self.context(tokens, mask, None, None)  # validates tokens and mask
+        check_tokens(tokens, self.config.vocab_size, self.max_length)
         b, t = tokens.shape
-        return SequenceContext.for_chunk(b, t, start=check_start(start, b), mask=check_mask_shape(mask, b, t))
+        return SequenceContext.for_chunk(b, t, start=check_start(start, b), mask=check_mask(mask, b, t))
 
     def decode_step(self, token: jax.Array, caches: tuple, *, positions: jax.Array):
         """One token per row: token [B] int, positions [B] (real tokens before it) → (logits [B, V], caches)."""

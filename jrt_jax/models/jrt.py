@@ -21,7 +21,7 @@ from jrt_jax import nn
 from jrt_jax.models._checks import (
     check_enc_len,
     check_enc_lens,
-    check_mask_shape,
+    check_mask,
     check_start,
     check_tokens,
     is_concrete,
@@ -119,7 +119,7 @@ class JRTLM(DecoderLM):
     def context(self, tokens, mask, enc_len, segment_ids) -> SequenceContext:
         check_tokens(tokens, self.config.vocab_size, self.max_length)
         b, t = tokens.shape
-        mask = check_mask_shape(mask, b, t)
+        mask = check_mask(mask, b, t)
         enc_lens = None
         if enc_len is None:
             enc_len = min(self.config.enc_len, t)
@@ -140,7 +140,7 @@ class JRTLM(DecoderLM):
         concrete; under jit it is the caller's contract, as `jrt_jax.generate` keeps it)."""
         check_tokens(tokens, self.config.vocab_size, self.max_length)
         b, t = tokens.shape
-        mask = check_mask_shape(mask, b, t)
+        mask = check_mask(mask, b, t)
         start = check_start(start, b)
         if self.encoder_len is None:  # Based: no encoder
             return SequenceContext.for_chunk(b, t, start=start, mask=mask)

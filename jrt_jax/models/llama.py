@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jrt_jax import nn
-from jrt_jax.models._checks import check_mask_shape, check_tokens
+from jrt_jax.models._checks import check_mask, check_tokens
 from jrt_jax.models.decoder import DecoderBlock, DecoderLM
 from jrt_jax.models.llama_config import LlamaConfig
 from jrt_jax.nn.axes import EMBED, VOCAB, partitioned
@@ -92,7 +92,7 @@ class LlamaLM(DecoderLM):
             # One warning per distinct message (Python's default filter): the length is left out on purpose.
             warnings.warn(f"LlamaLM: sequences longer than max_position_embeddings x RoPE factor = "
                           f"{self.trained_length} positions extrapolate past the trained context", stacklevel=3)
-        mask = check_mask_shape(mask, b, t)
+        mask = check_mask(mask, b, t)
         return SequenceContext.for_sequence(b, t, mask=mask, segment_ids=segment_ids)
 
     def embed_input(self, tokens):
