@@ -56,7 +56,7 @@ MIXERS = {
     # Zoology's recall baseline: full softmax attention without positions (the convs give the order)
     "attention": lambda c, out_std, common: nn.Attention(
         c.d_model, c.num_heads, c.num_heads, c.d_model // c.num_heads, use_rope=False,
-        implementation="reference" if c.implementation == "reference" else None, init_std=c.init_std,
+        implementation=c.attention_implementation, init_std=c.init_std,
         out_init_std=out_std, **common),
 }
 

@@ -31,6 +31,7 @@ from jrt_jax.models._checks import one_of, positive_float, positive_int
 from jrt_jax.nn.dense import DTYPES
 from jrt_jax.ops._checks import closest_implementation
 from jrt_jax.ops.linear_attention.api import IMPLEMENTATIONS as LINEAR_IMPLEMENTATIONS
+from jrt_jax.ops.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 from jrt_jax.ops.sliding_window import IMPLEMENTATIONS as SWA_IMPLEMENTATIONS
 
 LinearKind = Literal["prefix", "causal"]
@@ -67,7 +68,8 @@ class JRTConfig:
       dtype: compute dtype; param_dtype: storage dtype ("float32", "bfloat16", "float16"). The residual
         stream, norms, linear-attention states and logits are float32 regardless.
       implementation: the linear-attention (PLA / Based) layers' implementation ("auto", "reference", "xla",
-        "pallas"). Sliding-window attention has no kernel: its layers follow `window_implementation`.
+        "pallas"). The softmax layers follow it where their op offers the name (`window_implementation`,
+        `attention_implementation`), else "auto".
       chunk_size: chunk length of the chunked linear-attention path (None: the op's default).
     """
 
@@ -103,6 +105,12 @@ class JRTConfig:
         """The sliding-window layers' implementation: `implementation` where the op offers it, else "auto" (the
         banded XLA path; there is no sliding-window kernel for "pallas" to pick)."""
         return closest_implementation(self.implementation, SWA_IMPLEMENTATIONS)
+
+    @property
+    def attention_implementation(self) -> str:
+        """The "attention" mixer's (zoology's recall baseline) implementation, by the same rule: "reference" and
+        "xla" (blocked flash attention) carry over, "pallas" becomes "auto" (no softmax-attention kernel here)."""
+        return closest_implementation(self.implementation, ATTENTION_IMPLEMENTATIONS)
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_inner", "num_heads", "feature_dim", "window_heads",

@@ -297,10 +297,13 @@ def test_packed_documents_equal_each_document_alone(name):
 
 def test_jrt_pallas_implementation_runs_every_layer():
     """implementation="pallas" applies to the linear-attention layers; the sliding-window layers (no kernel)
-    take `window_implementation` ("auto") instead of failing, and the logits equal the XLA model's."""
+    take `window_implementation` ("auto") instead of failing, and the logits equal the XLA model's. The
+    "attention" mixer follows the same rule (`attention_implementation`)."""
     cfg = dataclasses.replace(mh.JRT_TEST, implementation="pallas")
-    assert cfg.window_implementation == "auto"
-    assert dataclasses.replace(cfg, implementation="reference").window_implementation == "reference"
+    assert cfg.window_implementation == cfg.attention_implementation == "auto"
+    for name in ("reference", "xla"):
+        named = dataclasses.replace(cfg, implementation=name)
+        assert named.window_implementation == named.attention_implementation == name
     toks = jnp.asarray(mh.random_prompts([20], 300, seed=5))
     pallas = JRTLM(cfg, rngs=nnx.Rngs(0))(toks)
     assert mh.max_abs(pallas, mh.model("jrt")(toks)) <= 1e-4
