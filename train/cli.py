@@ -87,11 +87,12 @@ def train(argv) -> int:
     if args.print_config:
         _print_config(cfg)
         return 0
-    from train.trainer import Trainer
+    from train.trainer import Trainer, _stderr
 
-    trainer = Trainer(cfg)  # a bad setup raises here: exit status 2
+    # Logs on stderr, results on stdout: `jrt train ... | jq` reads the summary alone.
+    trainer = Trainer(cfg, log=_stderr)  # a bad setup raises here: exit status 2
     if args.print_shardings:
-        print(trainer.sharding_table)
+        _stderr(trainer.sharding_table)
     summary = _run_to_end(trainer)
     print(json.dumps(summary, indent=2))
     if summary.get("stopped") == "SIGTERM":
@@ -163,7 +164,8 @@ def eval_checkpoint(argv) -> int:
     """`jrt eval-checkpoint`."""
     p = ArgumentParser(prog="jrt eval-checkpoint", description="Evaluate a training checkpoint with the "
                        "config it was saved with (overrides may change e.g. the mesh or eval size).")
-    p.add_argument("--dir", required=True, help="the run directory or its checkpoint.dir")
+    p.add_argument("--model", "--dir", dest="dir", required=True, metavar="RUN_DIR",
+                   help="the run directory or its checkpoint.dir (--dir is the older name)")
     p.add_argument("--step", type=int, help="which step (default: the latest)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)

@@ -48,8 +48,11 @@ BYTES_LOADER = ("bytes: UTF-8 bytes 0-255, 256 = end of text, 257 = pad; no toke
 def _parser() -> cli.ArgumentParser:
     p = cli.ArgumentParser(prog="jrt export", description=__doc__.split("\n\n")[0],
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", help="the run's checkpoint.dir (holds jrt_run.json)")
-    p.add_argument("dst", help="output folder (new or empty)")
+    p.add_argument("paths", nargs="+", metavar="RUN_DIR DST",
+                   help="the run (its directory or checkpoint.dir) and the output folder (new or empty); with "
+                        "--model RUN_DIR, only DST")
+    p.add_argument("--model", default=None, metavar="RUN_DIR",
+                   help="the run to export, as every jrt command names its model (instead of the first positional)")
     p.add_argument("--step", type=int, help="which step (default: the newest that verifies)")
     p.add_argument("--format", choices=("safetensors", "torch"), default="safetensors",
                    help="weights format (default: safetensors)")
@@ -131,7 +134,13 @@ def main(argv=None) -> int:
 
 def command(argv) -> int:
     """`jrt export` (under `jrt_jax.cli.run_command`: errors become one line and an exit status)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    expected = 1 if args.model is not None else 2
+    if len(args.paths) != expected:
+        parser.error("give RUN_DIR DST, or --model RUN_DIR DST" + (f"; got {len(args.paths)} positional arguments "
+                                                                     f"({' '.join(args.paths)})"))
+    args.run_dir, args.dst = (args.model, args.paths[0]) if args.model is not None else args.paths
     prog = "jrt export"
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:

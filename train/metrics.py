@@ -136,10 +136,10 @@ def _prepare_jsonl(path: pathlib.Path, start_step: int) -> None:
 
 
 class Progress:
-    """tqdm bar on a terminal (or when forced); plain periodic lines otherwise."""
+    """tqdm bar on stderr when stderr is a terminal (or when forced); plain periodic lines otherwise."""
 
     def __init__(self, total: int, initial: int, enabled: bool | None):
-        self.enabled = (sys.stdout.isatty() if enabled is None else enabled) and jax.process_index() == 0
+        self.enabled = (sys.stderr.isatty() if enabled is None else enabled) and jax.process_index() == 0
         self.bar = None
         if self.enabled:
             from tqdm import tqdm

@@ -6,10 +6,11 @@
     python -m jrt_jax.generate --preset llama-tiny --prompt "abc" --temperature 0.8 --top-p 0.9 --seed 3
 
 Presets are initialised at random (``--init-seed``): the text is gibberish but every code path — bucketing,
-prefill, constant-memory decoding, sampling, stop strings, streaming — is the real one. ``--checkpoint`` loads a
-checkpoint with `jrt_jax.from_pretrained` (Hugging Face Llama folder, JRT / Based release folder, GGUF file, a
-``jrt train`` run directory or a ``jrt export`` folder) and, with ``--tokenizer auto``, its own tokenizer
-(`jrt_jax.convert.load_tokenizer`: for a run, the one its data were encoded with). A run trained on a synthetic task
+prefill, constant-memory decoding, sampling, stop strings, streaming — is the real one. ``--model`` (older name
+``--checkpoint``) loads through `jrt_jax.load`, as ``jrt eval`` does: a Hugging Face Llama folder, JRT / Based
+release folder, GGUF file, ``jrt train`` run directory, ``jrt export`` folder, named checkpoint or preset and,
+with ``--tokenizer auto``, its own tokenizer (`jrt_jax.convert.load_tokenizer`: for a run, the one its data were
+encoded with). A run trained on a synthetic task
 has no text tokenizer and is refused (its ids are task symbols: decoded as bytes they print noise).
 Errors are one line on stderr: exit status 2 for bad input, 1 for a failure while generating, 130 on Ctrl-C,
 143 on SIGTERM.
@@ -33,9 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", default=None,
                      help="model preset, randomly initialised (default jrt-tiny); see --list-presets")
-    src.add_argument("--checkpoint", type=pathlib.Path, default=None,
+    src.add_argument("--model", "--checkpoint", dest="checkpoint", type=pathlib.Path, default=None,
                      help="checkpoint folder, .gguf file or training run directory, loaded with "
-                          "jrt_jax.from_pretrained")
+                          "jrt_jax.from_pretrained (--checkpoint is the older name)")
     p.add_argument("--list-presets", action="store_true", help="print the presets with parameter counts and exit")
     p.add_argument("--init-seed", type=int, default=0, help="seed of the random initialisation of a preset")
     p.add_argument("--tokenizer", choices=("auto", "gpt2", "bytes"), default="auto",
@@ -74,26 +75,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load_model(args):
+def _load(args):
+    """(model, tokenizer, description) through `jrt_jax.load`, the loader `jrt eval` and lm-eval use: --model takes
+    any of its specs (a folder, .gguf file, run directory, named checkpoint or preset), --preset only a preset."""
     from jrt_jax import models
+    from jrt_jax.loading import load_with_description
 
-    if args.checkpoint is not None:
-        from jrt_jax.convert import from_pretrained
-
-        try:
-            return from_pretrained(args.checkpoint), str(args.checkpoint)
-        except (ValueError, OSError) as e:  # ConversionError is a ValueError; its message names the problem
-            raise ValueError(f"--checkpoint {args.checkpoint}: {cli.one_line(e, None, with_type=False)}") from e
-    name = args.preset or "jrt-tiny"
-    model = models.build(models.config_from_preset(name), seed=args.init_seed)
-    return model, f"{name} (random init, seed {args.init_seed})"
-
-
-def _tokenizer(args, vocab_size):
-    """The tokenizer by the rule `jrt eval` uses too (`jrt_jax.loading.resolve_tokenizer`)."""
-    from jrt_jax.loading import resolve_tokenizer
-
-    return resolve_tokenizer(args.tokenizer, args.checkpoint, vocab_size, arg="--checkpoint", forceable=True)
+    if args.checkpoint is None:
+        name = args.preset or "jrt-tiny"
+        if name not in models.PRESETS:
+            raise ValueError(f"--preset: unknown preset {name!r}; choose one of "
+                             f"{', '.join(sorted(models.PRESETS))} (a checkpoint goes to --model)")
+        loaded = load_with_description(name, tokenizer=args.tokenizer, init_seed=args.init_seed, arg="--preset",
+                                       forceable=True)
+        return loaded.model, loaded.tokenizer, f"{name} (random init, seed {args.init_seed})"
+    try:
+        loaded = load_with_description(args.checkpoint, tokenizer=args.tokenizer, init_seed=args.init_seed,
+                                       arg="--model", forceable=True)
+    except (ValueError, OSError) as e:  # ConversionError is a ValueError; its message names the problem
+        message = cli.one_line(e, None, with_type=False)
+        raise ValueError(message if message.startswith("--model") else f"--model {args.checkpoint}: {message}") from e
+    return loaded.model, loaded.tokenizer, loaded.description
 
 
 def _prompts(args, tok) -> list[list[int]]:
@@ -161,8 +163,7 @@ def command(argv) -> int:
         return 0
     _check_generation_args(args)
     sampling = SamplingParams(args.temperature, args.top_k, args.top_p)
-    model, desc = _load_model(args)
-    tok = _tokenizer(args, model.config.vocab_size)
+    model, tok, desc = _load(args)
     prompts = _prompts(args, tok)
     stops = args.stop if args.stop is not None else (["\n"] if args.jrt_prompt else [])
     stop_tokens = [] if args.no_eos_stop else [tok.eos_id]

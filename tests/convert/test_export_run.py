@@ -306,10 +306,11 @@ def test_jrt_folders_name_their_loader(tmp_path):
 
 @pytest.mark.slow
 def test_a_step_folder_and_an_older_step(jrt_run, tmp_path):
-    """RUN/<step> selects a step; `--step` too; the newest step is the default."""
+    """RUN/<step> selects a step; `--step` too; the newest step is the default. `--model RUN DST` is the same
+    command with the model named as every jrt command names it."""
     run, trained, cfg = jrt_run
     assert jrt_jax.from_pretrained(run / "2").config == jrt_jax.from_pretrained(run).config
-    code, _, err = _export(run, tmp_path / "out", "--step", "2")
+    code, _, err = _export("--model", run, tmp_path / "out", "--step", "2")
     assert code == 0, err
     assert json.loads((tmp_path / "out" / EXPORT_FILE).read_text())["step"] == 2
 
@@ -324,7 +325,7 @@ def _generate(checkpoint, monkeypatch, capsys) -> str:
         raise AssertionError("the run's own tokenizer should have been used")
 
     monkeypatch.setattr(tk, "tokenizer_for_vocab", no_fallback)
-    code = cli.main(["generate", "--checkpoint", str(checkpoint), "--prompt", "It was the", "--max-new-tokens",
+    code = cli.main(["generate", "--model", str(checkpoint), "--prompt", "It was the", "--max-new-tokens",
                      "5", "--no-eos-stop"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -361,6 +362,9 @@ def test_errors_are_one_line_and_write_nothing(jrt_run, tmp_path):
     run = jrt_run[0]
     dst = tmp_path / "dst"
     _assert_one_line_error(*_export(tmp_path / "missing", dst), "does not exist")
+    assert not dst.exists()
+    for args in ((run,), ("--model", run, run, dst), (run, dst, dst)):
+        _assert_one_line_error(*_export(*args), "give RUN_DIR DST, or --model RUN_DIR DST")
     assert not dst.exists()
     (tmp_path / "plain").mkdir()
     _assert_one_line_error(*_export(tmp_path / "plain", dst), "not a training run directory")
@@ -541,7 +545,7 @@ def test_text_tools_refuse_a_run_without_a_text_tokenizer(jrt_run, tmp_path, cap
                          "2"])
         captured = capsys.readouterr()
         assert code == 2 and captured.err == (
-            f"jrt generate: error: --checkpoint {checkpoint} has {reason}; this reads text: give a model trained on "
+            f"jrt generate: error: --model {checkpoint} has {reason}; this reads text: give a model trained on "
             f"text (or force one with --tokenizer bytes), or evaluate a synthetic-task run with jrt eval recall --model "
             f"{checkpoint}\n")
         assert captured.out == ""  # nothing generated

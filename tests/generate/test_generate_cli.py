@@ -46,7 +46,8 @@ def test_jrt_prompt_flags(capsys):
     "argv, message",
     [
         (["--preset", "gpt-5", "--prompt", "x"], "unknown preset 'gpt-5'"),
-        (["--checkpoint", "/nonexistent", "--prompt", "x"], "jrt_jax.from_pretrained"),
+        (["--checkpoint", "/nonexistent", "--prompt", "x"], "--model '/nonexistent': no such file or directory"),
+        (["--model", "/nonexistent", "--prompt", "x"], "--model '/nonexistent': no such file or directory"),
         (["--preset", "llama-tiny", "--tokenizer", "bytes"], "give --prompt"),
         (["--preset", "llama-tiny", "--jrt-prompt", "--question", "q", "--tokenizer", "bytes"], "--context"),
         (["--preset", "llama-tiny", "--prompt", "x", "--top-p", "0", "--tokenizer", "bytes"], "top_p"),

@@ -62,14 +62,15 @@ def test_resolve_run_directories(tmp_path, monkeypatch):
 
 def test_each_run_gets_a_directory_and_resuming_is_explicit(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    code, out, err = _train(SMALL + ["steps=2"], capsys)
-    assert code == 0, err
+    code, out, err1 = _train(SMALL + ["steps=2"], capsys)
+    assert code == 0, err1
     code, out2, err = _train(SMALL + ["steps=2"], capsys)
     assert code == 0, err
     runs = sorted((tmp_path / "runs").iterdir())
     assert len(runs) == 2, runs  # a second run never reuses the first one's directory
     run = runs[0]
-    assert f"run {run.name}: runs/{run.name} (continue it: jrt train --resume runs/{run.name})" in out
+    assert f"run {run.name}: runs/{run.name} (continue it: jrt train --resume runs/{run.name})" in err1
+    assert json.loads(out)["step"] == 2  # logs on stderr: stdout is the JSON summary alone
     assert {"config.yaml", "metrics.jsonl", "checkpoints"} <= {p.name for p in run.iterdir()}
     assert [p.name for p in run.glob("events.out.tfevents.*")]
     saved = yaml.safe_load((run / "config.yaml").read_text())
@@ -81,7 +82,7 @@ def test_each_run_gets_a_directory_and_resuming_is_explicit(tmp_path, monkeypatc
     # --resume: the run's own config, its checkpoints, the overrides on top.
     code, out, err = _train(["--resume", str(run), "steps=4"], capsys)
     assert code == 0, err
-    assert "restored checkpoint step 2" in out
+    assert "restored checkpoint step 2" in err
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
     assert yaml.safe_load((run / "config.yaml").read_text())["steps"] == 4
@@ -93,10 +94,10 @@ def test_each_run_gets_a_directory_and_resuming_is_explicit(tmp_path, monkeypatc
     assert "jrt train --resume RUN_DIR or checkpoint.resume=true" in err
     # With checkpoint.resume=true it continues (a requeued job's command).
     code, out, err = _train(SMALL + ["steps=5", f"name={run.name}", "checkpoint.resume=true"], capsys)
-    assert code == 0 and "restored checkpoint step 4" in out, err
+    assert code == 0 and "restored checkpoint step 4" in err, err
 
     # eval-checkpoint takes the run directory as well.
-    code = cli.main(["eval-checkpoint", "--dir", str(run)])
+    code = cli.main(["eval-checkpoint", "--model", str(run)])
     out, err = capsys.readouterr()
     assert code == 0 and json.loads(out[out.index("{"):])["step"] == 5, err
 
