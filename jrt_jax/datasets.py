@@ -25,16 +25,35 @@ __all__ = ["SHAKESPEARE", "cache_dir", "jsonl_objects", "pip_fetch", "shakespear
 
 
 def jsonl_objects(path, *, error=ValueError, errors: str = "strict"):
-    """(line number, object) of every non-blank line of a JSON-lines file; a line that is not a JSON object
-    raises `error` naming ``path:line`` (the callers' own ValueError subclass)."""
-    with open(path, encoding="utf-8", errors=errors) as f:
-        for number, line in enumerate(f, 1):
+    """(line number, object) of every non-blank line of a JSON-lines file (UTF-8; a byte-order mark is skipped).
+
+    A line that is not UTF-8 (under the default ``errors="strict"``), holds a NUL byte or is not a JSON object
+    raises `error` (the callers' own ValueError subclass) naming ``path:line``, and the byte offset in the file
+    for a bad byte: a binary file given by mistake is named, not reported as a codec error."""
+    with open(path, "rb") as f:
+        end = 0
+        for number, raw in enumerate(f, 1):
+            start, end = end, end + len(raw)
+            expected = "a JSON-lines file holds UTF-8 text, one JSON object per line"
+            nul = raw.find(b"\0")
+            try:
+                line = raw.decode("utf-8", errors)
+            except UnicodeDecodeError as e:
+                if not 0 <= nul < e.start:
+                    raise error(f"{path}:{number}: not UTF-8 text ({e.reason} at byte offset {start + e.start}); "
+                                f"{expected}") from None
+            if nul >= 0:
+                raise error(f"{path}:{number}: a NUL byte at byte offset {start + nul}: binary data, not text; "
+                            f"{expected}")
+            if number == 1:
+                line = line.removeprefix("\ufeff")
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise error(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})") from None
+                raise error(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno}); expected one JSON "
+                            "object per line") from None
             if not isinstance(obj, dict):
                 raise error(f"{path}:{number}: a row must be a JSON object")
             yield number, obj

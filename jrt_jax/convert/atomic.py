@@ -14,33 +14,13 @@ import os
 import pathlib
 import re
 import shutil
-import time
-import uuid
 
+from jrt_jax.atomic import remove_stale_temps, temp_name
 from jrt_jax.convert.errors import ConversionError
 
 PathLike = str | os.PathLike
 
-_TMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-(?P<tag>[0-9a-f]{8})\.tmp$")
 _LEGACY_TMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<tag>[0-9a-f]{8})\.tmp$")  # before pids were recorded
-_LEGACY_STALE_AFTER_S = 600.0
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True  # exists (another user's) / cannot tell: keep the file
-    return True
-
-
-def temp_name(name: str) -> str:
-    """The temporary name of `name` while it is being written: ``.NAME.PID-TAG.tmp``."""
-    return f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
 
 
 def remove_stale_temp_files(folder: PathLike) -> list[pathlib.Path]:
@@ -48,31 +28,9 @@ def remove_stale_temp_files(folder: PathLike) -> list[pathlib.Path]:
 
     A file named by `temp_name` is stale when no process with its pid exists on this machine (two conversions
     into one folder from different machines are not supported). A file of the older ``.NAME.TAG.tmp`` form,
-    which names no pid, is stale once unmodified for 10 minutes.
+    which names no pid, is stale once unmodified for 10 minutes. The rule is `jrt_jax.atomic.remove_stale_temps`.
     """
-    folder = pathlib.Path(folder)
-    removed = []
-    if not folder.is_dir():
-        return removed
-    now = time.time()
-    for f in folder.iterdir():
-        m = _TMP_NAME.match(f.name)
-        if m is not None:
-            stale = not _pid_alive(int(m["pid"]))
-        elif _LEGACY_TMP_NAME.match(f.name):
-            try:
-                stale = now - f.stat().st_mtime > _LEGACY_STALE_AFTER_S
-            except FileNotFoundError:
-                continue
-        else:
-            continue
-        if stale and f.is_file():
-            try:
-                f.unlink()
-                removed.append(f)
-            except FileNotFoundError:
-                pass
-    return removed
+    return remove_stale_temps(folder, legacy=_LEGACY_TMP_NAME)
 
 
 class AtomicFolder:

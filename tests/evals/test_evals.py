@@ -214,8 +214,18 @@ def test_qa_rows_templates_and_errors(tmp_path):
     with pytest.raises(ValueError, match=r"rows.jsonl:2: missing field 'question'"):
         load_rows(f)
     f.write_text('{"context": "c", "question": "q", "answer": "a"}\n{oops\n')
-    with pytest.raises(ValueError, match=r"rows.jsonl:2: not valid JSON"):
+    with pytest.raises(ValueError, match=r"rows.jsonl:2: not valid JSON .*; expected one JSON object per line"):
         load_rows(f)
+    row = b'{"context": "c", "question": "q", "answer": "a"}\n'
+    latin1 = row + b'{"context": "caf\xe9", "question": "q", "answer": "a"}\n'
+    for data, message in [(latin1, r"rows.jsonl:2: not UTF-8 text \(invalid continuation byte at byte offset 65\); "
+                                   "a JSON-lines file holds UTF-8 text"),
+                          (row + b"\x00\x01binary", r"rows.jsonl:2: a NUL byte at byte offset 49: binary data")]:
+        f.write_bytes(data)
+        with pytest.raises(ValueError, match=message):
+            load_rows(f)
+    f.write_bytes(b"\xef\xbb\xbf" + row)  # a byte-order mark is not part of the first row
+    assert load_rows(f)[0][0].answers == ["a"]
     with pytest.raises(ValueError, match="no such file"):
         load_rows(tmp_path / "none.jsonl")
 

@@ -177,6 +177,46 @@ def test_atomic_output_and_refusal(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src", "zz.jsonl"]
 
 
+def test_temp_directories_of_killed_runs_are_removed_and_unwritable_output_named(tmp_path, monkeypatch):
+    _write_docs(tmp_path / "src", ["one", "two"])
+    src = [str(tmp_path / "src" / "*.txt")]
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    dead = finished.pid
+    hour_ago = time.time() - 3600
+    planted = {
+        f".out.{dead}-0123abcd.tmp": False,  # what a run killed by kill -9 left: removed
+        f".out.{os.getpid()}-89abcdef.tmp": True,  # a live run's: kept
+        ".out.tmp-00ff00ff": False,  # the older naming (no pid), unchanged for an hour: removed
+        ".out.tmp-11ff11ff": True,  # the older naming, recent: kept
+        f".other.{dead}-0123abcd.tmp": True,  # another output's
+        f".out.old.{dead}-4567abcd.tmp": True,  # a replaced output moved aside: kept while "out" does not exist
+    }
+    for name in planted:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "shard-00000.tokens").write_bytes(b"\0" * 100)
+    os.utime(tmp_path / ".out.tmp-00ff00ff" / "shard-00000.tokens", (hour_ago, hour_ago))
+    os.utime(tmp_path / ".out.tmp-00ff00ff", (hour_ago, hour_ago))
+    logged = []
+    prepare(src, tmp_path / "out", tokenizer="bytes", workers=1, log=logged.append)
+    kept = sorted(name for name, keep in planted.items() if keep)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + ["out", "src"])
+    assert logged[0].startswith("removed 2 temporary directories left by killed runs")
+    prepare(src, tmp_path / "out", tokenizer="bytes", workers=1, overwrite=True)
+    assert not (tmp_path / f".out.old.{dead}-4567abcd.tmp").exists()  # "out" exists: the aside copy is stale
+
+    (tmp_path / "locked").mkdir()
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", denied)
+    out = tmp_path / "locked" / "out"
+    with pytest.raises(PrepareError, match=rf"^--output {out}: cannot create a directory in {out.parent} "
+                                           r"\(permission denied\)$"):
+        prepare(src, out, tokenizer="bytes", workers=1)
+
+
 def _prepare_cli(args, cwd):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, "-m", "train.cli", "prepare-data"] + args, env=env, cwd=cwd,
@@ -191,6 +231,11 @@ def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
     (tmp_path / "bad.jsonl").write_text('{"text": "a"}\n{oops\n')
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
+    (tmp_path / "random.bin").write_bytes(np.random.default_rng(0).bytes(20_000))  # binary, not UTF-8
+    (tmp_path / "latin1.txt").write_bytes("café au lait".encode("latin-1"))
+    (tmp_path / "nul.txt").write_bytes(b"text\0with a NUL")
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    (tmp_path / "nul.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "a\0b"}\n')
     cases = [
         (["--tokenizer", "bytes", "--output", "o", "missing.txt"], "no such file: missing.txt"),
         (["--tokenizer", "bytes", "--output", "o", "nothing/*.txt"], "no file matches"),
@@ -198,6 +243,16 @@ def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
         (["--tokenizer", "bytes", "--output", "full", "doc000.txt"], "not empty; pass --overwrite"),
         (["--tokenizer", "bytes", "--jsonl", "text", "--output", "o", "bad.jsonl"], "bad.jsonl:2: not valid JSON"),
         (["--tokenizer", "bytes", "--jsonl", "text", "--output", "o", "empty.jsonl"], "holds no documents"),
+        (["--tokenizer", "bytes", "--output", "o", "doc000.txt", "random.bin"], "random.bin: not UTF-8 text ("),
+        (["--tokenizer", "bytes", "--output", "o", "latin1.txt"], "latin1.txt: not UTF-8 text (invalid continuation "
+                                                                  "byte at byte offset 3)"),
+        (["--tokenizer", "bytes", "--output", "o", "nul.txt"], "nul.txt: a NUL byte at byte offset 4"),
+        (["--tokenizer", "bytes", "--jsonl", "text", "--output", "o", "latin1.jsonl"],
+         "latin1.jsonl:2: not UTF-8 text (invalid continuation byte at byte offset 28)"),
+        (["--tokenizer", "bytes", "--jsonl", "text", "--output", "o", "nul.jsonl"],
+         "nul.jsonl:2: a NUL byte at byte offset 26"),
+        (["--tokenizer", "bytes", "--output", "doc000.txt/o", "doc000.txt"],
+         "--output doc000.txt/o: doc000.txt is not a directory"),
     ]
     monkeypatch.chdir(tmp_path)
     for i, (args, message) in enumerate(cases):
@@ -209,7 +264,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1, (args, err)
         assert lines[0].startswith("jrt prepare-data: error: ") and message in lines[0], (args, lines)
-    assert not (tmp_path / "o").exists()
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.*"))  # nothing written, no temp left
     assert cli.main(["prepare-data", "--tokenizer", "bytes", "--output", "o", "doc000.txt"]) == 0
     captured = capsys.readouterr()
     assert captured.err == "" and "1 documents, 9 tokens" in captured.out

@@ -19,7 +19,10 @@ Output directory::
 A document never crosses a shard; a new shard starts once one holds ``--shard-tokens`` tokens. The held-out
 documents are the last ceil(eval_fraction × documents) of a seeded permutation of all documents (at least one
 when there are two or more, never all of them). Everything is written into a temporary directory next to the
-output and renamed at the end, so a failed or interrupted run leaves no half directory.
+output (``.OUT.PID-TAG.tmp``) and renamed at the end, so a failed or interrupted run leaves no half directory; what
+a run killed outright leaves there is deleted by the next run into the same output (`remove_stale_temps`).
+
+Inputs must be UTF-8 text without NUL bytes: a binary file is refused naming the file and the byte offset.
 
 Storage format, measured (`python benchmarks/data.py --quick`, section 2; 2 shared CPU cores, page cache warm):
 random whole-document reads from the flat memory map ran at ~100 000 documents/s on the gpt2 plays and ~140 000/s
@@ -41,12 +44,16 @@ import math
 import multiprocessing as mp
 import os
 import pathlib
+import re
 import shutil
+import signal
 import sys
+import threading
 import time
-import uuid
 
 import numpy as np
+
+from jrt_jax import atomic
 
 FORMAT = "jrt-tokens"
 VERSION = 1
@@ -182,13 +189,32 @@ def _jsonl_texts(path: pathlib.Path, field: str):
     """The FIELD strings of a JSON-lines file, with file:line errors."""
     from jrt_jax.datasets import jsonl_objects
 
-    for number, obj in jsonl_objects(path, error=PrepareError, errors="replace"):
+    for number, obj in jsonl_objects(path, error=PrepareError):
         if field not in obj:
             raise PrepareError(f"{path}:{number}: no field {field!r} in this JSON line")
         text = obj[field]
         if not isinstance(text, str):
             raise PrepareError(f"{path}:{number}: field {field!r} is a {type(text).__name__}, not a string")
         yield text
+
+
+def read_text(path: pathlib.Path) -> str:
+    """The text of one input file; PrepareError naming the file and the byte offset when it is not UTF-8 text.
+
+    Invalid UTF-8 or a NUL byte means a binary file given by mistake: tokenizing it (bytes replaced by U+FFFD)
+    would train on noise without a word, and `jrt eval perplexity --text` refuses the same file."""
+    data = path.read_bytes()
+    nul = data.find(b"\0")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if not 0 <= nul < e.start:
+            raise PrepareError(f"{path}: not UTF-8 text ({e.reason} at byte offset {e.start}); inputs are UTF-8 "
+                               "text files (or JSON lines with --jsonl)") from None
+    if nul >= 0:
+        raise PrepareError(f"{path}: a NUL byte at byte offset {nul}: binary data, not text; inputs are UTF-8 text "
+                           "files (or JSON lines with --jsonl)")
+    return text
 
 
 def _tasks(files, jsonl_field):
@@ -219,12 +245,18 @@ def _init_worker(spec: str, dtype: str) -> None:
     _WORKER["dtype"] = np.dtype(dtype)
 
 
+def _init_pool_worker(spec: str, dtype: str) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent handles it
+    _init_worker(spec, dtype)
+
+
 def _encode(task):
     """Token arrays of one task's documents (run in a worker, or in-process for --workers 1)."""
     kind, payload = task
     tok, dtype = _WORKER["tok"], _WORKER["dtype"]
     if kind == "file":
-        texts = [pathlib.Path(payload).read_text(encoding="utf-8", errors="replace")]
+        texts = [read_text(pathlib.Path(payload))]
     else:
         texts = payload
     out = []
@@ -237,6 +269,24 @@ def _encode(task):
     return out
 
 
+def _start_pool(workers: int, spec: str, dtype: str):
+    """A process pool whose workers die at once on SIGTERM and leave Ctrl-C to the parent.
+
+    Under `jrt_jax.cli.run_command` SIGTERM raises an exception; a forked worker inheriting that handler would raise
+    it inside the pool's queue locks when the pool is terminated after an error, printing a traceback or dying with
+    a lock held that another worker then waits on forever. So the workers are forked with the default action,
+    restored in the parent once they exist (a SIGTERM in that instant ends the parent without cleanup; the next
+    run's `remove_stale_temps` removes what it left)."""
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    if threading.current_thread() is not threading.main_thread():
+        return ctx.Pool(workers, initializer=_init_pool_worker, initargs=(spec, dtype))
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        return ctx.Pool(workers, initializer=_init_pool_worker, initargs=(spec, dtype))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _encoded(tasks, spec: str, dtype: str, workers: int):
     """Token arrays of every document in input order; at most 2 × workers tasks in flight (bounded memory)."""
     if workers <= 1:
@@ -244,8 +294,7 @@ def _encoded(tasks, spec: str, dtype: str, workers: int):
         for task in tasks:
             yield from _encode(task)
         return
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(spec, dtype))
+    pool = _start_pool(workers, spec, dtype)
     try:
         pending = collections.deque()
         for task in tasks:
@@ -276,6 +325,46 @@ def _check_output(output: pathlib.Path, overwrite: bool) -> None:
                                "index.json); refusing to replace it even with --overwrite") from None
 
 
+_LEGACY_TMP = re.compile(r"^\.(?P<name>.+)\.tmp-[0-9a-f]{8}$")  # temporary directories that named no pid
+_LEGACY_OLD = re.compile(r"^\.(?P<name>.+\.old)-[0-9a-f]{8}$")
+
+
+def remove_stale_temps(output: pathlib.Path) -> list[pathlib.Path]:
+    """Delete what killed earlier runs writing `output` left next to it; returns what was deleted.
+
+    A run writes ``.OUT.PID-TAG.tmp`` and, replacing an earlier output, moves that aside as
+    ``.OUT.old.PID-TAG.tmp`` (`jrt_jax.atomic.temp_name`); a run killed outright (kill -9) leaves them behind. Those
+    whose process is gone are deleted (the rule of `jrt_jax.atomic.remove_stale_temps`, shared with `jrt convert`);
+    those of a live run stay. A moved-aside output is deleted only once `output` exists again: a run killed between
+    its two renames leaves the previous output there. Directories of the older ``.OUT.tmp-TAG`` naming, which
+    records no pid, count as stale once nothing in them changed for 10 minutes."""
+    removed = []
+    try:
+        removed += atomic.remove_stale_temps(output.parent, name=output.name, directories=True, legacy=_LEGACY_TMP)
+        if output.is_dir():
+            removed += atomic.remove_stale_temps(output.parent, name=f"{output.name}.old", directories=True,
+                                                 legacy=_LEGACY_OLD)
+    except OSError:  # an unreadable parent: creating the output there reports it
+        pass
+    return removed
+
+
+def _make_temp_dir(output: pathlib.Path) -> pathlib.Path:
+    """A new temporary directory next to `output` (same file system: renamed into place at the end); a place that
+    cannot be written is PrepareError naming `output`, not the temporary name."""
+    tmp = output.parent / atomic.temp_name(output.name)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as e:
+        existing = next(p for p in output.parents if p.exists() or p == p.parent)
+        if not existing.is_dir():
+            raise PrepareError(f"--output {output}: {existing} is not a directory") from None
+        reason = (e.strerror or type(e).__name__).lower()
+        raise PrepareError(f"--output {output}: cannot create a directory in {existing} ({reason})") from None
+    return tmp
+
+
 def held_out(num_docs: int, fraction: float, seed: int) -> np.ndarray:
     """Sorted global indices of the held-out documents: the last ceil(fraction × n) of a seeded permutation."""
     if num_docs < 2 or fraction <= 0:
@@ -302,13 +391,15 @@ def prepare(inputs, output, *, tokenizer: str = "gpt2", jsonl_field: str | None 
     if not 0 <= eval_fraction < 1:
         raise PrepareError(f"--eval-fraction must be in [0, 1); got {eval_fraction}")
     _check_output(output, overwrite)
+    stale = remove_stale_temps(output)
+    if stale and log is not None:
+        log(f"removed {len(stale)} temporary director{'y' if len(stale) == 1 else 'ies'} left by killed runs: "
+            + ", ".join(p.name for p in stale))
     files = input_files(inputs)
     record, tok, spec = resolve_tokenizer(tokenizer)
     dtype = "uint16" if record["vocab_size"] <= 1 << 16 else "uint32"
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.parent / f".{output.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    tmp = _make_temp_dir(output)
     start = time.perf_counter()
     handle = None
     try:
@@ -360,7 +451,7 @@ def prepare(inputs, output, *, tokenizer: str = "gpt2", jsonl_field: str | None 
         (tmp / "index.json").write_text(json.dumps(index, indent=1) + "\n")
         _check_output(output, overwrite)  # it may have appeared while we worked
         if output.is_dir():
-            old = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"
+            old = output.parent / atomic.temp_name(f"{output.name}.old")
             output.rename(old)
             tmp.rename(output)
             shutil.rmtree(old, ignore_errors=True)
