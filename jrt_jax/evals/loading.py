@@ -64,10 +64,7 @@ def read_texts(names: Sequence[str]) -> tuple[str, list[str]]:
         if not path.is_file():
             raise ValueError(f"--text {name}: no such file")
         files.append(path)
-    parts = []
-    for f in files:
-        try:
-            parts.append(f.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as e:
-            raise ValueError(f"--text {f}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    from jrt_jax.datasets import read_utf8_text
+
+    parts = [read_utf8_text(f, expected="--text: a UTF-8 text file") for f in files]
     return "\n\n".join(parts), [str(f) for f in files]

@@ -117,6 +117,22 @@ def test_task_errors_and_vocab_check():
         make_task(cfg.data, config_from_preset("jrt-micro"))
 
 
+def test_text_readers_refuse_binary_files(tmp_path):
+    """data.kind=text and `jrt eval --text` read text by one rule (`jrt_jax.datasets.read_utf8_text`): a binary
+    file given by mistake is named with the byte offset, not tokenized as replacement characters."""
+    from jrt_jax.evals.loading import read_texts
+    from jrt_jax.models import config_from_preset
+
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok\xff\xfe text")
+    cfg = load_config(None, ["data.kind=text", f"data.text_files=[{bad}]", "data.tokenizer=bytes"])
+    with pytest.raises(ValueError, match=r"bad.txt: not UTF-8 text \(invalid start byte at byte offset 2\); "
+                                         "expected data.text_files"):
+        make_task(cfg.data, config_from_preset("jrt-micro"))
+    with pytest.raises(ValueError, match="bad.txt: not UTF-8 text .*expected --text"):
+        read_texts([str(bad)])
+
+
 # ------------------------------------------------------------------------------------------- objectives
 
 

@@ -54,6 +54,7 @@ import time
 import numpy as np
 
 from jrt_jax import atomic
+from jrt_jax.datasets import read_utf8_text
 
 FORMAT = "jrt-tokens"
 VERSION = 1
@@ -199,22 +200,9 @@ def _jsonl_texts(path: pathlib.Path, field: str):
 
 
 def read_text(path: pathlib.Path) -> str:
-    """The text of one input file; PrepareError naming the file and the byte offset when it is not UTF-8 text.
-
-    Invalid UTF-8 or a NUL byte means a binary file given by mistake: tokenizing it (bytes replaced by U+FFFD)
-    would train on noise without a word, and `jrt eval perplexity --text` refuses the same file."""
-    data = path.read_bytes()
-    nul = data.find(b"\0")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        if not 0 <= nul < e.start:
-            raise PrepareError(f"{path}: not UTF-8 text ({e.reason} at byte offset {e.start}); inputs are UTF-8 "
-                               "text files (or JSON lines with --jsonl)") from None
-    if nul >= 0:
-        raise PrepareError(f"{path}: a NUL byte at byte offset {nul}: binary data, not text; inputs are UTF-8 text "
-                           "files (or JSON lines with --jsonl)")
-    return text
+    """The text of one input file (`jrt_jax.datasets.read_utf8_text`: binary or non-UTF-8 input is refused, as
+    `jrt eval perplexity --text` and data.kind=text refuse it)."""
+    return read_utf8_text(path, error=PrepareError, expected="UTF-8 text files (or JSON lines with --jsonl)")
 
 
 def _tasks(files, jsonl_field):

@@ -16,7 +16,7 @@ import pathlib
 
 import numpy as np
 
-from jrt_jax.datasets import cache_dir, shakespeare_files
+from jrt_jax.datasets import cache_dir, read_utf8_text, shakespeare_files
 from train.data.synthetic import Batch
 
 
@@ -69,7 +69,8 @@ class TextData:
         else:
             parts = []
             for path in files:
-                parts.append(np.asarray(tok.encode(path.read_text(encoding="utf-8", errors="replace")), np.int32))
+                parts.append(np.asarray(tok.encode(read_utf8_text(path, expected="data.text_files: UTF-8 text")),
+                                         np.int32))
                 parts.append(np.asarray([tok.eos_id if tok.eos_id is not None else 0], np.int32))
             ids = np.concatenate(parts)
             cached.parent.mkdir(parents=True, exist_ok=True)
