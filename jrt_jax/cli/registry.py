@@ -46,7 +46,7 @@ COMMANDS: dict[str, Command] = {
     "prepare-data": Command("train.data.prepare:command", "tokenize text files once into shards for "
                             "data.kind=tokens"),
     "generate": Command("jrt_jax.generate.cli:command", "generate text from a checkpoint, a .gguf file or a preset"),
-    "eval": Command("jrt_jax.evals.cli:command", "perplexity, passkey, qa, recall (and lm-eval) on a model"),
+    "eval": Command("jrt_jax.evals.cli:command", "perplexity, passkey, ruler, qa, recall (and lm-eval) on a model"),
     "convert": Command("jrt_jax.convert.cli:command", "convert checkpoints (Hugging Face Llama, JRT/Based releases, "
                        "GGUF) to and from jrt-jax", cleanup="partial output removed"),
     "reproduce": Command("train.reproduce.cli:command", "re-measure a paper claim", choices="train.reproduce:STUDIES",

@@ -2,6 +2,7 @@
 
     jrt eval perplexity --model M --text FILE|shakespeare[:PLAY] … --context N [--stride S] [--rope-scaling JSON]
     jrt eval passkey --model M --lengths 1024,4096,8192 --trials K [--plot accuracy.png]
+    jrt eval ruler --model M --lengths 1024,2048,4096,8192 [--tasks niah,vt,cwe,fwe] [--trials K] [--plot PNG]
     jrt eval qa --model M --data FILE.jsonl [--jrt-prompt] [--template qa|document] [--chat]
     jrt eval recall --model M --task mqar|set_disjointness [--seq-len N …] [--jrt-prompt]
     jrt eval lm-eval --model jrt-jax --model_args pretrained=M --tasks T …   (lm-eval's own arguments)
@@ -50,6 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     pk.add_argument("--trials", type=int, default=5, help="random (key, depth) trials per length")
     pk.add_argument("--seed", type=int, default=0)
     pk.add_argument("--plot", default=None, metavar="PNG", help="write accuracy vs length to this PNG")
+    rl = sub.add_parser("ruler", help="RULER's synthetic long-context tasks per prompt length (needle in a haystack, "
+                        "variable tracking, common / frequent words extraction)")
+    _common(rl)
+    rl.add_argument("--lengths", required=True, help="comma-separated prompt lengths in tokens, e.g. 1024,4096")
+    rl.add_argument("--tasks", default="niah,vt,cwe,fwe", help="comma-separated tasks from niah, vt, cwe, fwe "
+                    "(default: all)")
+    rl.add_argument("--trials", type=int, default=5, help="random prompts per task and length")
+    rl.add_argument("--seed", type=int, default=0)
+    rl.add_argument("--max-new-tokens", type=int, default=None,
+                    help="tokens generated per prompt (default: RULER's per task: niah 128, vt 30, cwe 120, fwe 50)")
+    rl.add_argument("--plot", default=None, metavar="PNG", help="write score vs length, one line per task, to this PNG")
 
     qa = sub.add_parser("qa", help="QA / extraction accuracy from a JSONL file (JRT paper templates)")
     _common(qa)
@@ -116,6 +128,40 @@ def _passkey(args) -> dict:
         if bar is not None:
             bar.close()
     out = {"task": "passkey", "model": described, **result.to_dict(),
+           "rope_scaling": dict(model.config.rope_scaling) if getattr(model.config, "rope_scaling", None) else None,
+           "seconds": round(time.perf_counter() - t0, 2), "peak_rss_gib": round(_peak_rss_gib(), 3)}
+    if args.plot:
+        plot(result, args.plot, title=f"{described}  rope_scaling={out['rope_scaling']}")
+        out["plot"] = args.plot
+    return out
+
+
+def _ruler(args) -> dict:
+    from jrt_jax.evals import loading
+    from jrt_jax.evals.passkey import check_plot
+    from jrt_jax.evals.ruler import build_prompts, parse_tasks, plot, ruler
+
+    scaling = loading.parse_rope_scaling(args.rope_scaling)
+    lengths = _lengths(args.lengths)
+    tasks = parse_tasks(args.tasks)
+    if args.trials < 1:
+        raise ValueError(f"--trials must be >= 1; got {args.trials}")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1; got {args.max_new_tokens}")
+    if args.plot:
+        check_plot(args.plot)
+    model, tok, described = loading.load_model(args.model, rope_scaling=scaling, dtype=args.dtype)
+    prompts = build_prompts(tok, lengths, tasks=tasks, trials=args.trials, seed=args.seed)
+    bar = _bar(args, len(tasks) * len(lengths) * args.trials, "ruler")
+    t0 = time.perf_counter()
+    try:
+        result = ruler(model, tok, lengths, tasks=tasks, trials=args.trials, seed=args.seed,
+                       max_new_tokens=args.max_new_tokens, progress=None if bar is None else bar.update,
+                       prompts=prompts)
+    finally:
+        if bar is not None:
+            bar.close()
+    out = {"task": "ruler", "model": described, **result.to_dict(),
            "rope_scaling": dict(model.config.rope_scaling) if getattr(model.config, "rope_scaling", None) else None,
            "seconds": round(time.perf_counter() - t0, 2), "peak_rss_gib": round(_peak_rss_gib(), 3)}
     if args.plot:
@@ -217,7 +263,8 @@ def command(argv) -> int:
         return lm_eval_main(argv[1:], prog="jrt eval lm-eval")
     args = build_parser().parse_args(argv)
     with cli.reported_as(f"jrt eval {args.command}"):
-        out = {"perplexity": _perplexity, "passkey": _passkey, "qa": _qa, "recall": _recall}[args.command](args)
+        out = {"perplexity": _perplexity, "passkey": _passkey, "ruler": _ruler, "qa": _qa,
+               "recall": _recall}[args.command](args)
     if args.json:
         print(json.dumps(out))
     else:
