@@ -29,16 +29,17 @@ class Loaded:
 
 
 def load(spec, *, tokenizer: str = "auto", rope_scaling: dict | None = None, dtype=None, init_seed: int = 0,
-         text: bool = True, arg: str = "spec", forceable: bool = False):
+         text: bool = True, arg: str = "spec", forceable: bool = False, preset_flag: str | None = None):
     """(model, tokenizer) for `spec` (see the module docstring); `load_with_description` documents the options."""
     loaded = load_with_description(spec, tokenizer=tokenizer, rope_scaling=rope_scaling, dtype=dtype,
-                                   init_seed=init_seed, text=text, arg=arg, forceable=forceable)
+                                   init_seed=init_seed, text=text, arg=arg, forceable=forceable,
+                                   preset_flag=preset_flag)
     return loaded.model, loaded.tokenizer
 
 
 def load_with_description(spec, *, tokenizer: str = "auto", rope_scaling: dict | None = None, dtype=None,
                           init_seed: int = 0, text: bool = True, arg: str = "spec",
-                          forceable: bool = False) -> Loaded:
+                          forceable: bool = False, preset_flag: str | None = None) -> Loaded:
     """The model, tokenizer and a description of `spec`.
 
     Args:
@@ -53,6 +54,9 @@ def load_with_description(spec, *, tokenizer: str = "auto", rope_scaling: dict |
         tokenizer guessed from its vocabulary size; with text=False its tokenizer is None.
       arg: how messages name the spec (the CLI flag that gave it, e.g. "--model").
       forceable: the caller offers --tokenizer (messages suggest it).
+      preset_flag: the caller takes presets through this other flag (e.g. "--preset"): `spec` then names
+        checkpoints only, and a preset name that is no existing path is refused, pointing at that flag, instead of
+        being built with random weights where a checkpoint path was probably meant.
 
     Raises:
       ValueError (a `ConversionError` for checkpoints): an unknown spec, a bad checkpoint, a tokenizer that does
@@ -66,6 +70,12 @@ def load_with_description(spec, *, tokenizer: str = "auto", rope_scaling: dict |
     spec = str(spec)
     path = pathlib.Path(spec)
     if not path.exists() and spec not in NAMED:
+        if preset_flag is not None:
+            if spec in models.PRESETS:
+                raise ValueError(f"{arg} {spec!r}: no such file or directory; {spec} is a preset (random weights): "
+                                 f"give {preset_flag} {spec} for it, or the path of the checkpoint you meant")
+            raise ValueError(f"{arg} {spec!r}: no such file or directory and not a named checkpoint "
+                             f"({', '.join(NAMED)}); a preset goes to {preset_flag}")
         if spec not in models.PRESETS:
             raise ValueError(f"{arg} {spec!r}: no such file or directory, not a named checkpoint "
                              f"({', '.join(NAMED)}) and not a preset ({', '.join(sorted(models.PRESETS))})")

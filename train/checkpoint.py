@@ -61,6 +61,7 @@ from jrt_jax.cli import one_line
 # reads run directories without importing train), so that writer and readers cannot drift apart.
 from jrt_jax.runs import META_FORMAT, OWNER_FILE, array_digests  # noqa: F401 — re-exported
 from jrt_jax.runs import meta_sha256 as _meta_sha
+from train.lock import describe_owner, occupied_message, read_owner
 
 SET_ASIDE = "set-aside"
 TRAJECTORY_SECTIONS = ("seed", "model", "data", "objective", "optim")
@@ -204,16 +205,7 @@ class Checkpointer:
 
     def owner(self) -> dict | None:
         """The contents of the owner file, None when absent, {"unreadable": reason} when it cannot be read."""
-        f = self.path / OWNER_FILE
-        if not f.is_file():
-            return None
-        try:
-            data = json.loads(f.read_text())
-            if not isinstance(data, dict) or not isinstance(data.get("run_id"), str):
-                raise ValueError("not a jrt run record")
-            return data
-        except (OSError, ValueError) as exc:
-            return {"unreadable": one_line(exc)}
+        return read_owner(self.path)
 
     def _write_owner(self, config: dict) -> None:
         record = {"run_id": uuid.uuid4().hex[:12], "created": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -243,19 +235,14 @@ class Checkpointer:
         if not steps:
             self._write_owner(config)
             return False
-        who = ("an unrecorded run" if owner is None else "a run with an unreadable jrt_run.json" if "unreadable"
-               in owner else f"run {owner['run_id']} (started {owner.get('created', '?')})")
+        who = describe_owner(owner)
         if overwrite:
             moved = self.set_aside(steps, "overwritten", extra=[OWNER_FILE])
             self.log(f"checkpoint.overwrite: moved steps {steps} of {who} to {moved}; starting a new run")
             self._write_owner(config)
             return False
         if not resume:
-            raise CheckpointError(
-                f"checkpoint.dir {str(self.path)!r} already holds checkpoints (steps {steps}) of {who}; refusing to "
-                "start a new run over them (checkpoint.resume=false). Continue that run with jrt train --resume "
-                "RUN_DIR or checkpoint.resume=true, start anew with checkpoint.overwrite=true / jrt train --overwrite "
-                f"(its steps are moved to {SET_ASIDE}/, not deleted), or use another checkpoint.dir")
+            raise CheckpointError(occupied_message(self.path, steps, owner, SET_ASIDE))
         if owner is None or "unreadable" in owner:
             self.log(f"checkpoint.dir {str(self.path)!r}: steps {steps} of {who}; adopting them for this run")
             self._write_owner(config)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import pathlib
 import sys
 
 import yaml
@@ -63,6 +64,26 @@ def _run_to_end(runner) -> dict:
     return summary
 
 
+def _refuse_a_new_run_over_checkpoints(cfg) -> None:
+    """Refuse a new run whose checkpoint.dir already holds finished steps before the trainer is imported and the
+    model built (the trainer's own check in `train.checkpoint.Checkpointer.open_run`, same message, comes seconds
+    later). Finished steps are the step folders orbax renamed into place (all digits); anything this misses is still
+    refused there."""
+    from train.config import resolve_run
+    from train.lock import occupied_message, read_owner
+
+    c = cfg.checkpoint
+    if c.resume or c.overwrite:
+        return
+    directory = resolve_run(cfg).checkpoint.dir
+    path = None if directory is None else pathlib.Path(directory)
+    if path is None or not path.is_dir():
+        return
+    steps = sorted(int(p.name) for p in path.iterdir() if p.name.isdigit() and p.is_dir() and any(p.iterdir()))
+    if steps:
+        raise ValueError(occupied_message(path, steps, read_owner(path)))
+
+
 def _print_config(cfg) -> None:
     """The resolved config as YAML, as config.yaml: what --config reads back."""
     from train.config import to_dict
@@ -87,6 +108,7 @@ def train(argv) -> int:
     if args.print_config:
         _print_config(cfg)
         return 0
+    _refuse_a_new_run_over_checkpoints(cfg)
     from train.trainer import Trainer, _stderr
 
     # Logs on stderr, results on stdout: `jrt train ... | jq` reads the summary alone.
@@ -128,6 +150,7 @@ def sweep(argv) -> int:
     if args.print_config:
         _print_config(cfg)
         return 0
+    _refuse_a_new_run_over_checkpoints(cfg)
     from train.sweep import Sweep
 
     runner = Sweep(cfg)  # a bad setup raises here: exit status 2
@@ -171,7 +194,8 @@ def eval_checkpoint(argv) -> int:
     args = p.parse_args(argv)
     from train.evaluate import evaluate_checkpoint
 
-    result = evaluate_checkpoint(args.dir, step=args.step, overrides=args.overrides)
+    with contextlib.redirect_stdout(sys.stderr):  # the trainer's log lines: stdout carries the result alone
+        result = evaluate_checkpoint(args.dir, step=args.step, overrides=args.overrides)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -85,16 +85,12 @@ def export_run(run_dir, dst, *, step: int | None = None, format: str = "safetens
     Raises `jrt_jax.convert.ConversionError` (a ValueError; one-line message) on any failure, with nothing
     written to `dst`.
     """
-    from jrt_jax.convert import ConversionError, save_pretrained
+    from jrt_jax.convert import save_pretrained
+    from jrt_jax.convert.cli import check_destination
     from jrt_jax.convert.run import EXPORT_FILE, open_run
     from jrt_jax.models import count_params
 
-    dst = pathlib.Path(dst)
-    if dst.exists() and not dst.is_dir():
-        raise ConversionError(f"{dst}: exists and is not a folder")
-    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
-        raise ConversionError(f"{dst}: folder exists and is not empty (pass --overwrite to replace the files it "
-                              "writes)")
+    dst = check_destination(dst, overwrite=overwrite)
     opened = open_run(run_dir, step)
     record = opened.tokenizer
     tokenizer, files = _tokenizer_files(record)

@@ -316,3 +316,40 @@ def claim_run(cfg, *, warn, timestamp: float | None = None):
             raise error
         timestamp = None  # unnamed: resolve again; the directory another run just claimed now exists
     raise AssertionError("unreachable")
+
+
+def read_owner(directory) -> dict | None:
+    """A checkpoint directory's owner record (``jrt_run.json``): None when absent, {"unreadable": reason} when it
+    cannot be read. Needs no orbax or model, so the CLI can refuse an occupied directory before building one."""
+    from jrt_jax.errors import one_line
+    from jrt_jax.runs.layout import OWNER_FILE
+
+    f = pathlib.Path(directory) / OWNER_FILE
+    if not f.is_file():
+        return None
+    try:
+        data = json.loads(f.read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("run_id"), str):
+            raise ValueError("not a jrt run record")
+        return data
+    except (OSError, ValueError) as exc:
+        return {"unreadable": one_line(exc)}
+
+
+def describe_owner(owner: dict | None) -> str:
+    """How messages name the run that owns a directory (`read_owner`'s record)."""
+    if owner is None:
+        return "an unrecorded run"
+    if "unreadable" in owner:
+        return "a run with an unreadable jrt_run.json"
+    return f"run {owner['run_id']} (started {owner.get('created', '?')})"
+
+
+def occupied_message(directory, steps, owner: dict | None, set_aside: str = "set-aside") -> str:
+    """The refusal of a new run over a directory holding finished checkpoint `steps`: one message for the early
+    check of `jrt train` / `jrt sweep` and the trainer's own (`train.checkpoint.Checkpointer.open_run`)."""
+    return (f"checkpoint.dir {str(directory)!r} already holds checkpoints (steps {list(steps)}) of "
+            f"{describe_owner(owner)}; refusing to start a new run over them (checkpoint.resume=false). Continue that "
+            "run with jrt train --resume RUN_DIR or checkpoint.resume=true, start anew with checkpoint.overwrite=true "
+            f"/ jrt train --overwrite (its steps are moved to {set_aside}/, not deleted), or use another "
+            "checkpoint.dir")

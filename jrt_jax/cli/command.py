@@ -34,6 +34,8 @@ import threading
 import traceback
 from collections.abc import Callable, Sequence
 
+from jrt_jax.errors import one_line
+
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 128 + signal.SIGINT
@@ -66,21 +68,6 @@ class CommandFailed(Exception):
 
 class Terminated(BaseException):
     """SIGTERM, raised in the main thread (see `sigterm_raises`); a message, if given, replaces the default line."""
-
-
-def one_line(exc: BaseException, limit: int | None = 300, *, with_type: bool = True) -> str:
-    """The first line of `exc`'s message ("Type: line" with `with_type`), cut to `limit` characters.
-
-    Library errors wrap lower-level ones (orbax and tensorstore errors run to pages) with this, and the commands
-    print it: a message is written for one line, and its first line is the part that names the problem.
-    """
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    first = lines[0].strip() if lines else ""
-    if limit is not None and len(first) > limit:
-        first = first[: limit - 3] + "..."
-    if not first:
-        return type(exc).__name__
-    return f"{type(exc).__name__}: {first}" if with_type else first
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -75,6 +75,24 @@ def _mismatch_line(e, shown: int = 8) -> str:
     return str(e).splitlines()[0] + ": " + "; ".join(p for p in parts if p)
 
 
+def check_destination(dst, *, overwrite: bool) -> pathlib.Path:
+    """Refuse an output folder that cannot be written before any checkpoint is read: a path that is not a folder,
+    or a non-empty folder without `overwrite` (temporary files of dead writers do not count: they are removed).
+    `jrt_jax.convert.atomic.AtomicFolder` checks the same again when it writes."""
+    from jrt_jax.convert.atomic import remove_stale_temp_files
+    from jrt_jax.convert.errors import ConversionError
+
+    dst = pathlib.Path(dst)
+    if dst.exists() and not dst.is_dir():
+        raise ConversionError(f"{dst}: exists and is not a folder")
+    if dst.is_dir() and not overwrite:
+        remove_stale_temp_files(dst)
+        if any(dst.iterdir()):
+            raise ConversionError(f"{dst}: folder exists and is not empty (pass --overwrite to replace the files it "
+                                  "writes)")
+    return dst
+
+
 def _convert(args) -> int:
     from jrt_jax.convert.errors import ConversionError
     from jrt_jax.convert.export import save_pretrained
@@ -83,6 +101,7 @@ def _convert(args) -> int:
     from jrt_jax.models import count_params
 
     t0 = time.perf_counter()
+    check_destination(args.dst, overwrite=args.overwrite)
     src = pathlib.Path(args.src)
     model = from_pretrained(src, dtype=args.dtype, preset=args.preset)
     tokenizer, extra, ids = None, [], {}

@@ -8,10 +8,11 @@
 Presets are initialised at random (``--init-seed``): the text is gibberish but every code path — bucketing,
 prefill, constant-memory decoding, sampling, stop strings, streaming — is the real one. ``--model`` (older name
 ``--checkpoint``) loads through `jrt_jax.load`, as ``jrt eval`` does: a Hugging Face Llama folder, JRT / Based
-release folder, GGUF file, ``jrt train`` run directory, ``jrt export`` folder, named checkpoint or preset and,
-with ``--tokenizer auto``, its own tokenizer (`jrt_jax.convert.load_tokenizer`: for a run, the one its data were
-encoded with). A run trained on a synthetic task
-has no text tokenizer and is refused (its ids are task symbols: decoded as bytes they print noise).
+release folder, GGUF file, ``jrt train`` run directory, ``jrt export`` folder or named checkpoint and, with
+``--tokenizer auto``, its own tokenizer (`jrt_jax.convert.load_tokenizer`: for a run, the one its data were encoded
+with); a preset name goes to ``--preset``. A run trained on a synthetic task has no text tokenizer and is refused
+(its ids are task symbols: decoded as bytes they print noise). ``--max-new-tokens`` is 1 to 1,000,000 (and
+prompt + new tokens at most the model's maximum length, where it has one); an empty ``--stop`` is refused.
 Errors are one line on stderr: exit status 2 for bad input, 1 for a failure while generating, 130 on Ctrl-C,
 143 on SIGTERM.
 """
@@ -34,9 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", default=None,
                      help="model preset, randomly initialised (default jrt-tiny); see --list-presets")
-    src.add_argument("--model", "--checkpoint", dest="checkpoint", type=pathlib.Path, default=None,
-                     help="checkpoint folder, .gguf file or training run directory, loaded with "
-                          "jrt_jax.from_pretrained (--checkpoint is the older name)")
+    src.add_argument("--model", "--checkpoint", dest="checkpoint", type=pathlib.Path, default=None, metavar="MODEL",
+                     help="checkpoint folder, .gguf file, training run directory or named checkpoint, loaded "
+                          "with jrt_jax.load as jrt eval --model does (--checkpoint is the older name; a preset "
+                          "goes to --preset)")
     p.add_argument("--list-presets", action="store_true", help="print the presets with parameter counts and exit")
     p.add_argument("--init-seed", type=int, default=0, help="seed of the random initialisation of a preset")
     p.add_argument("--tokenizer", choices=("auto", "gpt2", "bytes"), default="auto",
@@ -76,8 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args):
-    """(model, tokenizer, description) through `jrt_jax.load`, the loader `jrt eval` and lm-eval use: --model takes
-    any of its specs (a folder, .gguf file, run directory, named checkpoint or preset), --preset only a preset."""
+    """(model, tokenizer, description) through `jrt_jax.load`, the loader `jrt eval` and lm-eval use.
+
+    --model takes a checkpoint (a folder, .gguf file, run directory or named checkpoint) and --preset a preset: a
+    --model that names no existing path but a preset is refused rather than loaded as random weights, since a
+    mistyped or missing checkpoint path would otherwise generate gibberish with exit status 0.
+    """
     from jrt_jax import models
     from jrt_jax.loading import load_with_description
 
@@ -91,7 +97,7 @@ def _load(args):
         return loaded.model, loaded.tokenizer, f"{name} (random init, seed {args.init_seed})"
     try:
         loaded = load_with_description(args.checkpoint, tokenizer=args.tokenizer, init_seed=args.init_seed,
-                                       arg="--model", forceable=True)
+                                       arg="--model", forceable=True, preset_flag="--preset")
     except (ValueError, OSError) as e:  # ConversionError is a ValueError; its message names the problem
         message = cli.one_line(e, None, with_type=False)
         raise ValueError(message if message.startswith("--model") else f"--model {args.checkpoint}: {message}") from e

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jrt_jax.cli import one_line
+from jrt_jax.errors import one_line
 from jrt_jax.runs.digests import array_digests, meta_sha256
 from jrt_jax.runs.layout import (
     META_FORMAT,

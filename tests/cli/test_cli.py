@@ -133,3 +133,75 @@ def test_version_help_and_the_train_alias(capsys):
                                        + ", ".join(cli.COMMANDS) + "\n")
     for target in (c.target for c in cli.COMMANDS.values()):  # every name in the table resolves
         assert callable(cli.resolve(target))
+
+
+def _never(what):
+    def fn(*args, **kwargs):
+        raise AssertionError(f"{what} ran: the refusal came after the model was loaded or built")
+
+    return fn
+
+
+@pytest.mark.parametrize("new, old", [
+    (["generate", "--model", "{missing}", "--prompt", "x"], ["generate", "--checkpoint", "{missing}", "--prompt", "x"]),
+    (["eval-checkpoint", "--model", "{missing}"], ["eval-checkpoint", "--dir", "{missing}"]),
+    (["export", "--model", "{missing}", "{dst}"], ["export", "{missing}", "{dst}"]),
+])
+def test_every_command_names_its_model_with_model(tmp_path, capsys, new, old):
+    """`--model` names the model in every command; the older names are aliases with the same outcome."""
+    paths = {"missing": str(tmp_path / "missing"), "dst": str(tmp_path / "dst")}
+    results = []
+    for argv in (new, old):
+        code = cli.main([a.format(**paths) for a in argv])
+        captured = capsys.readouterr()
+        results.append((code, captured.out, captured.err))
+    assert results[0] == results[1]
+    code, out, err = results[0]
+    assert code == 2 and out == "" and len(err.splitlines()) == 1 and paths["missing"] in err, err
+    assert not (tmp_path / "dst").exists()
+
+
+def test_an_existing_target_is_bad_input_in_every_command(tmp_path, capsys, monkeypatch):
+    """An output that exists (or a run directory holding another run's checkpoints) is bad input, exit status 2,
+    refused in one line before any model is loaded or built."""
+    from jrt_jax.convert import loader, run
+    from train import trainer
+
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("mine")
+    text = tmp_path / "a.txt"
+    text.write_text("hello\n")
+    src = tmp_path / "missing"
+    (tmp_path / "runs" / "old" / "checkpoints" / "3").mkdir(parents=True)
+    (tmp_path / "runs" / "old" / "checkpoints" / "3" / "state").write_text("")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(loader, "from_pretrained", _never("from_pretrained"))
+    monkeypatch.setattr(run, "open_run", _never("open_run"))
+    monkeypatch.setattr(trainer, "Trainer", _never("Trainer"))
+    for argv, message in [
+        (["export", str(src), str(full)], "folder exists and is not empty (pass --overwrite"),
+        (["convert", str(src), str(full)], "folder exists and is not empty (pass --overwrite"),
+        (["convert", str(src), str(text)], "exists and is not a folder"),
+        (["train", "name=old"], "already holds checkpoints (steps [3])"),
+        (["sweep", "name=old"], "already holds checkpoints (steps [3])"),
+        (["prepare-data", "--tokenizer", "bytes", "--output", str(full), str(text)], "not empty"),
+    ]:
+        code = cli.main(argv)
+        out, err = capsys.readouterr()
+        assert code == 2 and out == "" and len(err.splitlines()) == 1 and message in err, (argv, code, err)
+    assert [p.name for p in full.iterdir()] == ["keep.txt"]
+
+
+def test_one_line_lives_in_a_leaf_module():
+    """`one_line` is `jrt_jax.errors.one_line` (the leaf `jrt_jax.runs` imports it without the command line)."""
+    import pathlib
+
+    from jrt_jax import errors
+
+    assert cli.one_line is errors.one_line
+    assert errors.one_line(ValueError("\n  first line  \nsecond")) == "ValueError: first line"
+    assert errors.one_line(ValueError("x" * 10), 5, with_type=False) == "xx..."
+    assert errors.one_line(KeyError()) == "KeyError"
+    runs = pathlib.Path(errors.__file__).parent / "runs"
+    assert not [p.name for p in runs.glob("*.py") if "jrt_jax.cli" in p.read_text()]

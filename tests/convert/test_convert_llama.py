@@ -159,8 +159,13 @@ def test_converted_folder_gets_the_tokenizer_files_it_lacks(tmp_path, capsys):
     ch.tiny_hf_llama(seed=21).save_pretrained(src)
     ch.byte_tokenizer_json(src / "tokenizer.json")  # ids 0-255 bytes, <|endoftext|> 256, <|pad|> 257
     (src / "generation_config.json").write_text(json.dumps({"bos_token_id": 256, "eos_token_id": [256]}))
-    assert cli.main([str(src), str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    code = cli.main([str(src), str(tmp_path / "out")])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
     out = tmp_path / "out"
+    # one line on stdout: what was written where
+    assert len(printed.out.splitlines()) == 1 and printed.out.startswith(f"converted {src} (")
+    assert f" → {out / 'model.safetensors'} in " in printed.out
     tok_cfg = json.loads((out / "tokenizer_config.json").read_text())
     assert (tok_cfg["bos_token"], tok_cfg["eos_token"], tok_cfg["pad_token"]) == ("<|endoftext|>",) * 2 + ("<|pad|>",)
     assert tok_cfg["model_max_length"] == 128 and "chat_template" not in tok_cfg

@@ -47,7 +47,10 @@ def test_jrt_prompt_flags(capsys):
     [
         (["--preset", "gpt-5", "--prompt", "x"], "unknown preset 'gpt-5'"),
         (["--checkpoint", "/nonexistent", "--prompt", "x"], "--model '/nonexistent': no such file or directory"),
-        (["--model", "/nonexistent", "--prompt", "x"], "--model '/nonexistent': no such file or directory"),
+        (["--model", "/nonexistent", "--prompt", "x"], "--model '/nonexistent': no such file or directory and not a "
+         "named checkpoint"),
+        (["--model", "jrt-tiny", "--prompt", "x"], "--model 'jrt-tiny': no such file or directory; jrt-tiny is a "
+         "preset (random weights): give --preset jrt-tiny for it, or the path of the checkpoint you meant"),
         (["--preset", "llama-tiny", "--tokenizer", "bytes"], "give --prompt"),
         (["--preset", "llama-tiny", "--jrt-prompt", "--question", "q", "--tokenizer", "bytes"], "--context"),
         (["--preset", "llama-tiny", "--prompt", "x", "--top-p", "0", "--tokenizer", "bytes"], "top_p"),

@@ -99,7 +99,8 @@ def test_each_run_gets_a_directory_and_resuming_is_explicit(tmp_path, monkeypatc
     # eval-checkpoint takes the run directory as well.
     code = cli.main(["eval-checkpoint", "--model", str(run)])
     out, err = capsys.readouterr()
-    assert code == 0 and json.loads(out[out.index("{"):])["step"] == 5, err
+    assert code == 0 and json.loads(out)["step"] == 5, err  # the result alone on stdout
+    assert "restored checkpoint step 5" in err
 
 
 def test_resume_errors_are_one_line(tmp_path, monkeypatch, capsys):
