@@ -83,20 +83,33 @@ def test_quick_variant_writes_results_report_and_plot(quick, name):
 
 @pytest.mark.slow
 def test_set_disjointness_quick_numbers(quick):
-    _, _, record, _ = _files(quick, "set-disjointness")
-    cells = record["results"]["cells"]
-    assert {(c["model"], c["order"]) for c in cells} == {(m, o) for m in ("Based", "JRT-RNN")
-                                                          for o in ("long_first", "short_first")}
-    for c in cells:
-        assert 0.0 <= c["accuracy"] <= 1.0 and len(c["accuracies"]) == 1
-    params = {c["model"]: c["params"] for c in cells}
-    state = {c["model"]: c["state_bytes"] for c in cells}
-    # JRT-RNN adds the encoder projections (k_enc, v_enc) to Based's shape; the decoding state is the same size
-    assert params["JRT-RNN"] > params["Based"] and params["JRT-RNN"] < 1.15 * params["Based"]
-    assert state["JRT-RNN"] == state["Based"]
-    # with one seed no order effect can be called beyond the spread
-    assert all(not e["beyond_spread"] for e in record["results"]["order_effects"].values())
-    assert all(c["reproduced"].startswith("n/a") for c in record["claims"])
+    """Per (family, F) one sweep of seeds x lrs, every replica scored per order on the sweep's own held-out
+    examples (the per-pair hits add up to its pooled eval_accuracy), sizes that follow from the shapes."""
+    from train.reproduce import set_disjointness as sd
+
+    _, _, record, report = _files(quick, "set-disjointness")
+    res = record["results"]
+    seeds, lrs, fs = res["seeds"], sd.QUICK.lrs, sd.QUICK.feature_dims
+    assert res["scale"] == "quick" and len(seeds) == 2
+    rows = {(r["family"], r["feature_dim"]): r for r in res["rows"]}
+    assert set(rows) == {(fam, f) for fam in ("causal", "non-causal") for f in fs}
+    for r in rows.values():
+        assert {(run["seed"], run["lr"]) for run in r["runs"]} == {(s, lr) for s in seeds for lr in lrs}
+        assert sum(r["pair_examples"]) == sd.QUICK.eval_examples and all(r["pair_examples"])
+        for run in r["runs"]:  # 20 steps at these lrs do not diverge
+            pooled = sum(p * n for p, n in zip(run["per_pair"], r["pair_examples"])) / sum(r["pair_examples"])
+            assert pooled == pytest.approx(run["eval_accuracy"], abs=1e-6)
+            assert run["gap"] == pytest.approx(run["short_to_long"] - run["long_to_short"])
+        best = r["by_lr"][f"{r['best_lr']:g}"]
+        assert r["gap"] == best["gap"] and len(r["gap"]["per_seed"]) == len(seeds)
+        assert r["accuracy"]["mean"] == max(e["eval_accuracy"]["mean"] for e in r["by_lr"].values())
+    for f in fs:  # JRT-RNN adds the encoder projections to Based's shape; the decoding state is the same size
+        based, jrt = rows["causal", f], rows["non-causal", f]
+        assert based["params"] < jrt["params"] < 1.15 * based["params"]
+        assert based["state_bytes"] == jrt["state_bytes"]
+    assert all(c["reproduced"] == "n/a (quick)" for c in record["claims"])
+    assert "set_disjointness_gap_vs_state.png" in record["plots"]
+    assert "| family | F | (4, 16) | (16, 4) |" in report
 
 
 @pytest.mark.slow
@@ -148,16 +161,101 @@ def test_mqar_quick_results_shape(quick):
 
 @pytest.mark.slow
 def test_jrt_prompt_quick_has_both_protocols(quick):
+    """Per model a sweep trained read once and one trained read twice; every replica scored on the same held-out
+    examples in both formats (in its training format equal to the sweep's own evaluation); gains per seed."""
+    import numpy as np
+
+    from train.config import load_config
+    from train.data.device import batch_key, device_task, make_batch
+    from train.reproduce import jrt_prompt as jp
+
     _, _, record, report = _files(quick, "jrt-prompt")
-    rows = record["results"]["rows"]
-    assert {r["model"] for r in rows} == {"Based", "Llama"}
+    res = record["results"]
+    rows = res["rows"]
+    assert [r["label"] for r in rows] == ["Based F=4", "attention"]
     for r in rows:
-        (s,) = r["seeds"]
+        for fmt in jp.FORMATS:
+            runs = r["runs"][fmt]
+            assert {(x["seed"], x["lr"]) for x in runs} == {(0, lr) for lr in jp.QUICK.lrs}
+            for x in runs:
+                assert 0.0 <= x["read_once"] <= 1.0 and 0.0 <= x["read_twice"] <= 1.0
+                assert x["read_" + fmt] == pytest.approx(x["sweep_eval_accuracy"], abs=1e-6)
+        (s,) = r["per_seed"]
         assert s["gain_zero_shot"] == pytest.approx(s["read_twice_zero_shot"] - s["read_once"])
         assert s["gain_trained"] == pytest.approx(s["read_twice_trained"] - s["read_once"])
-        assert r["gain_trained"] == pytest.approx(s["gain_trained"])
-    assert record["results"]["real_text"]["status"] == "not measured"
-    assert "SmolLM2" in report and "trained format" in report
+        assert r["stats"]["gain_trained"]["mean"] == pytest.approx(s["gain_trained"])
+    assert res["real_text"]["status"] == "not measured"
+    assert "SmolLM2" in report and "trained format" in report and "| Based F=4 |" in report
+    assert [c["reproduced"] for c in record["claims"]] == ["n/a (quick)"] * 2 + ["reported (no claim)",
+                                                                                  "not measured"]
+    # the two scored formats hold the same examples: read twice = read once with the prefix copied in front
+    m = jp.prefix_len()
+    for fmt in jp.FORMATS:
+        cfg = load_config(None, jp.sweep_overrides(jp.configs(jp.QUICK)[0], fmt, jp.QUICK, [0]))
+        task = device_task(cfg.data)
+        formats = jp.formats_of(task)
+        assert formats[fmt] == task and formats["twice"].enc_len == 2 * m
+        once, twice = (make_batch(batch_key(0, 1, 3), formats[f]) for f in jp.FORMATS)
+        assert once["tokens"].shape == (jp.QUICK.batch_size, jp.TASK["seq_len"])
+        np.testing.assert_array_equal(twice["tokens"][:, m:], once["tokens"])
+        np.testing.assert_array_equal(twice["tokens"][:, :m], once["tokens"][:, :m])
+        np.testing.assert_array_equal(twice["labels"][:, m:], once["labels"])
+        assert (np.asarray(twice["labels"][:, :m]) == -1).all()
+
+
+def test_jrt_prompt_gains_and_verdicts_follow_the_scores(tmp_path, monkeypatch):
+    """The full variant's logic on stand-in scores (no training): the best lr of a sweep by its training format
+    (a diverged replica's lr skipped), gains per seed, a gain judged against the std of the per-seed gains."""
+    import dataclasses
+
+    from train.reproduce import jrt_prompt as jp
+
+    lo, hi = jp.FULL.lrs[0], jp.FULL.lrs[-1]
+    scores = {  # (label, trained format) -> {lr: [(read once, read twice) of seeds 0, 1, 2]}
+        ("Based F=2", "once"): {hi: [(0.5, 0.49), (0.6, 0.61), (0.7, 0.70)],  # zero-shot ±1: within the spread
+                                lo: [(0.3, 0.99), (0.3, 0.99), (0.3, 0.99)]},  # best lr by read once, not twice
+        ("Based F=2", "twice"): {hi: [(0.1, 0.7), (0.1, 0.8), (0.1, 0.9)],  # +20 pts each: yes
+                                 lo: [(0.1, 0.5), (0.1, 0.5), (0.1, 0.5)]},
+        ("Based F=4", "once"): {lo: [(0.9, 0.80), (0.9, 0.82), (0.9, 0.84)],  # -8 ± 2 pts: no
+                                hi: [(0.8, 0.8), (0.8, 0.8), (0.8, 0.8)]},
+        ("Based F=4", "twice"): {lo: [(0.5, 0.95), (0.5, 0.85), (0.5, 0.99)],  # +3 ± 7 pts: within the spread
+                                 hi: [(0.5, 1.0), (None, None), (0.5, 1.0)]},  # seed 1 diverged
+        ("attention", "once"): {lr: [(1.0, 1.0)] * 3 for lr in (lo, hi)},
+        ("attention", "twice"): {lr: [(1.0, 1.0)] * 3 for lr in (lo, hi)},
+    }
+
+    def fake_measure(overrides, eval_examples, what, verbose):
+        args = dict(o.split("=", 1) for o in overrides)
+        fmt = "twice" if args["data.read_twice"] == "true" else "once"
+        table = scores[what.rsplit(" read ", 1)[0], fmt]
+        runs = [{"seed": s, "lr": lr, "diverged_at": 7 if once is None else None, "loss": 1.0,
+                 "sweep_eval_accuracy": None, "read_once": 0.9 if once is None else once,
+                 "read_twice": 0.99 if twice is None else twice}
+                for s in range(3) for lr in (lo, hi) for once, twice in [table[lr][s]]]
+        return {"runs": runs, "params": 1000, "wall_s": 1.0, "train_s": 1.0, "replica_steps_per_s": 10.0, "log": ""}
+
+    monkeypatch.setattr(jp, "measure", fake_measure)
+    monkeypatch.setattr(common, "matplotlib_pyplot", lambda: None)
+    monkeypatch.setattr(jp, "FULL", dataclasses.replace(jp.FULL, feature_dims=(2, 4)))
+    outcome = jp.run(common.Context(quick=False, seeds=None, out_dir=tmp_path, log=lambda line: None))
+    rows = {r["label"]: r for r in outcome.results["rows"]}
+    assert rows["Based F=2"]["best_lr"] == {"once": hi, "twice": hi}
+    assert rows["Based F=4"]["best_lr"] == {"once": lo, "twice": lo}
+    assert [s["gain_trained"] for s in rows["Based F=2"]["per_seed"]] == pytest.approx([0.2, 0.2, 0.2])
+    assert rows["Based F=4"]["stats"]["gain_zero_shot"]["mean"] == pytest.approx(-0.08)
+    assert rows["Based F=4"]["stats"]["gain_zero_shot"]["std"] == pytest.approx(0.02)
+    assert [c.reproduced for c in outcome.claims[:2]] == [
+        "F=2: within the spread; F=4: no",
+        "F=2: yes; F=4: within the spread (largest gain +20.0 pts vs the paper's +11.0)"]
+    assert "Based F=4 trained read twice seed 1 lr " in " ".join(outcome.notes)
+    assert "| Based F=2 | 1,000 |" in outcome.tables[0] and outcome.plots == []
+    with pytest.raises(ValueError, match="fmt='thrice'"):
+        jp.sweep_overrides(jp.configs(jp.FULL)[0], "thrice", jp.FULL, [0])
+
+    for fmt in jp.FORMATS:  # on the plateau before MQAR is learned no gain is judged
+        scores["Based F=2", fmt] = {lr: [(0.1, 0.12)] * 3 for lr in (lo, hi)}
+    outcome = jp.run(common.Context(quick=False, seeds=None, out_dir=tmp_path, log=lambda line: None))
+    assert outcome.claims[0].reproduced.startswith("F=2: not measurable: not learned (read once 10.0 % < 50 %)")
 
 
 @pytest.mark.slow
@@ -267,6 +365,7 @@ def test_prefill_speed_quick_table(quick):
     (["mqar", "--seeds", "two"], "--seeds must be a positive integer"),
     ([], "give a study NAME"),
     (["mqar", "--frobnicate"], "unrecognized arguments"),
+    (["set-disjointness", "--quick", "--scale", "paper"], "--scale paper: not with --quick"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, argv, message):
     code, out, err = _run(capsys, *argv, "--out", str(tmp_path))
@@ -312,41 +411,96 @@ def test_report_without_matplotlib_says_so(tmp_path, monkeypatch):
     assert json.loads(results.read_text())["results"] == {"value": None, "n": 3}  # strict JSON: NaN → null
 
 
-def test_set_disjointness_verdicts_follow_the_accuracies(tmp_path, monkeypatch):
-    """The full variant's claim logic on stand-in accuracies (no training): Based better short-first beyond the
-    seeds' spread and JRT-RNN equal in both orders at F=8 → all three claims 'yes' there; nothing at F=4."""
-    import types
+def _fake_sd(monkeypatch, tmp_path, accuracy, seeds=None):
+    """The full set-disjointness variant's rows and claims on stand-in accuracies: `accuracy[(family, F)]` maps
+    (seed, lr) to (short→long, long→short) accuracy, or None for a diverged replica (no training)."""
+    import re
 
-    import jrt_jax.evals.recall
-    import jrt_jax.generate
     from train.reproduce import set_disjointness as sd
 
-    table = {  # (preset, F, order) → accuracy of seeds 0, 1, 2
-        ("based-micro", 8, "long_first"): [0.50, 0.55, 0.52], ("based-micro", 8, "short_first"): [0.95, 0.97, 0.99],
-        ("jrt-micro", 8, "long_first"): [0.90, 0.97, 0.93], ("jrt-micro", 8, "short_first"): [0.95, 0.92, 0.96],
-        ("based-micro", 4, "long_first"): [0.40, 0.42, 0.41], ("based-micro", 4, "short_first"): [0.41, 0.43, 0.40],
-        ("jrt-micro", 4, "long_first"): [0.30, 0.60, 0.45], ("jrt-micro", 4, "short_first"): [0.90, 0.95, 0.92],
-    }
+    def fake_sweep(overrides, log=None):
+        args = dict(o.split("=", 1) for o in overrides)
+        family = {v: k for k, v in sd.FAMILIES.items()}[args["model.preset"]]
+        f = int(re.search(r"feature_dim: (\d+)", args["model.overrides"]).group(1))
+        runs, hits = [], []
+        for s in (int(x) for x in args["sweep.seeds"].strip("[]").split(",")):
+            for lr in (float(x) for x in args["sweep.lr"].strip("[]").split(",")):
+                acc = accuracy[family, f](s, lr)
+                s2l, l2s = acc if acc is not None else (0.0, 0.0)
+                hits.append([round(500 * s2l), round(500 * l2s)])
+                runs.append({"seed": s, "lr": lr, "eval_accuracy": (s2l + l2s) / 2, "eval_loss": 1.0, "loss": 1.0,
+                             "diverged_at": 7 if acc is None else None})
+        return {"runs": runs, "pair_correct": hits, "pair_examples": [500, 500], "wall_s": 1.0,
+                "replica_steps_per_s": 10.0}
 
-    def fake_train(overrides):
-        args = dict(o.split("=", 1) for o in overrides if not o.startswith("model.overrides"))
-        f = 8 if "feature_dim: 8" in " ".join(overrides) else 4
-        acc = table[args["model.preset"], f, args["data.order"]][int(args["seed"])]
-        return types.SimpleNamespace(model=acc, task=None, params=1000, seconds=0.0)
+    monkeypatch.setattr(sd, "run_sweep", fake_sweep)
+    monkeypatch.setattr(common, "matplotlib_pyplot", lambda: None)  # the plots are the quick test's
+    monkeypatch.setattr(sd, "model_size", lambda overrides, seq_len: (
+        1000, 1000 * int(re.search(r"feature_dim: (\d+)", overrides[1]).group(1))))
+    ctx = common.Context(quick=False, seeds=seeds, out_dir=tmp_path, log=lambda line: None)
+    return sd.run(ctx)
 
-    monkeypatch.setattr(common, "train_or_diverged", fake_train)
-    monkeypatch.setattr(jrt_jax.evals.recall, "recall", lambda model, task, examples: {"accuracy": model})
-    monkeypatch.setattr(jrt_jax.generate, "state_bytes", lambda model, context: 4096)
-    ctx = common.Context(quick=False, seeds=None, out_dir=tmp_path, log=lambda line: None)
-    outcome = sd.run(ctx)
-    verdicts = [c.reproduced for c in outcome.claims]
-    assert verdicts == ["yes (F=8)", "partly (F=8)", "yes"]
-    effects = outcome.results["order_effects"]
-    assert effects["Based F=8"]["delta"] == pytest.approx(0.97 - (0.50 + 0.55 + 0.52) / 3)
-    assert not effects["Based F=4"]["beyond_spread"] and effects["JRT-RNN F=4"]["beyond_spread"]
-    # runs that solved the task (>= 90 %), long / short: Based F=8 0/3 / 3/3, JRT-RNN F=4 0/3 / 3/3
-    assert "| Based | 8 | 1,000 | 4,096 |" in outcome.tables[0] and "| 0/3 / 3/3 |" in outcome.tables[0]
-    assert [c["solved"] for c in outcome.results["cells"] if c["model"] == "JRT-RNN"] == [0, 3, 3, 3]
+
+def test_set_disjointness_verdicts_follow_the_accuracies(tmp_path, monkeypatch):
+    """The full variant's claim logic on stand-in accuracies: per (family, F) the best lr by the mean pooled
+    accuracy, the gap short→long − long→short over seeds; the causal gap growing as F shrinks beyond the spread,
+    the non-causal gap near 0, and the two compared at the smallest F."""
+    from train.reproduce import set_disjointness as sd
+
+    f_small, f_mid, f_big = sd.FULL.feature_dims
+
+    def causal_gap(gaps):  # short→long 0.95; long→short 0.95 - gap[seed]; the lower lr 0.2 worse in both orders
+        return lambda s, lr: (0.95 - (0.2 if lr < sd.FULL.lrs[-1] else 0.0),
+                              0.95 - gaps[s] - (0.2 if lr < sd.FULL.lrs[-1] else 0.0))
+
+    acc = {("causal", f_small): causal_gap([0.40, 0.45, 0.50]), ("causal", f_mid): causal_gap([0.2, 0.2, 0.2]),
+           ("causal", f_big): causal_gap([0.02, 0.0, 0.04]),
+           **{("non-causal", f): causal_gap([0.02, -0.02, 0.0]) for f in sd.FULL.feature_dims}}
+    outcome = _fake_sd(monkeypatch, tmp_path, acc)
+    rows = {(r["family"], r["feature_dim"]): r for r in outcome.results["rows"]}
+    assert all(r["best_lr"] == sd.FULL.lrs[-1] for r in rows.values())
+    small = rows["causal", f_small]
+    assert small["gap"]["per_seed"] == pytest.approx([0.40, 0.45, 0.50], abs=2e-3)
+    assert (small["gap"]["mean"], small["gap"]["std"]) == pytest.approx((0.45, 0.05), abs=2e-3)
+    assert small["short_to_long"]["mean"] == pytest.approx(0.95, abs=2e-3)
+    assert small["long_to_short"]["mean"] == pytest.approx(0.50, abs=2e-3)
+    assert [c.reproduced for c in outcome.claims] == ["yes", "yes", "yes"]
+    assert f"| Based (causal) | {f_small} | 1,000 | {1000 * f_small:,} |" in outcome.tables[0]
+    assert "| +45.0 ± 5.0 pts | +40.0 – +50.0 | +40.0 / +45.0 / +50.0 |" in outcome.tables[0]
+
+    # the causal gap flat in F; the non-causal gap as large as the causal one at the smallest F, small elsewhere
+    acc[("causal", f_small)] = causal_gap([0.02, 0.0, 0.04])
+    acc[("causal", f_mid)] = causal_gap([0.02, 0.0, 0.04])
+    acc[("non-causal", f_small)] = causal_gap([0.01, 0.03, 0.02])
+    acc[("non-causal", f_big)] = causal_gap([0.30, 0.30, 0.31])
+    outcome = _fake_sd(monkeypatch, tmp_path, acc)
+    assert [c.reproduced for c in outcome.claims] == ["no", f"partly (F={f_small}, {f_mid})", "within the spread"]
+
+    # every model on the plateau (below sd.learned_at): nothing judged; a diverged lr is not the best one
+    flat = lambda s, lr: None if lr == sd.FULL.lrs[-1] and s == 0 else (0.3, 0.2)
+    outcome = _fake_sd(monkeypatch, tmp_path, {k: flat for k in acc})
+    assert all(c.reproduced.startswith("not measurable") for c in outcome.claims)
+    assert all(r["best_lr"] == sd.FULL.lrs[0] for r in outcome.results["rows"])
+
+
+def test_set_disjointness_size_pair_index_reads_the_markers():
+    """Each paper-format row's (|A|, |B|) recovered from its markers (read after the read-twice copy)."""
+    import numpy as np
+
+    from train.data.device import FIRST_CONTENT, DeviceTask, batch_key, make_batch, size_pair_index
+
+    task = DeviceTask(kind="set_disjointness", seq_len=70, batch_size=32, universe=128, set_format="paper",
+                      size_pairs=((4, 16), (16, 4), (8, 8)), read_twice=True)
+    tokens = np.asarray(make_batch(batch_key(0, 1, 3), task)["tokens"])
+    index = np.asarray(size_pair_index(tokens, task))
+    assert set(index) == {0, 1, 2}
+    prefix = tokens[:, task.inner_enc_len:2 * task.inner_enc_len]  # the example after its prefix copy
+    marks = [np.flatnonzero(row == 1)[0] for row in prefix], [np.flatnonzero(row == 2)[0] for row in prefix]
+    sizes = np.asarray(task.size_pairs)[index]
+    assert (np.subtract(marks[1], marks[0]) - 1 == sizes[:, 0]).all()
+    assert ((prefix >= FIRST_CONTENT).sum(1) == sizes.sum(1)).all()
+    with pytest.raises(ValueError, match="set_format='paper'"):
+        size_pair_index(tokens, DeviceTask(kind="mqar", seq_len=32, batch_size=4))
 
 
 def _fake_mqar(monkeypatch, tmp_path, accuracy, seeds=None):

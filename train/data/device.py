@@ -226,6 +226,25 @@ def _set_paper(key, task: DeviceTask):
     return tokens, labels
 
 
+def size_pair_index(tokens, task: DeviceTask):
+    """[B] int32: for each row of a `set_format="paper"` batch, the index in `task.size_pairs` of the (|A|, |B|)
+    pair it was drawn with (the first listed when a pair repeats), read back from its markers: A lies between 1
+    and 2, B between 2 and the answer separator 3 at M. Why: the paper trains on a mixture of orders and scores each
+    (|A|, |B|) — short→long against long→short — separately; reading the pair from the tokens keeps the batches, and
+    so every training stream, exactly those of `make_batch`. Pure and jit-able; with read_twice the example after
+    the prefix copy is read."""
+    if task.kind != "set_disjointness" or task.set_format != "paper":
+        raise ValueError(f"size_pair_index needs a set_disjointness task with set_format='paper'; got kind="
+                         f"{task.kind!r}, set_format={task.set_format!r}")
+    example = jnp.asarray(tokens)[:, tokens.shape[1] - task.inner_len:]
+    start = jnp.argmax(example == START, axis=1)
+    middle = jnp.argmax(example == LIST_SEP, axis=1)
+    a, n = middle - start - 1, task.inner_enc_len - middle - 1
+    sizes = np.asarray(task.size_pairs, np.int32)
+    match = (a[:, None] == sizes[None, :, 0]) & (n[:, None] == sizes[None, :, 1])
+    return jnp.argmax(match, axis=1).astype(jnp.int32)
+
+
 def device_task(cfg, *, batch_size: int | None = None) -> DeviceTask:
     """The `DeviceTask` of a `train.config.DataConfig`; a one-line ValueError naming the data.* field when the task
     has no on-device generator or its sizes do not fit."""
@@ -279,4 +298,5 @@ def device_task(cfg, *, batch_size: int | None = None) -> DeviceTask:
     return task
 
 
-__all__ = ["ANSWER_SEP", "DeviceTask", "KINDS", "LIST_SEP", "START", "batch_key", "device_task", "make_batch"]
+__all__ = ["ANSWER_SEP", "DeviceTask", "KINDS", "LIST_SEP", "START", "batch_key", "device_task", "make_batch",
+           "size_pair_index"]

@@ -1,7 +1,8 @@
-"""`jrt reproduce NAME [--quick] [--out DIR] [--seeds N] [--jobs N]`: run one reproduction study.
+"""`jrt reproduce NAME [--quick] [--out DIR] [--seeds N] [--jobs N] [--scale paper]`: run one reproduction study.
 
     jrt reproduce set-disjointness --quick             # < 1 minute, the pipeline of the full study
     jrt reproduce mqar --out results                   # full variant (<= 30 min on 2 CPU cores)
+    jrt reproduce set-disjointness --scale paper       # the paper's sizes, for one GPU (studies with SCALES)
     jrt reproduce --list                               # the studies and their claims
 
 Writes DIR/NAME/results.json (every number), DIR/NAME/report.md (the table "claim | paper | ours | reproduced?",
@@ -51,6 +52,9 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--jobs", type=_positive_int("--jobs"), default=None, metavar="N",
                    help="training runs at a time, in worker processes (default: 1 for --quick, else "
                         "min(2, CPU cores))")
+    p.add_argument("--scale", choices=("cpu", "paper"), default="cpu",
+                   help="cpu: sized for a laptop CPU (default); paper: the paper's sizes, for one GPU (studies "
+                        "that define it)")
     p.add_argument("--list", action="store_true", help="list the studies and exit")
     return p
 
@@ -97,7 +101,10 @@ def command(argv) -> int:
         if args.jobs and args.jobs > 1:
             log(f"--jobs {args.jobs} ignored: this study trains one model at a time")
         jobs = 1
-    ctx = common.Context(quick=args.quick, seeds=args.seeds, out_dir=out, jobs=jobs, log=log)
+    if args.scale != "cpu" and (args.quick or args.scale not in getattr(study, "SCALES", {})):
+        raise ValueError(f"--scale {args.scale}: " + ("not with --quick" if args.quick else
+                                                      f"study {args.name!r} has no such scale"))
+    ctx = common.Context(quick=args.quick, seeds=args.seeds, out_dir=out, jobs=jobs, log=log, scale=args.scale)
     machine = common.machine_info()
     start = time.perf_counter()
     outcome = study.run(ctx)  # SIGTERM raises here (run_command), so the study's training workers are stopped

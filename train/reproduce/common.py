@@ -41,6 +41,7 @@ class Context:
     out_dir: pathlib.Path  # DIR/NAME/
     log: Callable[[str], None] = print
     jobs: int = 1  # training runs at a time (worker processes when > 1)
+    scale: str = "cpu"  # "cpu" (the CPU-sized variants) or "paper" (the papers' sizes, for one GPU)
 
     def seed_list(self, default_full: int, default_quick: int = 1) -> list[int]:
         n = self.seeds if self.seeds is not None else (default_quick if self.quick else default_full)
