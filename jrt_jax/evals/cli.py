@@ -119,15 +119,22 @@ def _passkey(args) -> dict:
     if args.plot:
         check_plot(args.plot)  # before minutes of scoring, not after
     model, tok, described = loading.load_model(args.model, rope_scaling=scaling, dtype=args.dtype)
-    bar = _bar(args, len(lengths) * args.trials, "passkey")
+    return _by_length(args, "passkey", model, described, len(lengths) * args.trials, plot,
+                      lambda progress: passkey(model, tok, lengths, trials=args.trials, seed=args.seed,
+                                               progress=progress))
+
+
+def _by_length(args, task: str, model, described: str, total: int, plot, run) -> dict:
+    """The part the by-length evaluations (passkey, ruler) share: `run(progress)` under a progress bar of `total`
+    steps, its result with the model, RoPE scaling, time and memory, and the plot when --plot asks for one."""
+    bar = _bar(args, total, task)
     t0 = time.perf_counter()
     try:
-        result = passkey(model, tok, lengths, trials=args.trials, seed=args.seed,
-                         progress=None if bar is None else bar.update)
+        result = run(None if bar is None else bar.update)
     finally:
         if bar is not None:
             bar.close()
-    out = {"task": "passkey", "model": described, **result.to_dict(),
+    out = {"task": task, "model": described, **result.to_dict(),
            "rope_scaling": dict(model.config.rope_scaling) if getattr(model.config, "rope_scaling", None) else None,
            "seconds": round(time.perf_counter() - t0, 2), "peak_rss_gib": round(_peak_rss_gib(), 3)}
     if args.plot:
@@ -152,22 +159,9 @@ def _ruler(args) -> dict:
         check_plot(args.plot)
     model, tok, described = loading.load_model(args.model, rope_scaling=scaling, dtype=args.dtype)
     prompts = build_prompts(tok, lengths, tasks=tasks, trials=args.trials, seed=args.seed)
-    bar = _bar(args, len(tasks) * len(lengths) * args.trials, "ruler")
-    t0 = time.perf_counter()
-    try:
-        result = ruler(model, tok, lengths, tasks=tasks, trials=args.trials, seed=args.seed,
-                       max_new_tokens=args.max_new_tokens, progress=None if bar is None else bar.update,
-                       prompts=prompts)
-    finally:
-        if bar is not None:
-            bar.close()
-    out = {"task": "ruler", "model": described, **result.to_dict(),
-           "rope_scaling": dict(model.config.rope_scaling) if getattr(model.config, "rope_scaling", None) else None,
-           "seconds": round(time.perf_counter() - t0, 2), "peak_rss_gib": round(_peak_rss_gib(), 3)}
-    if args.plot:
-        plot(result, args.plot, title=f"{described}  rope_scaling={out['rope_scaling']}")
-        out["plot"] = args.plot
-    return out
+    return _by_length(args, "ruler", model, described, len(tasks) * len(lengths) * args.trials, plot,
+                      lambda progress: ruler(model, tok, lengths, tasks=tasks, trials=args.trials, seed=args.seed,
+                                             max_new_tokens=args.max_new_tokens, progress=progress, prompts=prompts))
 
 
 def _qa(args) -> dict:
