@@ -44,9 +44,13 @@ def _cli(args, timeout=600, **kw):
 
 
 def _one_line(stderr: str) -> str:
+    """The one line that reports how the command ended. `jrt train` / `jrt sweep` log on stderr too (stdout is
+    their JSON summary), so the log lines of the steps before come first; the report is one line, the last, and
+    there is no traceback."""
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
-    return lines[0]
+    reports = [line for line in lines if line.startswith(("jrt train: ", "jrt sweep: "))]
+    assert len(reports) == 1 and lines[-1] == reports[0] and "Traceback" not in stderr, stderr[-3000:]
+    return reports[0]
 
 
 def _main(args, capsys) -> tuple[int, str]:
