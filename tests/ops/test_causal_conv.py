@@ -1,4 +1,6 @@
-"""Depthwise causal conv (BaseConv's): fast path vs reference vs a numpy loop, packing, padding, tails, steps."""
+"""Depthwise causal conv (BaseConv's), what only this op has: both paths against a numpy loop (kernel sizes 1, 3,
+4; packing), the tail's content, the decode step, its own argument errors. Every implementation is held to the
+reference by tests/ops/test_op_contract.py."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import pytest
 
 from jrt_jax.ops.causal_conv import causal_conv1d, causal_conv1d_step
 from tests.helpers import assert_rel
-from tests.segment_helpers import documents, python_document_ids, random_segment_ids
+from tests.segment_helpers import python_document_ids, random_segment_ids
 
 IMPLS = ("reference", "xla")
 
@@ -48,96 +50,18 @@ def test_matches_numpy_loop_with_packing(k):
         assert_rel(causal_conv1d(x, w, implementation=impl), _numpy_loop(x, w), 1e-5, impl)
 
 
-def test_bf16_and_gradients_match_reference():
-    seg = jnp.asarray(random_segment_ids(2, 2, 33, max_len=5))
-    x, w = _inputs(3, 2, 33, 8, dtype=jnp.bfloat16)
-    y = causal_conv1d(x, w, segment_ids=seg)
-    assert y.dtype == jnp.bfloat16
-    xf, wf = x.astype(jnp.float32), w.astype(jnp.float32)
-    assert_rel(y, causal_conv1d(xf, wf, segment_ids=seg, implementation="reference"), 2e-2)
-
-    def grads(impl):
-        return jax.grad(lambda x, w: jnp.sum(jnp.sin(causal_conv1d(x, w, segment_ids=seg, implementation=impl))),
-                        argnums=(0, 1))(xf, wf)
-
-    for a, b in zip(grads("xla"), grads("reference")):
-        assert_rel(a, b, 1e-5)
-
-
-def test_mask_is_segment_ids_of_the_mask_and_both_combine():
-    x, w = _inputs(4, 2, 20, 3)
-    mask = np.ones((2, 20), bool)
-    mask[0, :5] = False
-    mask[1, 9] = False  # a hole
-    for impl in IMPLS:
-        by_mask = causal_conv1d(x, w, mask=jnp.asarray(mask), implementation=impl)
-        assert_rel(by_mask, causal_conv1d(x, w, segment_ids=jnp.asarray(mask, jnp.int32), implementation=impl), 1e-6)
-        seg = np.where(np.arange(20) < 12, 1, 2)[None].repeat(2, 0)
-        both = causal_conv1d(x, w, mask=jnp.asarray(mask), segment_ids=jnp.asarray(seg), implementation=impl)
-        assert_rel(both, _numpy_loop(x, w, np.where(mask, seg, 0)), 1e-5)
-
-
-def test_each_document_alone_equals_the_packed_row():
-    """Every document, moved alone to the start of its own row (holes kept as mask=False), gives the packed outputs."""
-    x, w = _inputs(5, 3, 48, 4)
-    seg = random_segment_ids(6, 3, 48, max_len=9, hole_p=0.15)
-    docs = documents(seg)
-    alone_x = np.zeros((len(docs), 48, 4), np.float32)
-    alone_m = np.zeros((len(docs), 48), bool)
-    for n, (b, start, stop, m) in enumerate(docs):
-        alone_x[n, : stop - start] = np.asarray(x[b, start:stop])
-        alone_m[n, : stop - start] = m
-    for impl in IMPLS:
-        packed = np.asarray(causal_conv1d(x, w, segment_ids=jnp.asarray(seg), implementation=impl))
-        alone = np.asarray(causal_conv1d(jnp.asarray(alone_x), w, mask=jnp.asarray(alone_m), implementation=impl))
-        covered = np.zeros(seg.shape, bool)
-        for n, (b, start, stop, m) in enumerate(docs):
-            assert_rel(packed[b, start:stop][m], alone[n, : stop - start][m], 1e-6)
-            covered[b, start:stop] |= m
-        assert np.all(packed[~covered] == 0)  # padding outputs 0
-
-
-def test_nan_in_padding_reaches_nothing():
-    x, w = _inputs(7, 2, 30, 4)
-    seg = random_segment_ids(8, 2, 30, max_len=7, hole_p=0.2)
-    assert (seg == 0).any()
-    bad = jnp.where(jnp.asarray(seg == 0)[..., None], jnp.nan, x)
-    for impl in IMPLS:
-        f = lambda x, w: causal_conv1d(x, w, segment_ids=jnp.asarray(seg), implementation=impl)
-        assert_rel(f(bad, w), f(x, w), 0)
-        loss = lambda x, w: jnp.sum(jnp.sin(f(x, w)))
-        g_bad, g_clean = jax.grad(loss, argnums=(0, 1))(bad, w), jax.grad(loss, argnums=(0, 1))(x, w)
-        for a, b in zip(g_bad, g_clean):
-            assert bool(jnp.all(jnp.isfinite(a)))
-            assert_rel(a, b, 0)
-
-
-@pytest.mark.parametrize("packed", [False, True])
-def test_tails_split_a_row_and_steps_continue_it(packed):
+def test_prefill_then_steps_equal_one_pass():
+    """A prefill's tail, then `causal_conv1d_step` one token at a time, equals one pass over the row."""
     t, split = 26, 11
     x, w = _inputs(9, 3, t, 5)
-    seg = random_segment_ids(10, 3, t, max_len=8) if packed else np.ones((3, t), np.int32)
-    whole = causal_conv1d(x, w, segment_ids=jnp.asarray(seg))
-    # initial_tail belongs to the second half's first document: the halves equal the whole row where that
-    # document is the one the first half ended with
-    run, real = python_document_ids(seg)
-    rows = [b for b in range(3) if real[b, :split].any() and real[b, split:].any()
-            and run[b, np.nonzero(real[b, :split])[0][-1]] == run[b, split + np.nonzero(real[b, split:])[0][0]]]
-    assert rows
-    for impl in IMPLS:
-        y1, tail = causal_conv1d(x[:, :split], w, segment_ids=jnp.asarray(seg[:, :split]), return_tail=True,
-                                 implementation=impl)
-        y2 = causal_conv1d(x[:, split:], w, segment_ids=jnp.asarray(seg[:, split:]), initial_tail=tail,
-                           implementation=impl)
-        assert_rel(jnp.concatenate([y1, y2], 1)[np.asarray(rows)], whole[np.asarray(rows)], 1e-6)
-    if not packed:  # prefill, then one step per token
-        y, tail = causal_conv1d(x[:, :split], w, return_tail=True)
-        step = jax.jit(causal_conv1d_step)
-        steps = []
-        for i in range(split, t):
-            y_t, tail = step(tail, x[:, i], w)
-            steps.append(y_t)
-        assert_rel(jnp.stack(steps, 1), whole[:, split:], 1e-6)
+    whole = causal_conv1d(x, w)
+    _, tail = causal_conv1d(x[:, :split], w, return_tail=True)
+    step = jax.jit(causal_conv1d_step)
+    steps = []
+    for i in range(split, t):
+        y_t, tail = step(tail, x[:, i], w)
+        steps.append(y_t)
+    assert_rel(jnp.stack(steps, 1), whole[:, split:], 1e-6)
 
 
 def test_tail_keeps_only_the_last_document():
@@ -150,18 +74,9 @@ def test_tail_keeps_only_the_last_document():
 
 
 def test_bad_input():
+    """The errors of this op's own arguments (the shared ones: tests/ops/test_op_contract.py)."""
     x, w = _inputs(12, 2, 10, 4)
-    with pytest.raises(TypeError, match="segment_ids must have an integer dtype"):
-        causal_conv1d(x, w, segment_ids=jnp.ones((2, 10)))
-    with pytest.raises(ValueError, match=r"segment_ids must have shape \[batch, seq\] = \(2, 10\); got \(2, 9\)"):
-        causal_conv1d(x, w, segment_ids=jnp.ones((2, 9), jnp.int32))
     with pytest.raises(ValueError, match="kernel: number of channels"):
         causal_conv1d(x, w[:, :3])
-    with pytest.raises(ValueError, match=r"initial_tail must have shape \[batch, K-1, C\]"):
-        causal_conv1d(x, w, initial_tail=jnp.zeros((2, 3, 4)))
-    with pytest.raises(ValueError, match="implementation='pallas'"):
-        causal_conv1d(x, w, implementation="pallas")
-    with pytest.raises(TypeError, match="x must have a floating dtype"):
-        causal_conv1d(x.astype(jnp.int32), w)
     with pytest.raises(ValueError, match="tail must have shape"):
         causal_conv1d_step(jnp.zeros((2, 3, 4)), x[:, 0], w)
