@@ -10,7 +10,7 @@ the Pallas interpreter's run of `gpu.prefill_gpu`, the same contract on the same
 
 NaN in padded tokens is not tested here: neither kernel keeps it out (a NaN key or value with weight 0 still
 gives 0 · NaN), the public ops zero excluded tokens before any kernel runs
-(tests/ops/test_linear_attention_packed.py tests that).
+(the contract suite, tests/ops/test_op_contract.py, tests that for every op).
 """
 
 from __future__ import annotations
