@@ -523,7 +523,7 @@ def test_two_calls_equal_one(op, impl):
 @pytest.mark.parametrize("op", OPS, ids=lambda op: op.name)
 def test_shared_errors_name_the_argument(op):
     """The errors every op shares: segment_ids / mask of a wrong dtype or shape, an implementation the op does
-    not offer, a non-float or wrong-rank first input, a continuation that does not fit."""
+    not offer, a non-float or wrong-rank first input, an empty sequence, a continuation that does not fit."""
     x, _ = _inputs(op, "reference")
     call = functools.partial(op.call, "reference", x)
     cases = [
@@ -543,6 +543,8 @@ def test_shared_errors_name_the_argument(op):
         op.call("reference", {**x, op.first: x[op.first].astype(jnp.int32)})
     with pytest.raises(ValueError, match=f"{op.first} must have rank"):
         op.call("reference", {**x, op.first: x[op.first][0]})
+    with pytest.raises(ValueError, match=f"{op.first}: sequence length \\(axis 1\\) must be at least 1; got 0"):
+        op.call("reference", {n: (a[:, :0] if n in op.timed else a) for n, a in x.items()})
     make_kw, exc, match = op.bad_carry
     kw = make_kw()
     with pytest.raises(exc, match=match):

@@ -78,6 +78,8 @@ def sliding_window_attention(
         check_dim(name, x.shape[2], h, "number of heads (axis 2, as q)")
     check_dim("v", v.shape[1], s, "sequence length (axis 1, as k: the key span)")
     check_dim("k", k.shape[3], d, "head size (axis 3, as q)")
+    if t == 0:
+        raise ValueError("q: sequence length (axis 1) must be at least 1; got 0")
     if t > s:
         raise ValueError(f"k: key span length (axis 1) must be at least the {t} queries of q; got {s}")
     if isinstance(window, bool) or not isinstance(window, int) or window < 0:
