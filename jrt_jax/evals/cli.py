@@ -110,7 +110,8 @@ def _bar(args, total: int, desc: str):
 
 def _passkey(args) -> dict:
     from jrt_jax.evals import loading
-    from jrt_jax.evals.passkey import check_plot, passkey, plot
+    from jrt_jax.evals.passkey import passkey, plot
+    from jrt_jax.evals.plotting import check_plot
 
     scaling = loading.parse_rope_scaling(args.rope_scaling)
     lengths = _lengths(args.lengths)
@@ -145,7 +146,7 @@ def _by_length(args, task: str, model, described: str, total: int, plot, run) ->
 
 def _ruler(args) -> dict:
     from jrt_jax.evals import loading
-    from jrt_jax.evals.passkey import check_plot
+    from jrt_jax.evals.plotting import check_plot
     from jrt_jax.evals.ruler import build_prompts, parse_tasks, plot, ruler
 
     scaling = loading.parse_rope_scaling(args.rope_scaling)

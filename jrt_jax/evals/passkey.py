@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from jrt_jax.evals.plotting import pyplot
+
 TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
         "I will quiz you about the important information there.")
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
@@ -107,27 +109,9 @@ def passkey(model, tokenizer, lengths: Sequence[int], *, trials: int = 5, seed: 
     return PasskeyResult(list(lengths), accuracy, trials, rows)
 
 
-def check_plot(path) -> None:
-    """Raise the ValueError `plot` would raise (no matplotlib, no such folder) before any model is run."""
-    import importlib.util
-    import pathlib
-
-    parent = pathlib.Path(path).expanduser().parent
-    if not parent.is_dir():
-        raise ValueError(f"--plot {str(path)!r}: folder {str(parent)!r} does not exist")
-    if importlib.util.find_spec("matplotlib") is None:
-        raise ValueError("--plot needs matplotlib: pip install 'jrt-jax[bench]'")
-
-
 def plot(result: PasskeyResult, path, title: str = "") -> None:
     """Accuracy vs prompt length (log2 axis) as a PNG."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ValueError("--plot needs matplotlib: pip install 'jrt-jax[bench]'") from None
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.plot(result.lengths, result.accuracy, marker="o")
     ax.set_xscale("log", base=2)

@@ -37,6 +37,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
+from jrt_jax.evals.plotting import pyplot
+
 TASKS = ("niah", "vt", "cwe", "fwe")
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
@@ -453,13 +455,7 @@ def ruler(model, tokenizer, lengths: Sequence[int], *, tasks: Sequence[str] = TA
 
 def plot(result: RulerResult, path, title: str = "") -> None:
     """Score vs prompt length (log2 axis) as a PNG: one line per task, the mean over tasks dashed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ValueError("--plot needs matplotlib: pip install 'jrt-jax[bench]'") from None
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     for task in result.tasks:
         ax.plot(result.lengths, result.accuracy[task], marker="o", label=task)

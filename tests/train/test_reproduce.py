@@ -10,6 +10,7 @@ set-disjointness and MQAR variants is checked on stand-in accuracies instead (no
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 
@@ -526,6 +527,7 @@ def _fake_mqar(monkeypatch, tmp_path, accuracy, seeds=None):
         return {"runs": runs, "best": None, "wall_s": 1.0, "replica_steps_per_s": 10.0}
 
     monkeypatch.setattr(common, "run_sweep", fake_sweep)
+    monkeypatch.setattr(mqar, "FULL", dataclasses.replace(mqar.FULL, feature_dims=(4, 8, 16)))
     monkeypatch.setattr(mqar, "model_size", lambda overrides: (1000, 4096 * (1 + len(overrides[-1]))))
     ctx = common.Context(quick=False, seeds=seeds, out_dir=tmp_path, log=lambda line: None)
     return mqar.run(ctx)

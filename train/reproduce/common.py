@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from jrt_jax.cli import Terminated
+from jrt_jax.evals.plotting import pyplot
 
 
 class StudyError(ValueError):
@@ -299,19 +300,25 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def best_lr(lrs, finished: Callable[[float], int], mean: Callable[[float], float], n_seeds: int) -> float | None:
+    """The studies' one rule for "the best lr": the highest mean over seeds among the lrs at which every seed
+    finished (no replica diverged), or among those where at least one finished when no lr is clean; ties go to
+    the lower lr. None when every replica diverged at every lr. `finished(lr)` counts the finished seeds,
+    `mean(lr)` is their mean score."""
+    clean = [lr for lr in lrs if finished(lr) == n_seeds]
+    eligible = clean or [lr for lr in lrs if finished(lr)]
+    return max(sorted(eligible), key=mean) if eligible else None
+
+
 # ------------------------------------------------------------------------------------------------------- plots
 
 
 def matplotlib_pyplot():
-    """pyplot on the Agg backend, or None when matplotlib is not installed."""
+    """pyplot on the Agg backend (`jrt_jax.evals.plotting.pyplot`), or None when matplotlib is not installed."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=True)
-        import matplotlib.pyplot as plt
-    except ImportError:
+        return pyplot()
+    except ValueError:
         return None
-    return plt
 
 
 PLOT_UNAVAILABLE = "plots not drawn: matplotlib is not installed (pip install matplotlib)"

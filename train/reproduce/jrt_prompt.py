@@ -207,12 +207,9 @@ def pick_lr(runs: list[dict], key: str, lrs, seeds: list[int]) -> tuple[float, d
     for lr in lrs:
         reps = {r["seed"]: r for r in runs if math.isclose(r["lr"], lr, rel_tol=1e-6)}
         by_lr[lr] = [reps[s] if s in reps and reps[s]["diverged_at"] is None else None for s in seeds]
-    clean = [lr for lr in lrs if all(by_lr[lr])]
-    eligible = clean or [lr for lr in lrs if any(by_lr[lr])]
-    if not eligible:
-        return None, by_lr
+    finished = lambda lr: sum(r is not None for r in by_lr[lr])
     mean = lambda lr: common.mean_std([r[key] for r in by_lr[lr] if r is not None])[0]
-    return max(sorted(eligible), key=mean), by_lr
+    return common.best_lr(lrs, finished, mean, len(seeds)), by_lr
 
 
 def summarize(cfg: dict, got: dict, sizes: Sizes, seeds: list[int]) -> dict:

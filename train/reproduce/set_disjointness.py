@@ -305,12 +305,11 @@ def summarize(cfg: dict, got: dict, scale: Scale, seeds: list[int]) -> dict:
         entry["per_pair"] = ([common.mean_std([p[i] for p in per_pair if p[i] is not None])[0]
                               for i in range(len(scale.size_pairs))] if per_pair else None)
         by_lr[lr] = entry
-    clean = [lr for lr in scale.lrs if by_lr[lr]["eval_accuracy"]["n"] == len(seeds)]
-    eligible = clean or [lr for lr in scale.lrs if by_lr[lr]["eval_accuracy"]["n"]]
-    if not eligible:
+    best_lr = common.best_lr(scale.lrs, lambda lr: by_lr[lr]["eval_accuracy"]["n"],
+                             lambda lr: by_lr[lr]["eval_accuracy"]["mean"], len(seeds))
+    if best_lr is None:
         raise common.StudyError(f"{cfg['family']} F={cfg['feature_dim']}: every replica diverged at every "
                                 "learning rate")
-    best_lr = max(eligible, key=lambda lr: by_lr[lr]["eval_accuracy"]["mean"])  # ties: the lr listed first
     best = by_lr[best_lr]
     return {"family": cfg["family"], "preset": cfg["preset"], "feature_dim": cfg["feature_dim"],
             "overrides": cfg["overrides"], "params": got["params"], "state_bytes": got["state_bytes"],
