@@ -145,7 +145,7 @@ def test_mqar_quick_results_shape(quick):
         phi = 1 + f + f * (f + 1) // 2
         assert rows["Based", f]["state_bytes"] == rows["JRT-RNN", f]["state_bytes"] == 4 * (phi * 65 + 256)
     # the full variant's sizes (shapes only, no training): state bytes strictly increasing with F, equal per F
-    sizes = {(c["family"], c["feature_dim"]): mqar.model_size(mqar.sweep_overrides(c, mqar.FULL, seeds))
+    sizes = {(c["family"], c["feature_dim"]): mqar.model_size(mqar.sweep_overrides(c, mqar.FULL, seeds), 32)
              for c in mqar.configs(mqar.FULL)}
     for fam in ("Based", "JRT-RNN"):
         state = [sizes[fam, f][1] for f in mqar.FULL.feature_dims]
@@ -367,6 +367,7 @@ def test_prefill_speed_quick_table(quick):
     ([], "give a study NAME"),
     (["mqar", "--frobnicate"], "unrecognized arguments"),
     (["set-disjointness", "--quick", "--scale", "paper"], "--scale paper: not with --quick"),
+    (["jrt-prompt", "--scale", "paper"], "--scale paper: study 'jrt-prompt' has no such scale"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, argv, message):
     code, out, err = _run(capsys, *argv, "--out", str(tmp_path))
@@ -528,7 +529,7 @@ def _fake_mqar(monkeypatch, tmp_path, accuracy, seeds=None):
 
     monkeypatch.setattr(common, "run_sweep", fake_sweep)
     monkeypatch.setattr(mqar, "FULL", dataclasses.replace(mqar.FULL, feature_dims=(4, 8, 16)))
-    monkeypatch.setattr(mqar, "model_size", lambda overrides: (1000, 4096 * (1 + len(overrides[-1]))))
+    monkeypatch.setattr(mqar, "model_size", lambda overrides, seq_len: (1000, 4096 * (1 + len(overrides[-1]))))
     ctx = common.Context(quick=False, seeds=seeds, out_dir=tmp_path, log=lambda line: None)
     return mqar.run(ctx)
 
@@ -655,3 +656,22 @@ def test_a_study_stopped_by_sigterm_exits_143_not_as_bad_input(monkeypatch):
     with pytest.raises(Terminated, match="sweep stopped early") as exc:
         common.run_sweep(["data.kind=mqar", "steps=2"])
     assert exit_status(exc.value) == 143
+
+
+def test_mqar_paper_scale_builds_its_models_and_task():
+    """`jrt reproduce mqar --scale paper` (sized for one GPU, not trained here): every configuration's sweep config
+    loads, its model is built (shapes only) and the task fits the model's vocabulary, at zoology's sizes."""
+    from train.config import load_config
+    from train.data import make_task
+    from train.reproduce import mqar
+    from train.trainer import build_model_config
+
+    sizes = mqar.PAPER
+    assert sizes.t["seq_len"] == 256 and sizes.t["num_pairs"] == 64
+    for cfg in mqar.configs(sizes):
+        overrides = mqar.sweep_overrides(cfg, sizes, [0, 1, 2])
+        params, state = mqar.model_size(overrides, sizes.t["seq_len"])
+        config = load_config(None, [*overrides, *common.TRAIN_DEFAULTS])
+        task = make_task(config.data, build_model_config(config))
+        assert task.vocab_needed == 8192 and params > 1_000_000 and state > 0
+        assert config.steps == 4000 and config.data.batch_size == 128 and config.sweep.steps_per_scan == 100

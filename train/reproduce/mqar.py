@@ -43,6 +43,11 @@ Why F ∈ {1, 2, 4, 8}: the first full run took F ∈ {4, 8, 16} and Based F = 4
 recalled 88.6 ± 7.0 % against 88.8 ± 6.2 % at F = 16, so no size in it was binding; Φ = 3 and 6 hold fewer
 independent keys than the 8 pairs. F = 16 (~12 min per family) is left out to keep the variant under 30 minutes.
 
+Paper scale (`PAPER`, `--scale paper`): zoology's hardest MQAR training setting — vocabulary 8,192, rows of 256
+tokens with 64 pairs (16 asked), d 128, F 4 / 8 / 16, lr 1e-3 / 3e-3, batch 128, 4,000 steps, one sweep at a time —
+sized by estimate for one GPU in about 8 minutes, not measured on one; on the CPU one replica per recurrent family
+ran 3 steps (loss 9.03 ≈ ln 8,192; 42 s each with compilation, 3.3 GiB peak; 2026-12-04).
+
 Quick variant: F = 4 for both families + attention (three sweeps: each compiles its own programs, ~10 s of the
 variant's time apiece), 2 seeds × 2 lrs, 30 steps of batch 16, 64 evaluation examples — the pipeline only; its
 accuracies are near chance and no claim is judged from them.
@@ -75,10 +80,28 @@ class Sizes:
     eval_examples: int
     batch_size: int = 64
     warmup_steps: int = 50
+    task: tuple[tuple[str, int], ...] = tuple(TASK.items())  # the MQAR rows (data.* fields)
+    model: tuple[tuple[str, object], ...] = ()  # extra model.overrides fields (width, vocabulary)
+    steps_per_scan: int = 50
+
+    @property
+    def t(self) -> dict:
+        """The task as a dict: seq_len, num_pairs, num_queries, num_keys, num_values."""
+        return dict(self.task)
 
 
 FULL = Sizes(feature_dims=(1, 2, 4, 8), lrs=(1e-3, 3e-3), steps=1500, eval_examples=1024)
 QUICK = Sizes(feature_dims=(4,), lrs=(1e-3, 3e-3), steps=30, eval_examples=64, batch_size=16, warmup_steps=5)
+#: Zoology's MQAR at its hardest training setting (vocabulary 8,192: 4,094 keys + 4,094 values + 4 specials; rows
+#: of 256 tokens with 64 pairs, 16 of them asked), d 128, F 4 / 8 / 16, two lrs from its sweep, batch 128 (zoology:
+#: 256-512), 4,000 steps (zoology: 3-6 M examples). Sized by estimate for one GPU in about 8 minutes (the logits of
+#: one replica-step are 128 x 256 x 8,192 floats, 1 GiB); not run on one.
+PAPER = Sizes(feature_dims=(4, 8, 16), lrs=(1e-3, 3e-3), steps=4000, eval_examples=2048, batch_size=128,
+              warmup_steps=200, steps_per_scan=100,
+              task=(("seq_len", 256), ("num_pairs", 64), ("num_queries", 16), ("num_keys", 4094),
+                    ("num_values", 4094)),
+              model=(("vocab_size", 8192), ("d_model", 128)))
+SCALES = {"cpu": FULL, "quick": QUICK, "paper": PAPER}
 
 #: Below this best mean accuracy no model has left the plateau that precedes learning MQAR, and the claims that
 #: compare models are not judged (their order there is noise).
@@ -95,25 +118,25 @@ def configs(sizes: Sizes) -> list[dict]:
     for family in ("Based", "JRT-RNN"):
         for f in sizes.feature_dims:
             out.append({"family": family, "preset": FAMILIES[family], "knob": f"F={f}", "feature_dim": f,
-                        "overrides": {"feature_dim": f, **LINEAR_FIXED}})
+                        "overrides": {**dict(sizes.model), "feature_dim": f, **LINEAR_FIXED}})
     out.append({"family": "attention", "preset": FAMILIES["attention"], "knob": "KV cache", "feature_dim": None,
-                "overrides": {}})
+                "overrides": dict(sizes.model)})
     return out
 
 
 def sweep_overrides(cfg: dict, sizes: Sizes, seeds: list[int]) -> list[str]:
     """The `train.sweep` config of one configuration (key=value overrides)."""
     out = [f"model.preset={cfg['preset']}", "data.kind=mqar", f"data.order={ORDER}",
-           *(f"data.{k}={v}" for k, v in TASK.items()), f"data.batch_size={sizes.batch_size}",
+           *(f"data.{k}={v}" for k, v in sizes.task), f"data.batch_size={sizes.batch_size}",
            f"data.eval_examples={sizes.eval_examples}", "data.seed=0", f"steps={sizes.steps}",
-           f"optim.warmup_steps={sizes.warmup_steps}",
+           f"optim.warmup_steps={sizes.warmup_steps}", f"sweep.steps_per_scan={sizes.steps_per_scan}",
            f"sweep.seeds=[{', '.join(map(str, seeds))}]", f"sweep.lr=[{', '.join(f'{lr:g}' for lr in sizes.lrs)}]"]
     if cfg["overrides"]:
         out.append(common.overrides_arg(cfg["overrides"]))
     return out
 
 
-def model_size(overrides: list[str]) -> tuple[int, int]:
+def model_size(overrides: list[str], seq_len: int) -> tuple[int, int]:
     """(parameters, state bytes after a prompt of seq_len tokens) of the configuration's model: one model is built
     (shapes only) and `jrt_jax.generate.state_bytes` reads its decoding caches (attention: a KV cache holding the
     row's seq_len tokens)."""
@@ -124,17 +147,17 @@ def model_size(overrides: list[str]) -> tuple[int, int]:
 
     config = build_model_config(load_config(None, [*overrides, *common.TRAIN_DEFAULTS]))
     model = models.abstract_model(config)
-    return models.count_params(config), state_bytes(model, context=TASK["seq_len"], cache_len=TASK["seq_len"])
+    return models.count_params(config), state_bytes(model, context=seq_len, cache_len=seq_len)
 
 
-def measure(overrides: list[str], label: str, verbose: bool) -> dict:
+def measure(overrides: list[str], seq_len: int, label: str, verbose: bool) -> dict:
     """One configuration: its sweep (seeds × lrs) and its size (a worker of `common.run_jobs`)."""
     log = None
     if verbose:
         def log(line: str) -> None:
             print(f"[{NAME}] {label}: {line}", file=sys.stderr, flush=True)
     summary = common.run_sweep(overrides, log=log)
-    params, state = model_size(overrides)
+    params, state = model_size(overrides, seq_len)
     keep = ("seed", "lr", "eval_accuracy", "eval_loss", "loss", "diverged_at")
     runs = [{k: r.get(k) for k in keep} for r in summary["runs"]]
     best, rate = summary.get("best"), summary.get("replica_steps_per_s")
@@ -245,8 +268,13 @@ def judge(rows: list[dict], seeds: list[int], quick: bool) -> tuple[list[common.
 
 
 def run(ctx: common.Context) -> common.Outcome:
+    """The study at ctx's scale: quick, "cpu" (the full variant) or "paper" (zoology's sizes, for one GPU)."""
     start = time.perf_counter()
-    sizes = QUICK if ctx.quick else FULL
+    sizes = QUICK if ctx.quick else PAPER if ctx.scale == "paper" else FULL
+    if ctx.scale == "paper" and ctx.jobs > 1:  # one accelerator: worker processes would each claim its memory
+        ctx.log(f"--jobs {ctx.jobs} ignored at the paper scale: one sweep at a time on the one accelerator")
+        ctx = dataclasses.replace(ctx, jobs=1)
+    task = sizes.t
     seeds = ctx.seed_list(default_full=3, default_quick=2)
     cfgs = configs(sizes)
     # The costliest configurations first (F = 16, then 8, …): with --jobs 2 the last job to start is a short one.
@@ -254,7 +282,7 @@ def run(ctx: common.Context) -> common.Outcome:
     label = lambda c: f"{c['family']} {c['knob']}"
     got = common.run_jobs(ctx, measure, [
         (f"{label(cfgs[i]):<17} {len(seeds)} seeds x lr {', '.join(f'{lr:g}' for lr in sizes.lrs)}",
-         (sweep_overrides(cfgs[i], sizes, seeds), label(cfgs[i]), not ctx.quick))
+         (sweep_overrides(cfgs[i], sizes, seeds), task["seq_len"], label(cfgs[i]), not ctx.quick))
         for i in order])
     by_index = dict(zip(order, got))
     rows = [summarize(cfg, by_index[i], sizes, seeds) for i, cfg in enumerate(cfgs)]
@@ -269,7 +297,7 @@ def run(ctx: common.Context) -> common.Outcome:
         return text + (f" ({len(e['diverged'])} diverged)" if e["diverged"] else "")
 
     table = common.markdown_table(
-        ["model", "state knob", "parameters", f"state bytes (T={TASK['seq_len']})", *lr_cols, "best lr",
+        ["model", "state knob", "parameters", f"state bytes (T={task['seq_len']})", *lr_cols, "best lr",
          "accuracy at best lr (mean ± std)", "min – max", "per seed"],
         [(r["family"], r["knob"], f"{r['params']:,}", f"{r['state_bytes']:,}", *(lr_cell(r, lr) for lr in sizes.lrs),
           f"{r['best_lr']:g}", common.pct_spread([a for a in r["accuracies"] if a is not None]),
@@ -292,11 +320,11 @@ def run(ctx: common.Context) -> common.Outcome:
                        "yerr": [r["accuracy_std"] for r in rs], "style": styles[family],
                        "points": [(r["state_bytes"], a) for r in rs for a in r["accuracies"] if a is not None]})
     name = common.line_plot(ctx.out_dir / "mqar_accuracy_vs_state.png", series,
-                            xlabel=f"decoding state (bytes, T={TASK['seq_len']}; log scale)",
+                            xlabel=f"decoding state (bytes, T={task['seq_len']}; log scale)",
                             ylabel="MQAR accuracy (mean over seeds, best lr)", logx=True,
-                            hline=1 / TASK["num_values"], hline_label="chance",
-                            title=f"MQAR: {TASK['num_pairs']} pairs, {TASK['num_queries']} queries, "
-                                  f"{TASK['num_keys']}+{TASK['num_values']} tokens, T {TASK['seq_len']}, "
+                            hline=1 / task["num_values"], hline_label="chance",
+                            title=f"MQAR: {task['num_pairs']} pairs, {task['num_queries']} queries, "
+                                  f"{task['num_keys']}+{task['num_values']} tokens, T {task['seq_len']}, "
                                   f"{sizes.steps} steps, {len(seeds)} seeds")
     if name:
         plots.append(name)
@@ -304,24 +332,24 @@ def run(ctx: common.Context) -> common.Outcome:
     diverged = [f"{label(r)} seed {s} lr {lr}" for r in rows for lr, e in r["by_lr"].items()
                 for s in e["diverged"]]
     notes = [
-        f"task: MQAR {ORDER}, {TASK['num_pairs']} key-value pairs, {TASK['num_queries']} queries, "
-        f"{TASK['num_keys']} keys + {TASK['num_values']} values, rows of {TASK['seq_len']} tokens; batches made "
+        f"task: MQAR {ORDER}, {task['num_pairs']} key-value pairs, {task['num_queries']} queries, "
+        f"{task['num_keys']} keys + {task['num_values']} values, rows of {task['seq_len']} tokens; batches made "
         f"on the device (`train.data.device`), one data stream (data.seed 0) for every replica.",
         f"training: one `train.sweep` per configuration, seeds {seeds} × lr {list(sizes.lrs)} "
         f"({len(seeds) * len(sizes.lrs)} replicas), {sizes.steps} steps of batch {sizes.batch_size}, AdamW, "
         f"{sizes.warmup_steps} warmup steps then cosine decay; accuracy on {sizes.eval_examples} held-out examples "
-        f"({sizes.eval_examples * TASK['num_queries']} asked keys) per replica.",
+        f"({sizes.eval_examples * task['num_queries']} asked keys) per replica.",
         "best lr: the highest mean over seeds; mean ± sample std and min – max over the seeds at that lr; "
         "JRT-RNN vs Based beyond the spread: |Δ| > std(JRT) + std(Based).",
-        f"state bytes: `jrt_jax.generate.state_bytes` after a {TASK['seq_len']}-token prompt (linear attention: "
-        f"its state and the BaseConv tails; attention: the KV cache of {TASK['seq_len']} tokens).",
-        f"chance: {common.pct(1 / TASK['num_values'])} (one of {TASK['num_values']} values).",
+        f"state bytes: `jrt_jax.generate.state_bytes` after a {task['seq_len']}-token prompt (linear attention: "
+        f"its state and the BaseConv tails; attention: the KV cache of {task['seq_len']} tokens).",
+        f"chance: {common.pct(1 / task['num_values'])} (one of {task['num_values']} values).",
         f"wall time of the training: {wall:.0f} s ({ctx.jobs} sweep{'s' if ctx.jobs > 1 else ''} at a time); per "
         "configuration: " + ", ".join(f"{label(r)} {r['wall_s']:.0f} s" for r in rows) + ".",
         "diverged replicas: " + ("; ".join(diverged) if diverged else "none") + ".",
     ]
     if ctx.quick:
         notes.append(f"quick variant: {sizes.steps} steps; the pipeline only, no claim judged.")
-    results = {"task": {**TASK, "order": ORDER}, "sizes": dataclasses.asdict(sizes), "seeds": seeds, "rows": rows,
+    results = {"task": {**task, "order": ORDER}, "sizes": dataclasses.asdict(sizes), "seeds": seeds, "rows": rows,
                "comparisons": comparisons, "wall_s": round(wall, 1)}
     return common.Outcome(results=results, claims=claims, plots=plots, notes=notes, tables=[table, compare_table])
