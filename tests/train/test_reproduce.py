@@ -145,7 +145,7 @@ def test_mqar_quick_results_shape(quick):
         phi = 1 + f + f * (f + 1) // 2
         assert rows["Based", f]["state_bytes"] == rows["JRT-RNN", f]["state_bytes"] == 4 * (phi * 65 + 256)
     # the full variant's sizes (shapes only, no training): state bytes strictly increasing with F, equal per F
-    sizes = {(c["family"], c["feature_dim"]): mqar.model_size(mqar.sweep_overrides(c, mqar.FULL, seeds), 32)
+    sizes = {(c["family"], c["feature_dim"]): common.model_size(mqar.sweep_overrides(c, mqar.FULL, seeds), 32)
              for c in mqar.configs(mqar.FULL)}
     for fam in ("Based", "JRT-RNN"):
         state = [sizes[fam, f][1] for f in mqar.FULL.feature_dims]
@@ -437,7 +437,7 @@ def _fake_sd(monkeypatch, tmp_path, accuracy, seeds=None):
 
     monkeypatch.setattr(sd, "run_sweep", fake_sweep)
     monkeypatch.setattr(common, "matplotlib_pyplot", lambda: None)  # the plots are the quick test's
-    monkeypatch.setattr(sd, "model_size", lambda overrides, seq_len: (
+    monkeypatch.setattr(common, "model_size", lambda overrides, seq_len: (
         1000, 1000 * int(re.search(r"feature_dim: (\d+)", overrides[1]).group(1))))
     ctx = common.Context(quick=False, seeds=seeds, out_dir=tmp_path, log=lambda line: None)
     return sd.run(ctx)
@@ -529,7 +529,7 @@ def _fake_mqar(monkeypatch, tmp_path, accuracy, seeds=None):
 
     monkeypatch.setattr(common, "run_sweep", fake_sweep)
     monkeypatch.setattr(mqar, "FULL", dataclasses.replace(mqar.FULL, feature_dims=(4, 8, 16)))
-    monkeypatch.setattr(mqar, "model_size", lambda overrides, seq_len: (1000, 4096 * (1 + len(overrides[-1]))))
+    monkeypatch.setattr(common, "model_size", lambda overrides, seq_len: (1000, 4096 * (1 + len(overrides[-1]))))
     ctx = common.Context(quick=False, seeds=seeds, out_dir=tmp_path, log=lambda line: None)
     return mqar.run(ctx)
 
@@ -670,7 +670,7 @@ def test_mqar_paper_scale_builds_its_models_and_task():
     assert sizes.t["seq_len"] == 256 and sizes.t["num_pairs"] == 64
     for cfg in mqar.configs(sizes):
         overrides = mqar.sweep_overrides(cfg, sizes, [0, 1, 2])
-        params, state = mqar.model_size(overrides, sizes.t["seq_len"])
+        params, state = common.model_size(overrides, sizes.t["seq_len"])
         config = load_config(None, [*overrides, *common.TRAIN_DEFAULTS])
         task = make_task(config.data, build_model_config(config))
         assert task.vocab_needed == 8192 and params > 1_000_000 and state > 0

@@ -104,6 +104,9 @@ def command(argv) -> int:
     if args.scale != "cpu" and (args.quick or args.scale not in getattr(study, "SCALES", {})):
         raise ValueError(f"--scale {args.scale}: " + ("not with --quick" if args.quick else
                                                       f"study {args.name!r} has no such scale"))
+    if args.scale == "paper" and jobs > 1:  # one accelerator: worker processes would each claim its memory
+        log(f"--jobs {jobs} ignored at the paper scale: one sweep at a time on the one accelerator")
+        jobs = 1
     ctx = common.Context(quick=args.quick, seeds=args.seeds, out_dir=out, jobs=jobs, log=log, scale=args.scale)
     machine = common.machine_info()
     start = time.perf_counter()

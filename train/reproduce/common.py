@@ -195,6 +195,19 @@ def run_sweep(overrides: Sequence[str], *, log: Callable[[str], None] | None = N
     return summary
 
 
+def model_size(overrides: Sequence[str], seq_len: int) -> tuple[int, int]:
+    """(parameters, state bytes after a seq_len-token prompt) of a sweep configuration's model: one model is built
+    (shapes only) and `jrt_jax.generate.state_bytes` reads its decoding caches (an attention layer's KV cache holds
+    the seq_len tokens)."""
+    from jrt_jax import models
+    from jrt_jax.generate import state_bytes
+    from train.config import load_config
+    from train.trainer import build_model_config
+
+    config = build_model_config(load_config(None, [*overrides, *TRAIN_DEFAULTS]))
+    return models.count_params(config), state_bytes(models.abstract_model(config), context=seq_len, cache_len=seq_len)
+
+
 def spread(values: Sequence[float]) -> dict:
     """{"mean", "std" (sample; 0 for one value), "min", "max", "n"} of `values` (NaN and None for none)."""
     values = [float(v) for v in values]

@@ -136,20 +136,6 @@ def sweep_overrides(cfg: dict, sizes: Sizes, seeds: list[int]) -> list[str]:
     return out
 
 
-def model_size(overrides: list[str], seq_len: int) -> tuple[int, int]:
-    """(parameters, state bytes after a prompt of seq_len tokens) of the configuration's model: one model is built
-    (shapes only) and `jrt_jax.generate.state_bytes` reads its decoding caches (attention: a KV cache holding the
-    row's seq_len tokens)."""
-    from jrt_jax import models
-    from jrt_jax.generate import state_bytes
-    from train.config import load_config
-    from train.trainer import build_model_config
-
-    config = build_model_config(load_config(None, [*overrides, *common.TRAIN_DEFAULTS]))
-    model = models.abstract_model(config)
-    return models.count_params(config), state_bytes(model, context=seq_len, cache_len=seq_len)
-
-
 def measure(overrides: list[str], seq_len: int, label: str, verbose: bool) -> dict:
     """One configuration: its sweep (seeds × lrs) and its size (a worker of `common.run_jobs`)."""
     log = None
@@ -157,7 +143,7 @@ def measure(overrides: list[str], seq_len: int, label: str, verbose: bool) -> di
         def log(line: str) -> None:
             print(f"[{NAME}] {label}: {line}", file=sys.stderr, flush=True)
     summary = common.run_sweep(overrides, log=log)
-    params, state = model_size(overrides, seq_len)
+    params, state = common.model_size(overrides, seq_len)
     keep = ("seed", "lr", "eval_accuracy", "eval_loss", "loss", "diverged_at")
     runs = [{k: r.get(k) for k in keep} for r in summary["runs"]]
     best, rate = summary.get("best"), summary.get("replica_steps_per_s")
@@ -271,9 +257,6 @@ def run(ctx: common.Context) -> common.Outcome:
     """The study at ctx's scale: quick, "cpu" (the full variant) or "paper" (zoology's sizes, for one GPU)."""
     start = time.perf_counter()
     sizes = QUICK if ctx.quick else PAPER if ctx.scale == "paper" else FULL
-    if ctx.scale == "paper" and ctx.jobs > 1:  # one accelerator: worker processes would each claim its memory
-        ctx.log(f"--jobs {ctx.jobs} ignored at the paper scale: one sweep at a time on the one accelerator")
-        ctx = dataclasses.replace(ctx, jobs=1)
     task = sizes.t
     seeds = ctx.seed_list(default_full=3, default_quick=2)
     cfgs = configs(sizes)

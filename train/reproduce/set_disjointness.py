@@ -242,17 +242,6 @@ def run_sweep(overrides: list[str], log=None) -> dict:
     return summary
 
 
-def model_size(overrides: list[str], seq_len: int) -> tuple[int, int]:
-    """(parameters, state bytes after a seq_len-token prompt) of the configuration's model (shapes only)."""
-    from jrt_jax import models
-    from jrt_jax.generate import state_bytes
-    from train.config import load_config
-    from train.trainer import build_model_config
-
-    config = build_model_config(load_config(None, [*overrides, *common.TRAIN_DEFAULTS]))
-    return models.count_params(config), state_bytes(models.abstract_model(config), context=seq_len)
-
-
 def measure(overrides: list[str], size_pairs, seq_len: int, label: str, verbose: bool) -> dict:
     """One configuration: its sweep (seeds × lrs), each replica's accuracy per order, and its size (a worker of
     `common.run_jobs`)."""
@@ -261,7 +250,7 @@ def measure(overrides: list[str], size_pairs, seq_len: int, label: str, verbose:
         def log(line: str) -> None:
             print(f"[{NAME}] {label}: {line}", file=sys.stderr, flush=True)
     summary = run_sweep(overrides, log=log)
-    params, state = model_size(overrides, seq_len)
+    params, state = common.model_size(overrides, seq_len)
     short_first, long_first = orders(size_pairs)
     examples = summary["pair_examples"]
     share = lambda hits, idx: sum(hits[i] for i in idx) / max(1, sum(examples[i] for i in idx))
@@ -394,17 +383,13 @@ def judge(rows: list[dict], seeds: list[int], quick: bool, size_pairs) -> list[c
     return claims
 
 
-def run(ctx: common.Context, scale: str | None = None) -> common.Outcome:
-    """The study at `scale` ("cpu": the full variant, "paper": the paper's sizes for one GPU; default: ctx's
-    scale, or quick when ctx.quick)."""
+def run(ctx: common.Context) -> common.Outcome:
+    """The study at ctx's scale: quick, "cpu" (the full variant) or "paper" (the paper's sizes, for one GPU)."""
     start = time.perf_counter()
-    name = scale or ("quick" if ctx.quick else ctx.scale)
+    name = "quick" if ctx.quick else ctx.scale
     if name not in SCALES:
         raise common.StudyError(f"unknown scale {name!r} for {NAME}; choose from {', '.join(SCALES)}")
     sizes = SCALES[name]
-    if name == "paper" and ctx.jobs > 1:  # one accelerator: worker processes would each claim its memory
-        ctx.log(f"--jobs {ctx.jobs} ignored at the paper scale: one sweep at a time on the one accelerator")
-        ctx = dataclasses.replace(ctx, jobs=1)
     seeds = ctx.seed_list(default_full=3, default_quick=2)
     cfgs = configs(sizes)
     # The costliest configurations first (largest F): with --jobs 2 the last job to start is a short one.
