@@ -16,6 +16,7 @@ import importlib
 STUDIES: dict[str, str] = {
     "set-disjointness": "train.reproduce.set_disjointness",
     "mqar": "train.reproduce.mqar",
+    "mqar-depth": "train.reproduce.mqar_depth",
     "jrt-prompt": "train.reproduce.jrt_prompt",
     "prefill-speed": "train.reproduce.prefill_speed",
     "pi-zero-shot": "train.reproduce.pi_zero_shot",
