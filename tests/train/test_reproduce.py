@@ -675,3 +675,65 @@ def test_mqar_paper_scale_builds_its_models_and_task():
         task = make_task(config.data, build_model_config(config))
         assert task.vocab_needed == 8192 and params > 1_000_000 and state > 0
         assert config.steps == 4000 and config.data.batch_size == 128 and config.sweep.steps_per_scan == 100
+
+
+@pytest.mark.slow
+def test_mqar_depth_quick_results_shape(quick):
+    """One sweep per family of the four-block layout: every (seed, lr), the best lr by the mean, and a state of
+    two linear-attention layers plus four BaseConv tails — the same size for Based and JRT-RNN."""
+    from train.reproduce import mqar_depth
+
+    _, _, record, report = _files(quick, "mqar-depth")
+    res = record["results"]
+    seeds, lrs = res["seeds"], mqar_depth.QUICK.lrs
+    rows = {r["family"]: r for r in res["rows"]}
+    assert set(rows) == {"Based", "JRT-RNN"} and res["depth"] == mqar_depth.DEPTH
+    for r in rows.values():
+        assert {(run["seed"], run["lr"]) for run in r["runs"]} == {(s, lr) for s in seeds for lr in lrs}
+        means = {lr: r["by_lr"][f"{lr:g}"]["mean"] for lr in lrs}
+        assert r["best_lr"] in lrs and r["accuracy"] == means[r["best_lr"]] == max(means.values())
+    phi = 1 + 2 + 3  # F = 2
+    assert rows["Based"]["state_bytes"] == rows["JRT-RNN"]["state_bytes"] == 4 * (2 * phi * 65 + 4 * 2 * 64)
+    assert rows["Based"]["params"] < rows["JRT-RNN"]["params"]  # the encoder projections of two layers
+    assert all(c["reproduced"] == "n/a (quick)" for c in record["claims"])
+    assert "| Based | F=2 |" in report and "mqar_depth_accuracy_vs_lr.png" in record["plots"]
+
+
+def test_mqar_depth_verdicts_follow_the_accuracies(tmp_path, monkeypatch):
+    """mqar-depth's claims on stand-in accuracies (no training): the sweeps ask for four blocks; JRT-RNN above
+    Based beyond the spread, and its worst seed above Based's best; neither judged on the plateau."""
+    import re
+
+    from train.reproduce import mqar_depth
+
+    asked = []
+
+    def fake_sweep(overrides, log=None):
+        args = dict(o.split("=", 1) for o in overrides)
+        asked.append(args["model.overrides"])
+        family = {v: k for k, v in mqar_depth.FAMILIES.items()}[args["model.preset"]]
+        seeds = [int(s) for s in args["sweep.seeds"].strip("[]").split(",")]
+        lrs = [float(lr) for lr in args["sweep.lr"].strip("[]").split(",")]
+        runs = [{"seed": s, "lr": lr, "eval_accuracy": accuracy[family](s, lr), "eval_loss": 1.0, "loss": 1.0,
+                 "diverged_at": None} for s in seeds for lr in lrs]
+        return {"runs": runs, "best": None, "wall_s": 1.0, "replica_steps_per_s": 10.0}
+
+    monkeypatch.setattr(common, "run_sweep", fake_sweep)
+    monkeypatch.setattr(common, "model_size", lambda overrides, seq_len: (1000, 5168))
+    run = lambda: mqar_depth.run(common.Context(quick=False, seeds=None, out_dir=tmp_path, log=lambda line: None))
+
+    accuracy = {"JRT-RNN": _table([0.745, 0.752, 0.757]), "Based": _table([0.673, 0.169, 0.176])}
+    outcome = run()
+    assert all(re.search(r"n_layers: 4, linear_layers: \[1, 3\], feature_dim: 2", a) for a in asked)
+    assert [c.reproduced for c in outcome.claims] == ["yes", "yes"]
+    (c,) = outcome.results["comparisons"]
+    assert c["delta"] == pytest.approx((0.745 + 0.752 + 0.757 - 0.673 - 0.169 - 0.176) / 3)
+    assert "| 2 | 5,168 |" in outcome.tables[1]
+
+    accuracy["JRT-RNN"] = _table([0.75, 0.74, 0.60])  # above on the mean, but a Based seed beats a JRT-RNN seed
+    accuracy["Based"] = _table([0.62, 0.15, 0.15])
+    assert [c.reproduced for c in run().claims] == ["yes", "no"]
+    accuracy["JRT-RNN"] = _table([0.2, 0.6, 0.7])
+    assert [c.reproduced for c in run().claims] == ["within the spread", "no"]
+    accuracy["JRT-RNN"] = accuracy["Based"] = _table([0.15, 0.16, 0.17])
+    assert all(c.reproduced.startswith("not measurable: no model learned") for c in run().claims)

@@ -43,6 +43,15 @@ Why F ∈ {1, 2, 4, 8}: the first full run took F ∈ {4, 8, 16} and Based F = 4
 recalled 88.6 ± 7.0 % against 88.8 ± 6.2 % at F = 16, so no size in it was binding; Φ = 3 and 6 hold fewer
 independent keys than the 8 pairs. F = 16 (~12 min per family) is left out to keep the variant under 30 minutes.
 
+Recipe checks (after the full run, 2026-12-04; one sweep per family with this study's config at F = 4, 3 seeds, the
+changes named): 3,000 steps at lr 3e-3 — Based 94.8 / 94.8 / 93.8 %, JRT-RNN 73.8 / 70.7 / 4.1 % (its stuck seed 0
+of the full run left the plateau, 11.4 -> 73.8 %; seed 2 did not, 3.3 -> 4.1 %); lr 1e-2 — every replica of both
+families 4.0-8.4 %. So neither twice the steps nor zoology's top lr lifts JRT-RNN to Based here, and the layout
+says why it cannot rise above: the one prefix layer reads pairs whose keys and values the causal BaseConv before
+it made without seeing the asked keys, so it stores the same sum over all pairs as Based's layer, and nothing reads
+its non-causal outputs. `train.reproduce.mqar_depth` measures JRT-RNN against Based with the depth that lets a
+later layer use them.
+
 Paper scale (`PAPER`, `--scale paper`): zoology's hardest MQAR training setting — vocabulary 8,192, rows of 256
 tokens with 64 pairs (16 asked), d 128, F 4 / 8 / 16, lr 1e-3 / 3e-3, batch 128, 4,000 steps, one sweep at a time —
 sized by estimate for one GPU in about 8 minutes, not measured on one; on the CPU one replica per recurrent family
@@ -136,12 +145,13 @@ def sweep_overrides(cfg: dict, sizes: Sizes, seeds: list[int]) -> list[str]:
     return out
 
 
-def measure(overrides: list[str], seq_len: int, label: str, verbose: bool) -> dict:
-    """One configuration: its sweep (seeds × lrs) and its size (a worker of `common.run_jobs`)."""
+def measure(overrides: list[str], seq_len: int, label: str, verbose: bool, study: str = NAME) -> dict:
+    """One configuration: its sweep (seeds × lrs) and its size (a worker of `common.run_jobs`); progress lines
+    start with "[study] label:"."""
     log = None
     if verbose:
         def log(line: str) -> None:
-            print(f"[{NAME}] {label}: {line}", file=sys.stderr, flush=True)
+            print(f"[{study}] {label}: {line}", file=sys.stderr, flush=True)
     summary = common.run_sweep(overrides, log=log)
     params, state = common.model_size(overrides, seq_len)
     keep = ("seed", "lr", "eval_accuracy", "eval_loss", "loss", "diverged_at")
