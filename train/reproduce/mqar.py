@@ -199,6 +199,15 @@ def compare(based: dict, jrt: dict) -> dict:
             "jrt": jrt["accuracy"], "delta": delta, "spread": spread, "verdict": verdict}
 
 
+def comparison_table(comparisons: list[dict]) -> str:
+    """The per-F JRT-RNN vs Based rows of `compare` as a markdown table."""
+    return common.markdown_table(
+        ["F", "state bytes", "Based", "JRT-RNN", "JRT − Based (pts)", "spread (std sum, pts)",
+         "JRT-RNN above Based beyond the spread?"],
+        [(c["F"], f"{c['state_bytes']:,}", common.pct(c["based"]), common.pct(c["jrt"]), f"{100 * c['delta']:+.1f}",
+          f"{100 * c['spread']:.1f}", c["verdict"]) for c in comparisons])
+
+
 def judge(rows: list[dict], seeds: list[int], quick: bool) -> tuple[list[common.Claim], list[dict]]:
     """The three claims (verdicts from the numbers) and the per-F JRT-RNN vs Based comparisons."""
     based = {r["feature_dim"]: r for r in rows if r["family"] == "Based"}
@@ -297,11 +306,7 @@ def run(ctx: common.Context) -> common.Outcome:
           f"{common.pct(r['accuracy_min'])} – {common.pct(r['accuracy_max'])}",
           " / ".join("div." if a is None else f"{100 * a:.1f}" for a in r["accuracies"]))
          for r in rows])
-    compare_table = common.markdown_table(
-        ["F", "state bytes", "Based", "JRT-RNN", "JRT − Based (pts)", "spread (std sum, pts)",
-         "JRT-RNN above Based beyond the spread?"],
-        [(c["F"], f"{c['state_bytes']:,}", common.pct(c["based"]), common.pct(c["jrt"]), f"{100 * c['delta']:+.1f}",
-          f"{100 * c['spread']:.1f}", c["verdict"]) for c in comparisons])
+    compare_table = comparison_table(comparisons)
 
     plots = []
     styles = {"Based": "o-", "JRT-RNN": "s-", "attention": "^"}

@@ -119,11 +119,7 @@ def run(ctx: common.Context) -> common.Outcome:
           *(" / ".join("div." if a is None else f"{100 * a:.1f}" for a in r["by_lr"][f"{lr:g}"]["accuracies"])
             for lr in sizes.lrs),
           f"{r['best_lr']:g}", common.pct_spread([a for a in r["accuracies"] if a is not None])) for r in rows])
-    compare_table = common.markdown_table(
-        ["F", "state bytes", "Based", "JRT-RNN", "JRT − Based (pts)", "spread (std sum, pts)",
-         "JRT-RNN above Based beyond the spread?"],
-        [(c["F"], f"{c['state_bytes']:,}", common.pct(c["based"]), common.pct(c["jrt"]), f"{100 * c['delta']:+.1f}",
-          f"{100 * c['spread']:.1f}", c["verdict"]) for c in comparisons])
+    compare_table = mqar.comparison_table(comparisons)
 
     series = []
     for family, style in (("Based", "o-"), ("JRT-RNN", "s-")):
