@@ -29,7 +29,9 @@ Verdicts: (1) JRT-RNN's mean minus Based's beyond the seeds' spread (`mqar.compa
 families are on the plateau (best mean < `mqar.LEARNED`).
 
 Full variant: 18 min wall with --jobs 2 on the idle 2-core CPU (2026-12-04): JRT-RNN 75.2 ± 0.6 % at lr 3e-3,
-Based 45.0 ± 25.8 % at lr 1e-3 (docs/reproduce/README.md).
+Based 45.0 ± 25.8 % at lr 1e-3 (docs/reproduce/README.md). With 6,000 steps (`jrt sweep`, same config) Based's
+learned seeds reach 73.6-75.5 %, JRT-RNN's level: the verdicts hold at equal training, and the ceiling at F = 2 is
+the same for both.
 
 Quick variant: the same two configurations, 2 seeds x 2 lrs, 30 steps of batch 16, 64 evaluation examples — the
 pipeline only; no claim is judged.
