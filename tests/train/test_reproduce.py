@@ -505,16 +505,17 @@ def test_set_disjointness_size_pair_index_reads_the_markers():
         size_pair_index(tokens, DeviceTask(kind="mqar", seq_len=32, batch_size=4))
 
 
-def _fake_mqar(monkeypatch, tmp_path, accuracy, seeds=None):
-    """The full MQAR variant's claims and rows on stand-in accuracies: `accuracy[(family, F)]` is a function of
-    (seed, lr) (no training)."""
+def _stand_in_sweep(accuracy, families, asked=None):
+    """A `common.run_sweep` stand-in (no training): replica (seed, lr) of the configuration (family, F) scores
+    `accuracy[(family, F)](seed, lr)`, None = diverged at step 7 (F None for attention); `families` maps presets
+    to family names; the model.overrides asked for are appended to `asked`."""
     import re
-
-    from train.reproduce import mqar
 
     def fake_sweep(overrides, log=None):
         args = dict(o.split("=", 1) for o in overrides)
-        family = {v: k for k, v in mqar.FAMILIES.items()}[args["model.preset"]]
+        if asked is not None:
+            asked.append(args.get("model.overrides"))
+        family = {v: k for k, v in families.items()}[args["model.preset"]]
         f = int(re.search(r"feature_dim: (\d+)", args.get("model.overrides", "")).group(1)) if family != "attention" \
             else None
         seeds = [int(s) for s in args["sweep.seeds"].strip("[]").split(",")]
@@ -527,7 +528,15 @@ def _fake_mqar(monkeypatch, tmp_path, accuracy, seeds=None):
                              "loss": 1.0, "diverged_at": 7 if acc is None else None})
         return {"runs": runs, "best": None, "wall_s": 1.0, "replica_steps_per_s": 10.0}
 
-    monkeypatch.setattr(common, "run_sweep", fake_sweep)
+    return fake_sweep
+
+
+def _fake_mqar(monkeypatch, tmp_path, accuracy, seeds=None):
+    """The full MQAR variant's claims and rows on stand-in accuracies: `accuracy[(family, F)]` is a function of
+    (seed, lr) (no training)."""
+    from train.reproduce import mqar
+
+    monkeypatch.setattr(common, "run_sweep", _stand_in_sweep(accuracy, mqar.FAMILIES))
     monkeypatch.setattr(mqar, "FULL", dataclasses.replace(mqar.FULL, feature_dims=(4, 8, 16)))
     monkeypatch.setattr(common, "model_size", lambda overrides, seq_len: (1000, 4096 * (1 + len(overrides[-1]))))
     ctx = common.Context(quick=False, seeds=seeds, out_dir=tmp_path, log=lambda line: None)
@@ -706,23 +715,12 @@ def test_mqar_depth_verdicts_follow_the_accuracies(tmp_path, monkeypatch):
 
     from train.reproduce import mqar_depth
 
-    asked = []
-
-    def fake_sweep(overrides, log=None):
-        args = dict(o.split("=", 1) for o in overrides)
-        asked.append(args["model.overrides"])
-        family = {v: k for k, v in mqar_depth.FAMILIES.items()}[args["model.preset"]]
-        seeds = [int(s) for s in args["sweep.seeds"].strip("[]").split(",")]
-        lrs = [float(lr) for lr in args["sweep.lr"].strip("[]").split(",")]
-        runs = [{"seed": s, "lr": lr, "eval_accuracy": accuracy[family](s, lr), "eval_loss": 1.0, "loss": 1.0,
-                 "diverged_at": None} for s in seeds for lr in lrs]
-        return {"runs": runs, "best": None, "wall_s": 1.0, "replica_steps_per_s": 10.0}
-
-    monkeypatch.setattr(common, "run_sweep", fake_sweep)
+    asked, accuracy = [], {}
+    monkeypatch.setattr(common, "run_sweep", _stand_in_sweep(accuracy, mqar_depth.FAMILIES, asked))
     monkeypatch.setattr(common, "model_size", lambda overrides, seq_len: (1000, 5168))
     run = lambda: mqar_depth.run(common.Context(quick=False, seeds=None, out_dir=tmp_path, log=lambda line: None))
 
-    accuracy = {"JRT-RNN": _table([0.745, 0.752, 0.757]), "Based": _table([0.673, 0.169, 0.176])}
+    accuracy.update({("JRT-RNN", 2): _table([0.745, 0.752, 0.757]), ("Based", 2): _table([0.673, 0.169, 0.176])})
     outcome = run()
     assert all(re.search(r"n_layers: 4, linear_layers: \[1, 3\], feature_dim: 2", a) for a in asked)
     assert [c.reproduced for c in outcome.claims] == ["yes", "yes"]
@@ -730,10 +728,10 @@ def test_mqar_depth_verdicts_follow_the_accuracies(tmp_path, monkeypatch):
     assert c["delta"] == pytest.approx((0.745 + 0.752 + 0.757 - 0.673 - 0.169 - 0.176) / 3)
     assert "| 2 | 5,168 |" in outcome.tables[1]
 
-    accuracy["JRT-RNN"] = _table([0.75, 0.74, 0.60])  # above on the mean, but a Based seed beats a JRT-RNN seed
-    accuracy["Based"] = _table([0.62, 0.15, 0.15])
+    accuracy["JRT-RNN", 2] = _table([0.75, 0.74, 0.60])  # above on the mean, but a Based seed beats a JRT-RNN seed
+    accuracy["Based", 2] = _table([0.62, 0.15, 0.15])
     assert [c.reproduced for c in run().claims] == ["yes", "no"]
-    accuracy["JRT-RNN"] = _table([0.2, 0.6, 0.7])
+    accuracy["JRT-RNN", 2] = _table([0.2, 0.6, 0.7])
     assert [c.reproduced for c in run().claims] == ["within the spread", "no"]
-    accuracy["JRT-RNN"] = accuracy["Based"] = _table([0.15, 0.16, 0.17])
+    accuracy["JRT-RNN", 2] = accuracy["Based", 2] = _table([0.15, 0.16, 0.17])
     assert all(c.reproduced.startswith("not measurable: no model learned") for c in run().claims)

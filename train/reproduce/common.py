@@ -306,6 +306,13 @@ def pct_spread(values: Sequence[float]) -> str:
     return f"{100 * m:.1f} ± {100 * s:.1f} %"
 
 
+def per_seed(values: Sequence[float | None], signed: bool = False) -> str:
+    """"91.5 / div. / 80.0": each seed's fraction in percent (points with a sign when `signed`), "div." where the
+    replica diverged (None)."""
+    fmt = "+.1f" if signed else ".1f"
+    return " / ".join("div." if v is None else f"{100 * v:{fmt}}" for v in values)
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     esc = lambda x: str(x).replace("|", "\\|").replace("\n", " ")
     lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]

@@ -199,6 +199,17 @@ def compare(based: dict, jrt: dict) -> dict:
             "jrt": jrt["accuracy"], "delta": delta, "spread": spread, "verdict": verdict}
 
 
+def row_spread(row: dict) -> str:
+    """A configuration's accuracy at its best lr, "mean ± std %" over the seeds that finished."""
+    return common.pct_spread([a for a in row["accuracies"] if a is not None])
+
+
+def comparison_verdict(comparisons: list[dict]) -> str:
+    """The verdict of `compare` when every F agrees, otherwise "F=4: yes; F=8: within the spread; …"."""
+    verdicts = [c["verdict"] for c in comparisons]
+    return verdicts[0] if len(set(verdicts)) == 1 else "; ".join(f"F={c['F']}: {c['verdict']}" for c in comparisons)
+
+
 def comparison_table(comparisons: list[dict]) -> str:
     """The per-F JRT-RNN vs Based rows of `compare` as a markdown table."""
     return common.markdown_table(
@@ -216,7 +227,7 @@ def judge(rows: list[dict], seeds: list[int], quick: bool) -> tuple[list[common.
     recurrent = [r for r in rows if r["family"] != "attention"]
     best_recurrent = max(recurrent, key=lambda r: r["accuracy"])
     name = lambda r: f"{r['family']} {r['knob']}"
-    pm = lambda r: common.pct_spread([a for a in r["accuracies"] if a is not None])
+    pm = row_spread
     few = "" if len(seeds) >= 2 else " (1 seed: no spread)"
     best = max(r["accuracy"] for r in rows)
     plateau = lambda who, best: (f"not measurable: no {who}learned the task (best {common.pct(best)} < "
@@ -254,9 +265,7 @@ def judge(rows: list[dict], seeds: list[int], quick: bool) -> tuple[list[common.
 
     # (3) JRT-RNN vs Based at equal state
     comparisons = [compare(based[f], jrt[f]) for f in fs if f in jrt]
-    verdicts = [c["verdict"] for c in comparisons]
-    v3 = (verdicts[0] if len(set(verdicts)) == 1 else
-          "; ".join(f"F={c['F']}: {c['verdict']}" for c in comparisons)) + few
+    v3 = comparison_verdict(comparisons) + few
     if best_recurrent["accuracy"] < LEARNED:
         v3 = recurrent_plateau
     c3 = common.Claim(
@@ -302,9 +311,9 @@ def run(ctx: common.Context) -> common.Outcome:
         ["model", "state knob", "parameters", f"state bytes (T={task['seq_len']})", *lr_cols, "best lr",
          "accuracy at best lr (mean ± std)", "min – max", "per seed"],
         [(r["family"], r["knob"], f"{r['params']:,}", f"{r['state_bytes']:,}", *(lr_cell(r, lr) for lr in sizes.lrs),
-          f"{r['best_lr']:g}", common.pct_spread([a for a in r["accuracies"] if a is not None]),
+          f"{r['best_lr']:g}", row_spread(r),
           f"{common.pct(r['accuracy_min'])} – {common.pct(r['accuracy_max'])}",
-          " / ".join("div." if a is None else f"{100 * a:.1f}" for a in r["accuracies"]))
+          common.per_seed(r["accuracies"]))
          for r in rows])
     compare_table = comparison_table(comparisons)
 

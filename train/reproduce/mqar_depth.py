@@ -50,7 +50,7 @@ PARALLEL = True  # one sweep per family through `common.run_jobs`
 
 #: Four blocks: BaseConv, linear attention, BaseConv, linear attention (layers 1 and 3 mix through the state).
 DEPTH = {"n_layers": 4, "linear_layers": [1, 3]}
-FAMILIES = {"Based": "recall-based", "JRT-RNN": "recall-jrt"}
+FAMILIES = {family: mqar.FAMILIES[family] for family in ("Based", "JRT-RNN")}  # mqar's presets, attention aside
 
 FULL = mqar.Sizes(feature_dims=(2,), lrs=(1e-3, 3e-3), steps=3000, eval_examples=1024)
 QUICK = mqar.Sizes(feature_dims=(2,), lrs=(1e-3, 3e-3), steps=30, eval_examples=64, batch_size=16, warmup_steps=5)
@@ -69,12 +69,11 @@ def judge(rows: list[dict], quick: bool) -> tuple[list[common.Claim], list[dict]
     jrt = {r["feature_dim"]: r for r in rows if r["family"] == "JRT-RNN"}
     fs = sorted(set(based) & set(jrt))
     comparisons = [mqar.compare(based[f], jrt[f]) for f in fs]
-    pm = lambda r: common.pct_spread([a for a in r["accuracies"] if a is not None])
+    pm = mqar.row_spread
     best = max(r["accuracy"] for r in rows)
     plateau = f"not measurable: no model learned the task (best {common.pct(best)} < {common.pct(mqar.LEARNED, 0)})"
 
-    verdicts = [c["verdict"] for c in comparisons]
-    v1 = verdicts[0] if len(set(verdicts)) == 1 else "; ".join(f"F={c['F']}: {c['verdict']}" for c in comparisons)
+    v1 = mqar.comparison_verdict(comparisons)
     c1 = common.Claim(
         "at equal state, JRT-RNN recalls more than Based (four blocks)",
         "JRT-RNN above Based at the same state size",
@@ -118,9 +117,8 @@ def run(ctx: common.Context) -> common.Outcome:
         ["model", "state knob", "parameters", f"state bytes (T={task['seq_len']})",
          *(f"lr {lr:g}: per seed" for lr in sizes.lrs), "best lr", "accuracy at best lr (mean ± std)"],
         [(r["family"], r["knob"], f"{r['params']:,}", f"{r['state_bytes']:,}",
-          *(" / ".join("div." if a is None else f"{100 * a:.1f}" for a in r["by_lr"][f"{lr:g}"]["accuracies"])
-            for lr in sizes.lrs),
-          f"{r['best_lr']:g}", common.pct_spread([a for a in r["accuracies"] if a is not None])) for r in rows])
+          *(common.per_seed(r["by_lr"][f"{lr:g}"]["accuracies"]) for lr in sizes.lrs),
+          f"{r['best_lr']:g}", mqar.row_spread(r)) for r in rows])
     compare_table = mqar.comparison_table(comparisons)
 
     series = []

@@ -404,7 +404,7 @@ def run(ctx: common.Context) -> common.Outcome:
     claims = judge(rows, seeds, ctx.quick, sizes.size_pairs)
     wall = time.perf_counter() - start
 
-    per_seed = lambda stat: " / ".join("div." if v is None else f"{100 * v:+.1f}" for v in stat["per_seed"])
+    per_seed = lambda stat: common.per_seed(stat["per_seed"], signed=True)
     table = common.markdown_table(
         ["family", "F", "parameters", f"state bytes (T={sizes.seq_len})", "best lr", "accuracy (all pairs)",
          "long→short", "short→long", "gap short→long − long→short", "gap min – max", "gap per seed (pts)"],
